@@ -1,0 +1,27 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup test test-fast lint format
+
+# torch and torchvision are pinned first: those builds lie on this machine's disk, any
+# other version downloads gigabytes.
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev]'
+
+test: lint
+	$(BIN)/pytest -q
+
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow"
+
+lint:
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format:
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

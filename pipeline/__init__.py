@@ -1,0 +1,1 @@
+"""Offline stages of intclip: taxonomy -> LLM descriptions -> CLIP text embeddings."""

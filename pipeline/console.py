@@ -1,0 +1,30 @@
+"""Running a typer app so that user mistakes end in one line on stderr and a chosen exit code."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import typer
+from rich.console import Console
+
+from pipeline.errors import UserError
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str) -> None:
+    """Print one error line on stderr."""
+    stderr.print(f"error: {message}", markup=False)
+
+
+def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> None:
+    """Invoke `app`; a `UserError` becomes `error: ...` and its exit code, never a traceback."""
+    try:
+        app(args=list(argv) if argv is not None else None, prog_name=prog_name)
+    except UserError as err:
+        fail(str(err))
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted")
+        sys.exit(130)

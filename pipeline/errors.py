@@ -1,0 +1,16 @@
+"""The one exception type for user mistakes, so every command can print one line and exit."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_LLM_FAILURE = 3
+
+
+class UserError(Exception):
+    """A mistake the user can fix: shown as one line, never as a traceback."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
