@@ -19,11 +19,12 @@ def fail(message: str) -> None:
 
 
 def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> None:
-    """Invoke `app`; a `UserError` becomes `error: ...` and its exit code, never a traceback."""
+    """Invoke `app`: a `UserError` becomes `error: ...` lines and its exit code, not a traceback."""
     try:
         app(args=list(argv) if argv is not None else None, prog_name=prog_name)
     except UserError as err:
-        fail(str(err))
+        for line in str(err).splitlines():
+            fail(line)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         fail("interrupted")
