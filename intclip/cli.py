@@ -1,1 +1,202 @@
-def main(): ...
+"""`intclip-train`: one typer app whose commands sit side by side, one function each.
+
+`score` applies the Intentonomy evaluation protocol to any model's saved score matrices, so
+methods trained elsewhere are compared under exactly the same threshold rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from intclip.metrics import MIN_CLASSES, ProtocolResult, evaluate_protocol
+from pipeline.console import run_app, stderr
+from pipeline.errors import UserError
+from pipeline.files import stable_json
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
+
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+_NUMERIC_KINDS = "biuf"
+_TABLE_ROWS = {
+    "macro F1": "macro_f1",
+    "micro F1": "micro_f1",
+    "samples F1": "samples_f1",
+    "mAP": "mAP",
+}
+
+
+@app.callback()
+def _root() -> None:
+    """Train, evaluate and score multi-label visual intent models."""
+
+
+def _read_npy_header(path: Path, handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the header, so a wrong file is named before its data is read."""
+    try:
+        version = np.lib.format.read_magic(handle)
+    except (ValueError, EOFError) as err:
+        raise UserError(f"{path}: not a .npy file (no NumPy header)") from err
+    read_header = _NPY_HEADER_READERS.get(version)
+    if read_header is None:
+        raise UserError(f"{path}: unsupported .npy format version {version[0]}.{version[1]}")
+    try:
+        shape, _fortran_order, dtype = read_header(handle)
+    except (ValueError, EOFError) as err:
+        raise UserError(f"{path}: corrupt .npy header ({err})") from err
+    return shape, dtype
+
+
+def _read_matrix(path: Path) -> np.ndarray:
+    """A non-empty 2-D numeric array from a .npy file; pickled objects are never loaded."""
+    try:
+        with path.open("rb") as handle:
+            shape, dtype = _read_npy_header(path, handle)
+            if dtype.hasobject:
+                raise UserError(f"{path}: holds Python objects; save a numeric array instead")
+            if dtype.kind not in _NUMERIC_KINDS:
+                raise UserError(f"{path}: dtype {dtype} is not numeric")
+            if len(shape) != 2:
+                raise UserError(f"{path}: expected a 2-D (images x classes) array, got {shape}")
+            if 0 in shape:
+                raise UserError(f"{path}: empty array of shape {shape}")
+            handle.seek(0)
+            try:
+                return np.lib.format.read_array(handle, allow_pickle=False)
+            except (ValueError, EOFError) as err:
+                raise UserError(f"{path}: truncated or corrupt .npy data ({err})") from err
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from err
+
+
+def _first_index(mask: np.ndarray) -> tuple[int, int]:
+    row, column = np.argwhere(mask)[0]
+    return int(row), int(column)
+
+
+def _check_labels(path: Path, labels: np.ndarray) -> None:
+    """Labels are 0/1 with at least one positive, or no metric means anything."""
+    not_binary = ~np.isin(labels, (0, 1))
+    if not_binary.any():
+        row, column = _first_index(not_binary)
+        raise UserError(
+            f"{path}: labels must be 0 or 1, found {labels[row, column]} "
+            f"at row {row}, class {column}"
+        )
+    if not labels.any():
+        raise UserError(f"{path}: no positive label at all")
+
+
+def _sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Logistic function in its tanh form, which cannot overflow for large logits."""
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))
+
+
+def _as_probabilities(path: Path, scores: np.ndarray, sigmoid: bool) -> np.ndarray:
+    """Finite scores in [0, 1], the range the threshold grid is defined on."""
+    scores = scores.astype(np.float64)
+    not_finite = ~np.isfinite(scores)
+    if not_finite.any():
+        row, column = _first_index(not_finite)
+        raise UserError(
+            f"{path}: score {scores[row, column]} at row {row}, class {column} is not finite"
+        )
+    if sigmoid:
+        scores = _sigmoid(scores)
+    out_of_range = (scores < 0.0) | (scores > 1.0)
+    if out_of_range.any():
+        row, column = _first_index(out_of_range)
+        raise UserError(
+            f"{path}: score {scores[row, column]} at row {row}, class {column} is outside "
+            "[0, 1]; pass --sigmoid if the scores are logits"
+        )
+    return scores
+
+
+def _read_split(
+    scores_path: Path, labels_path: Path, sigmoid: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One split's (probabilities, labels), checked so every fault names its file."""
+    scores = _read_matrix(scores_path)
+    labels = _read_matrix(labels_path)
+    if scores.shape != labels.shape:
+        raise UserError(
+            f"{scores_path} has shape {scores.shape} but {labels_path} has shape "
+            f"{labels.shape}; scores and labels must match"
+        )
+    if labels.shape[1] < MIN_CLASSES:
+        raise UserError(
+            f"{labels_path}: one class column; multi-label scoring needs at least {MIN_CLASSES}"
+        )
+    _check_labels(labels_path, labels)
+    return _as_probabilities(scores_path, scores, sigmoid), labels
+
+
+def _warn_missing_classes(labels_path: Path, classes: list[int]) -> None:
+    if classes:
+        stderr.print(
+            f"warning: {labels_path}: classes {', '.join(map(str, classes))} have no positive "
+            "label; they count as F1 0 in macro F1 and are left out of mAP",
+            markup=False,
+        )
+
+
+def _results_table(result: ProtocolResult) -> Table:
+    table = Table(
+        title="Intentonomy protocol", caption=f"threshold {result.threshold}, chosen on val"
+    )
+    table.add_column("metric (%)")
+    table.add_column("val", justify="right")
+    table.add_column("test", justify="right")
+    for label, field in _TABLE_ROWS.items():
+        table.add_row(
+            label, f"{getattr(result.val, field):.2f}", f"{getattr(result.test, field):.2f}"
+        )
+    return table
+
+
+@app.command()
+def score(
+    val_scores: Path = typer.Option(
+        ..., "--val-scores", help="val scores, .npy (images x classes)"
+    ),
+    val_labels: Path = typer.Option(..., "--val-labels", help="val 0/1 labels, .npy, same shape"),
+    test_scores: Path = typer.Option(..., "--test-scores", help="test scores, .npy"),
+    test_labels: Path = typer.Option(..., "--test-labels", help="test 0/1 labels, .npy"),
+    sigmoid: bool = typer.Option(False, "--sigmoid", help="the scores are logits: apply a sigmoid"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Score saved score matrices under the Intentonomy protocol.
+
+    The threshold (0.05 to 0.95, step 0.05) that maximises val macro F1 is applied to test.
+    Scores must be probabilities in [0, 1], or logits with --sigmoid. Values are in percent.
+    """
+    val_probabilities, val_truth = _read_split(val_scores, val_labels, sigmoid)
+    test_probabilities, test_truth = _read_split(test_scores, test_labels, sigmoid)
+    val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
+    if val_classes != test_classes:
+        raise UserError(
+            f"{val_scores} has {val_classes} classes but {test_scores} has {test_classes}; "
+            "val and test must score the same classes"
+        )
+    result = evaluate_protocol(val_truth, val_probabilities, test_truth, test_probabilities)
+    _warn_missing_classes(val_labels, result.val.classes_without_positives)
+    _warn_missing_classes(test_labels, result.test.classes_without_positives)
+    if as_json:
+        typer.echo(stable_json(result.summary().model_dump()), nl=False)
+    else:
+        Console().print(_results_table(result))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point: user mistakes end as one `error:` line and exit code 2."""
+    run_app(app, argv, "intclip-train")
