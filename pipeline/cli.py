@@ -1,1 +1,316 @@
-def main(): ...
+"""`intclip-prompts`: validate a taxonomy, build and compare class descriptions."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from pipeline.build import (
+    BuildPlan,
+    BuildSettings,
+    ClassJob,
+    Outcome,
+    cached_labels,
+    plan_build,
+    run_build,
+)
+from pipeline.console import run_app, stderr
+from pipeline.descriptions import (
+    DescriptionRules,
+    DescriptionsFile,
+    read_descriptions,
+    write_descriptions,
+)
+from pipeline.diff import diff_descriptions
+from pipeline.errors import EXIT_CHECK_FAILED, UserError
+from pipeline.files import cache_root
+from pipeline.llm import LLMClient, LLMSettings
+from pipeline.llm_cache import LLMCache
+from pipeline.taxonomy import Taxonomy, load_taxonomy
+from pipeline.templates import default_template_dir, load_templates
+
+app = typer.Typer(
+    name="intclip-prompts",
+    help="Class descriptions for intclip: taxonomy in, validated LLM descriptions out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console(highlight=False, soft_wrap=True)
+
+TaxonomyOption = Annotated[
+    Path, typer.Option("--taxonomy", help="Taxonomy YAML (see README).", show_default=False)
+]
+
+
+@app.command()
+def validate(taxonomy: TaxonomyOption) -> None:
+    """Check a taxonomy file; print its node counts per level, or every error (exit 2)."""
+    tree = load_taxonomy(taxonomy)
+    stdout.print(f"{tree.source}: taxonomy '{tree.name}' is valid")
+    for level, count in tree.counts().items():
+        stdout.print(f"  {level}: {count}")
+
+
+@app.command()
+def build(
+    taxonomy: TaxonomyOption,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Output JSON [default: <taxonomy dir>/<name>.descriptions.json]."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            envvar="INTCLIP_LLM_MODEL",
+            help="Model name [default: the output file's generator model].",
+            show_default=False,
+        ),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint."),
+    ] = None,
+    num_descriptions: Annotated[
+        int | None, typer.Option(help="Descriptions per class (K) [default: 5].")
+    ] = None,
+    min_words: Annotated[int | None, typer.Option(help="Fewest words (A) [default: 5].")] = None,
+    max_words: Annotated[int | None, typer.Option(help="Most words (B) [default: 25].")] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling temperature [default: 0.7].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed [default: 0].")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 4,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 120.0,
+    max_attempts: Annotated[
+        int, typer.Option(min=1, help="Answers asked for per class before it fails.")
+    ] = 3,
+    response_format: Annotated[
+        Literal["auto", "json_schema", "json_object"],
+        typer.Option(
+            help="Structured output: auto (json_schema, falling back to json_object), "
+            "json_schema or json_object."
+        ),
+    ] = "auto",
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Build only these class ids (or every class below a node id)."),
+    ] = None,
+    templates: Annotated[
+        Path | None, typer.Option(help="Prompt templates [default: <taxonomy dir>/templates].")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Cache root [default: $INTCLIP_CACHE_DIR or cache/]."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the requests it would send; send none.")
+    ] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Exit 1 if the output is missing or stale; no LLM.")
+    ] = False,
+    refresh: Annotated[
+        bool, typer.Option("--refresh", help="Ask again, ignoring the file and the LLM cache.")
+    ] = False,
+) -> None:
+    """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
+    tree = load_taxonomy(taxonomy)
+    out = out or tree.source.parent / f"{tree.name}.descriptions.json"
+    previous = read_descriptions(out) if out.exists() else None
+    if check and previous is None:
+        raise UserError(f"{out} is missing: run intclip-prompts build", EXIT_CHECK_FAILED)
+    generator = previous.generator if previous else None
+    recorded = generator.params if generator else {}
+
+    def pick(flag: object, key: str, default: object) -> object:
+        return flag if flag is not None else recorded.get(key, default)
+
+    try:
+        settings = BuildSettings(
+            model=model or (generator.model if generator else ""),
+            rules=DescriptionRules(
+                num_descriptions=pick(num_descriptions, "num_descriptions", 5),
+                min_words=pick(min_words, "min_words", 5),
+                max_words=pick(max_words, "max_words", 25),
+            ),
+            temperature=pick(temperature, "temperature", 0.7),
+            seed=pick(seed, "seed", 0),
+        )
+    except ValidationError as err:
+        raise UserError(_first_pydantic_error(err)) from None
+    plan = plan_build(
+        tree,
+        load_templates(templates or default_template_dir(tree.source)),
+        settings,
+        previous,
+        only=only or (),
+        refresh=refresh,
+    )
+    if check:
+        _check(plan, out)
+        return
+    llm_cache = LLMCache(cache_root(cache_dir) / "llm")
+    client = LLMClient(
+        _llm_settings(settings, base_url, timeout, max_attempts, response_format),
+        cache=llm_cache,
+        refresh=refresh,
+        notify=lambda note: stderr.print(f"note: {note}", markup=False),
+    )
+    if dry_run:
+        _dry_run(plan, client)
+        return
+    document = _run_with_progress(plan, client, concurrency)
+    _write(out, document, tree)
+
+
+def _first_pydantic_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    field = ".".join(str(k) for k in first["loc"]) or "settings"
+    message = first["msg"].removeprefix("Value error, ")
+    if field == "model":
+        return "no model: pass --model or set INTCLIP_LLM_MODEL"
+    return f"invalid {field.removeprefix('rules.')}: {message}"
+
+
+def _llm_settings(
+    settings: BuildSettings,
+    base_url: str | None,
+    timeout: float,
+    max_attempts: int,
+    response_format: str,
+) -> LLMSettings:
+    try:
+        return LLMSettings(
+            model=settings.model,
+            base_url=base_url,
+            api_key=os.environ.get("OPENAI_API_KEY") or None,
+            temperature=settings.temperature,
+            seed=settings.seed,
+            timeout=timeout,
+            response_mode=response_format,
+            max_answer_attempts=max_attempts,
+        )
+    except ValidationError as err:
+        raise UserError(_first_pydantic_error(err)) from None
+
+
+def _check(plan: BuildPlan, out: Path) -> None:
+    reasons = plan.stale_reasons()
+    if not reasons:
+        stdout.print(f"{out}: up to date ({len(plan.jobs)} classes)")
+        return
+    for reason in reasons:
+        stderr.print(f"{out}: {reason}", markup=False)
+    raise UserError(
+        f"{out} is stale ({len(reasons)} problem(s)): run intclip-prompts build",
+        EXIT_CHECK_FAILED,
+    )
+
+
+def _dry_run(plan: BuildPlan, client: LLMClient) -> None:
+    to_send = plan.to_send
+    cached = cached_labels(plan, client)
+    for job in to_send:
+        if job.fine.label in cached:
+            continue
+        stdout.rule(f"{job.name} -> {plan.settings.model}")
+        for message in job.messages:
+            stdout.print(f"[bold]{message['role']}:[/bold]")
+            stdout.print(message["content"].rstrip(), markup=False)
+    kept = len([j for j in plan.jobs if j.selected]) - len(to_send)
+    stdout.print(
+        f"dry run: {len(plan.jobs)} classes: {kept} up to date in the file, "
+        f"{len(cached)} answered by the LLM cache, {len(to_send) - len(cached)} request(s) "
+        "would be sent; nothing was sent"
+    )
+
+
+def _run_with_progress(plan: BuildPlan, client: LLMClient, concurrency: int) -> DescriptionsFile:
+    counts: Counter[Outcome] = Counter()
+    lock = threading.Lock()
+    selected = len([j for j in plan.jobs if j.selected])
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[summary]}"),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(plan.taxonomy.name, total=selected, summary="")
+
+        def on_outcome(job: ClassJob, outcome: Outcome) -> None:
+            with lock:
+                counts[outcome] += 1
+                summary = " ".join(f"{k} {counts[k]}" for k in ("kept", "cached", "sent", "failed"))
+                progress.update(task, advance=1, summary=summary)
+
+        try:
+            document = run_build(plan, client, concurrency, on_outcome)
+        finally:
+            progress.stop()
+            stderr.print(
+                f"{plan.taxonomy.name}: {selected} classes: {counts['kept']} up to date, "
+                f"{counts['cached']} from the LLM cache, {counts['sent']} asked, "
+                f"{counts['failed']} failed"
+            )
+    return document
+
+
+def _write(out: Path, document: DescriptionsFile, tree: Taxonomy) -> None:
+    missing = len(tree.classes) - len(document.classes)
+    if write_descriptions(out, document):
+        stdout.print(f"wrote {out}")
+    else:
+        stdout.print(f"{out} unchanged")
+    if missing:
+        stderr.print(f"warning: {missing} class(es) have no descriptions yet: build without --only")
+
+
+@app.command()
+def diff(
+    old: Annotated[Path, typer.Argument(help="The earlier descriptions file.")],
+    new: Annotated[Path, typer.Argument(help="The later descriptions file.")],
+) -> None:
+    """Show per-class changes between two descriptions files (exit 1 when they differ)."""
+    lines = diff_descriptions(read_descriptions(old), read_descriptions(new))
+    for line in lines:
+        stdout.print(line, markup=False)
+    if lines:
+        raise typer.Exit(EXIT_CHECK_FAILED)
+    stdout.print("no differences")
+
+
+def _expand_option_values(argv: list[str], option: str) -> list[str]:
+    """Let `--only a b c` mean `--only a --only b --only c`, as the README documents."""
+    expanded: list[str] = []
+    collecting = False
+    for arg in argv:
+        if arg == option:
+            collecting = True
+            expanded.append(arg)
+            continue
+        if collecting and not arg.startswith("-") and expanded[-1] != option:
+            expanded.append(option)
+        elif arg.startswith("-"):
+            collecting = False
+        expanded.append(arg)
+    return expanded
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["build"]:
+        args = _expand_option_values(args, "--only")
+    run_app(app, args, "intclip-prompts")

@@ -1,0 +1,289 @@
+"""Building descriptions: one LLM request per fine class, skipped when its inputs are unchanged.
+
+The plan is computed without any network: it says, per class, the exact request, the hash of
+everything that request depends on, and whether the committed file already answers it. `build`,
+`--dry-run` and `--check` are three ways of acting on the same plan.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.descriptions import (
+    SCHEMA_VERSION,
+    ClassDescriptions,
+    DescriptionRules,
+    DescriptionsFile,
+    GeneratorInfo,
+    TaxonomyRef,
+    answer_model,
+)
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
+from pipeline.files import sha256_json
+from pipeline.llm import LLMClient, LLMError
+from pipeline.taxonomy import FineClass, Taxonomy
+from pipeline.templates import PromptTemplates
+
+Outcome = Literal["kept", "cached", "sent", "failed"]
+
+
+class BuildSettings(BaseModel):
+    """Everything that shapes a request besides the taxonomy and the templates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1)
+    rules: DescriptionRules = DescriptionRules()
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    seed: int | None = 0
+
+    def params(self) -> dict[str, Any]:
+        """The sampling and format parameters recorded in the descriptions file."""
+        return {
+            "num_descriptions": self.rules.num_descriptions,
+            "min_words": self.rules.min_words,
+            "max_words": self.rules.max_words,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class ClassJob:
+    """One fine class: its request, the hash of its inputs, and the entry that still answers it."""
+
+    fine: FineClass
+    messages: list[dict[str, str]]
+    inputs_sha256: str
+    previous: ClassDescriptions | None
+    selected: bool
+
+    @property
+    def up_to_date(self) -> bool:
+        return (
+            self.previous is not None
+            and self.previous.inputs_sha256 == self.inputs_sha256
+            and self.previous.id == self.fine.id
+            and self.previous.path == list(self.fine.path)
+        )
+
+    @property
+    def name(self) -> str:
+        return f"class {self.fine.label} '{self.fine.id}'"
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    taxonomy: Taxonomy
+    templates: PromptTemplates
+    settings: BuildSettings
+    jobs: tuple[ClassJob, ...]
+    previous: DescriptionsFile | None
+    refresh: bool
+
+    @property
+    def to_send(self) -> list[ClassJob]:
+        """Selected classes whose committed entry is missing or stale (all of them on refresh)."""
+        return [j for j in self.jobs if j.selected and (self.refresh or not j.up_to_date)]
+
+    def document(self, answers: dict[int, list[str]]) -> DescriptionsFile:
+        """The output: new answers, else the previous entry; classes never built are left out."""
+        entries = []
+        for job in self.jobs:
+            if job.fine.label in answers:
+                entries.append(_entry(job, answers[job.fine.label]))
+            elif job.previous is not None:
+                entries.append(job.previous)
+        return DescriptionsFile(
+            schema_version=SCHEMA_VERSION,
+            taxonomy=TaxonomyRef(name=self.taxonomy.name, sha256=self.taxonomy.sha256),
+            generator=GeneratorInfo(
+                model=self.settings.model,
+                template_sha256=self.templates.sha256,
+                params=self.settings.params(),
+            ),
+            classes=entries,
+        )
+
+    def stale_reasons(self) -> list[str]:
+        """Why the previous file does not match this plan; empty when it is up to date."""
+        if self.previous is None:
+            return ["no descriptions file yet"]
+        reasons = []
+        for job in self.jobs:
+            if job.previous is None:
+                reasons.append(f"{job.name}: no descriptions")
+            elif not job.up_to_date:
+                reasons.append(
+                    f"{job.name}: stale (its path, siblings, templates, model or parameters "
+                    "changed)"
+                )
+            else:
+                reasons += [
+                    f"{job.name}: {p}"
+                    for p in self.settings.rules.problems(job.previous.descriptions)
+                ]
+        known = {job.fine.label for job in self.jobs}
+        reasons += [
+            f"class {entry.label} '{entry.id}': not in the taxonomy"
+            for entry in self.previous.classes
+            if entry.label not in known
+        ]
+        if not reasons and self.document({}) != self.previous:
+            reasons.append("file header (taxonomy hash, generator or parameters) is out of date")
+        return reasons
+
+
+def _entry(job: ClassJob, descriptions: list[str]) -> ClassDescriptions:
+    return ClassDescriptions(
+        label=job.fine.label,
+        id=job.fine.id,
+        path=list(job.fine.path),
+        descriptions=descriptions,
+        inputs_sha256=job.inputs_sha256,
+    )
+
+
+def plan_build(
+    taxonomy: Taxonomy,
+    templates: PromptTemplates,
+    settings: BuildSettings,
+    previous: DescriptionsFile | None = None,
+    only: Sequence[str] = (),
+    refresh: bool = False,
+) -> BuildPlan:
+    """Render every request and match it against the previous file; sends nothing."""
+    selected = _select(taxonomy, only)
+    rules = settings.rules
+    schema = answer_model(rules.num_descriptions).model_json_schema()
+    kept = previous.by_label() if previous is not None else {}
+    jobs = []
+    for fine in taxonomy.classes:
+        messages = templates.render(
+            {
+                "class_name": fine.name,
+                "path": " > ".join(fine.path),
+                "siblings": "; ".join(fine.siblings) or "none",
+                "num_descriptions": str(rules.num_descriptions),
+                "min_words": str(rules.min_words),
+                "max_words": str(rules.max_words),
+            }
+        )
+        inputs = {
+            "model": settings.model,
+            "messages": messages,
+            "params": settings.params(),
+            "schema": schema,
+        }
+        jobs.append(
+            ClassJob(
+                fine=fine,
+                messages=messages,
+                inputs_sha256=sha256_json(inputs),
+                previous=kept.get(fine.label),
+                selected=fine.label in selected,
+            )
+        )
+    return BuildPlan(taxonomy, templates, settings, tuple(jobs), previous, refresh)
+
+
+def _select(taxonomy: Taxonomy, only: Sequence[str]) -> set[int]:
+    """Labels named by `--only` (a fine id, or any inner id for all classes below it)."""
+    if not only:
+        return {c.label for c in taxonomy.classes}
+    labels: set[int] = set()
+    for node_id in only:
+        leaves = taxonomy.leaves_under(node_id)
+        if not leaves:
+            raise UserError(f"--only {node_id}: no such node in {taxonomy.source}", EXIT_BAD_INPUT)
+        labels.update(c.label for c in leaves)
+    return labels
+
+
+def _texts(answer: Any) -> list[str]:
+    return [description.text for description in answer.descriptions]
+
+
+def _answer_contract(rules: DescriptionRules) -> tuple[type[BaseModel], Callable[[Any], None]]:
+    """The response model and the rule check every answer must pass."""
+
+    def check(answer: Any) -> None:
+        rules.check(_texts(answer))
+
+    return answer_model(rules.num_descriptions), check
+
+
+def cached_labels(plan: BuildPlan, client: LLMClient) -> set[int]:
+    """Labels among `plan.to_send` that the LLM cache answers, found without sending anything."""
+    response_model, check = _answer_contract(plan.settings.rules)
+    return {
+        job.fine.label
+        for job in plan.to_send
+        if client.cached(job.messages, response_model, check) is not None
+    }
+
+
+def run_build(
+    plan: BuildPlan,
+    client: LLMClient,
+    concurrency: int = 4,
+    on_outcome: Callable[[ClassJob, Outcome], None] = lambda job, outcome: None,
+) -> DescriptionsFile:
+    """Ask for every class in `plan.to_send`, `concurrency` at a time; return the new file.
+
+    A configuration error (bad key, unknown model, no quota) stops every later request. An
+    invalid answer fails its class only: the others still finish and land in the LLM cache, so a
+    rerun asks only for the failed ones. Any failure raises, and nothing is returned to be written.
+    """
+    response_model, check = _answer_contract(plan.settings.rules)
+    answers: dict[int, list[str]] = {}
+    failed: list[tuple[ClassJob, UserError]] = []
+    fatal: list[UserError] = []
+    stop = threading.Event()
+
+    def ask(job: ClassJob) -> None:
+        if stop.is_set():
+            return
+        try:
+            answer = client.ask(job.messages, response_model, check)
+        except LLMError as err:
+            on_outcome(job, "failed")
+            error = UserError(f"{job.name}: {err}", err.exit_code)
+            if err.exit_code == EXIT_LLM_FAILURE:
+                failed.append((job, error))
+            else:
+                fatal.append(error)
+                stop.set()
+            return
+        on_outcome(job, "cached" if answer.from_cache else "sent")
+        answers[job.fine.label] = _texts(answer.value)
+
+    sending = {job.fine.label for job in plan.to_send}
+    for job in plan.jobs:
+        if job.selected and job.fine.label not in sending:
+            on_outcome(job, "kept")
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        futures = [pool.submit(ask, job) for job in plan.to_send]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            stop.set()  # Ctrl-C or a bug: let queued classes return without sending
+            raise
+    if fatal:
+        raise fatal[0]
+    if failed:
+        failed.sort(key=lambda item: item[0].fine.label)
+        names = ", ".join(job.name for job, _ in failed)
+        raise UserError(
+            f"{len(failed)} class(es) failed after all attempts ({names}); last error: "
+            f"{failed[-1][1]}",
+            EXIT_LLM_FAILURE,
+        )
+    return plan.document(answers)

@@ -1,0 +1,43 @@
+"""Fixtures shared by the test files."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fake_openai import FakeOpenAI
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A started loopback OpenAI-compatible server, shut down after the test."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+# ---- tiny CLIP fixtures (issue 4, the model library); helpers live in tests/tiny_clip.py ----
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_files(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A random tiny CLIP per tower ("resnet", "vit") saved once as a .safetensors file."""
+    from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
+
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    return {
+        tower: save_random_clip(config, folder / f"{tower}.safetensors", seed=0)
+        for tower, config in TINY_CLIP_CONFIGS.items()
+    }
+
+
+@pytest.fixture(params=["resnet", "vit"])
+def tiny_clip(request: pytest.FixtureRequest, tiny_clip_files: dict):
+    """A fresh frozen tiny CLIP loaded from its file, once per tower type."""
+    from tiny_clip import TINY_CLIP_CONFIGS
+
+    from pipeline.clip import load_clip
+
+    return load_clip(str(TINY_CLIP_CONFIGS[request.param]), tiny_clip_files[request.param])
+
+
+# ---- end of tiny CLIP fixtures ----

@@ -1,0 +1,294 @@
+"""`intclip-prompts build`, `--check`, `--dry-run` and `diff` against a loopback LLM server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from fake_openai import Content, FakeOpenAI, Hang, descriptions_json, quota_exhausted, unauthorized
+
+from pipeline.cli import main
+
+TOY = """\
+name: toy
+levels: [coarse, fine]
+nodes:
+  - id: animals
+    name: Animals
+    children:
+      - id: cats
+        name: Cats
+        label: 0
+      - id: dogs
+        name: Dogs
+        label: 1
+  - id: places
+    name: Places
+    children:
+      - id: beach
+        name: Beach
+        label: 2
+"""
+API_KEY = "sk-test-a1b2c3d4e5f6-never-stored"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch, fake_openai):
+    """A toy taxonomy, a cache root and a server, all wired through the environment."""
+    taxonomy = tmp_path / "prompts" / "toy.yaml"
+    taxonomy.parent.mkdir()
+    taxonomy.write_text(TOY)
+    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("INTCLIP_LLM_MODEL", raising=False)
+    return taxonomy
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def build(capsys, taxonomy: Path, *args: str) -> tuple[int, str, str]:
+    return run(capsys, "build", "--taxonomy", str(taxonomy), "--model", "toy-llm", *args)
+
+
+def output_of(taxonomy: Path) -> Path:
+    return taxonomy.parent / "toy.descriptions.json"
+
+
+def test_build_writes_stable_sorted_json(project, fake_openai, capsys):
+    code, out, err = build(capsys, project, "--num-descriptions", "3")
+    assert code == 0, err
+    assert fake_openai.request_count == 3
+    data = json.loads(output_of(project).read_text())
+    assert [c["label"] for c in data["classes"]] == [0, 1, 2]
+    assert data["classes"][0]["path"] == ["Animals", "Cats"]
+    assert all(len(c["descriptions"]) == 3 for c in data["classes"])
+    assert data["generator"]["model"] == "toy-llm"
+    assert data["generator"]["params"]["num_descriptions"] == 3
+    assert data["taxonomy"]["name"] == "toy" and len(data["taxonomy"]["sha256"]) == 64
+    assert f"wrote {output_of(project)}" in out
+    assert "3 asked" in err and "0 failed" in err
+
+
+def test_prompt_gives_path_and_siblings(project, fake_openai, capsys):
+    build(capsys, project, "--only", "cats")
+    user = fake_openai.bodies[0]["messages"][-1]["content"]
+    assert "Animals > Cats" in user and "Dogs" in user and "exactly 5 different" in user
+    assert fake_openai.bodies[0]["response_format"]["type"] == "json_schema"
+
+
+def test_rerun_sends_nothing_and_leaves_the_file_untouched(project, fake_openai, capsys):
+    build(capsys, project)
+    first = output_of(project).read_bytes()
+    mtime = output_of(project).stat().st_mtime_ns
+    code, out, _ = build(capsys, project)
+    assert code == 0 and fake_openai.request_count == 3
+    assert "unchanged" in out
+    assert output_of(project).read_bytes() == first
+    assert output_of(project).stat().st_mtime_ns == mtime
+
+
+def test_committed_file_is_the_lock_even_with_an_empty_cache(
+    project, fake_openai, capsys, tmp_path
+):
+    build(capsys, project)
+    cache = tmp_path / "cache"
+    assert any((cache / "llm").iterdir())
+    for entry in (cache / "llm").iterdir():
+        entry.unlink()
+    code, _, err = build(capsys, project)
+    assert code == 0 and fake_openai.request_count == 3
+    assert "3 up to date" in err
+
+
+def test_editing_one_class_regenerates_only_it(project, fake_openai, capsys, tmp_path):
+    build(capsys, project)
+    before = json.loads(output_of(project).read_text())
+    project.write_text(TOY.replace("name: Beach", "name: Seaside"))
+    code, _, _ = build(capsys, project)
+    assert code == 0 and fake_openai.request_count == 4
+    after = json.loads(output_of(project).read_text())
+    assert after["classes"][:2] == before["classes"][:2]
+    assert after["classes"][2]["path"] == ["Places", "Seaside"]
+    assert after["classes"][2]["descriptions"] != before["classes"][2]["descriptions"]
+
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(before))
+    code, out, _ = run(capsys, "diff", str(old), str(output_of(project)))
+    assert code == 1
+    assert "class 2 'beach'" in out and "class 0" not in out and "class 1" not in out
+    assert "  - Photo 1" in out and "  + Photo 1" in out
+    code, out, _ = run(capsys, "diff", str(old), str(old))
+    assert code == 0 and "no differences" in out
+
+
+def test_renaming_a_parent_regenerates_its_children(project, fake_openai, capsys):
+    build(capsys, project)
+    project.write_text(TOY.replace("name: Animals", "name: Pets"))
+    build(capsys, project)
+    assert fake_openai.request_count == 5  # cats and dogs again, beach kept
+
+
+def test_check_detects_missing_stale_and_fresh(project, fake_openai, capsys):
+    code, _, err = build(capsys, project, "--check")
+    assert code == 1 and "missing" in err
+    build(capsys, project)
+    code, out, _ = run(capsys, "build", "--taxonomy", str(project), "--check")
+    assert code == 0 and "up to date" in out  # model and parameters come from the file
+    project.write_text(TOY.replace("name: Dogs", "name: Wolves"))
+    code, _, err = run(capsys, "build", "--taxonomy", str(project), "--check")
+    assert code == 1 and "class 1 'dogs': stale" in err
+    code, _, err = run(capsys, "build", "--taxonomy", str(project), "--check", "--min-words", "2")
+    assert code == 1 and "class 0 'cats': stale" in err
+    assert fake_openai.request_count == 3
+
+
+def test_check_validates_hand_edits(project, capsys):
+    build(capsys, project)
+    data = json.loads(output_of(project).read_text())
+    data["classes"][0]["descriptions"][0] = "Too short."
+    output_of(project).write_text(json.dumps(data))
+    code, _, err = run(capsys, "build", "--taxonomy", str(project), "--check")
+    assert code == 1 and "class 0 'cats': description 1: has 2 words" in err
+
+
+def test_dry_run_sends_nothing(project, fake_openai, capsys):
+    build(capsys, project, "--only", "cats")
+    output_of(project).unlink()
+    code, out, _ = build(capsys, project, "--dry-run")
+    assert code == 0 and fake_openai.request_count == 1
+    assert "Animals > Dogs" in out and "Places > Beach" in out
+    assert "1 answered by the LLM cache, 2 request(s) would be sent" in out
+    assert not output_of(project).exists()
+
+
+def test_only_accepts_several_ids_and_inner_nodes(project, fake_openai, capsys):
+    code, _, err = build(capsys, project, "--only", "cats", "beach")
+    assert code == 0 and fake_openai.request_count == 2
+    assert "1 class(es) have no descriptions yet" in err
+    code, _, _ = build(capsys, project, "--only", "animals")
+    assert code == 0 and fake_openai.request_count == 3
+    assert len(json.loads(output_of(project).read_text())["classes"]) == 3
+
+
+def test_refresh_asks_again(project, fake_openai, capsys):
+    build(capsys, project)
+    build(capsys, project, "--refresh")
+    assert fake_openai.request_count == 6
+
+
+def test_invalid_answer_is_sent_back_then_accepted(project, fake_openai, capsys):
+    fake_openai.enqueue(Content(descriptions_json(["Too few.", "Far too few."])))
+    code, _, err = build(capsys, project, "--only", "cats", "--concurrency", "1")
+    assert code == 0, err
+    assert fake_openai.request_count == 2
+    resent = fake_openai.bodies[1]["messages"]
+    assert "descriptions: List should have at least 5 items" in resent[-1]["content"]
+
+
+def test_class_fails_after_bounded_attempts_naming_the_class(project, fake_openai, capsys):
+    long_text = " ".join(["word"] * 40)
+    fake_openai.enqueue(*[Content(descriptions_json([long_text] * 5))] * 2)
+    code, _, err = build(capsys, project, "--only", "dogs", "--max-attempts", "2")
+    assert code == 3
+    assert fake_openai.request_count == 2
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1
+    assert "class 1 'dogs'" in error_lines[0] and "has 40 words, needs 5 to 25" in error_lines[0]
+    assert not output_of(project).exists()
+
+
+def test_other_classes_are_cached_when_one_fails(project, fake_openai, capsys):
+    bad = Content("not json at all")
+    fake_openai.enqueue(bad, bad, bad)
+    code, _, _ = build(capsys, project, "--concurrency", "1")
+    assert code == 3 and fake_openai.request_count == 5  # 3 bad answers for cats, then 2 good
+    code, _, _ = build(capsys, project)
+    assert code == 0 and fake_openai.request_count == 6  # only cats is asked again
+
+
+@pytest.mark.parametrize(
+    ("fault", "expected"),
+    [(unauthorized(), "authentication failed (401)"), (quota_exhausted(), "quota exhausted")],
+)
+def test_configuration_errors_stop_at_once(project, fake_openai, capsys, fault, expected):
+    fake_openai.enqueue(*[fault] * 3)
+    code, _, err = build(capsys, project, "--concurrency", "1")
+    assert code == 2 and fake_openai.request_count == 1
+    assert err.count("error:") == 1 and expected in err and API_KEY not in err
+
+
+def test_json_schema_rejection_falls_back(project, capsys, monkeypatch):
+    with FakeOpenAI(reject_json_schema_status=400) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+        code, _, err = build(capsys, project, "--concurrency", "1")
+        assert code == 0
+        kinds = [body["response_format"]["type"] for body in server.bodies]
+    assert kinds == ["json_schema", "json_object", "json_object", "json_object"]
+    assert "json_object mode" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("--only", "cows"), "--only cows: no such node"),
+        (("--min-words", "9", "--max-words", "3"), "min_words 9 exceeds max_words 3"),
+        (("--num-descriptions", "0"), "invalid num_descriptions"),
+        (("--base-url", "ftp://x"), "must be an http:// or https:// URL"),
+        (("--templates", "/nonexistent"), "cannot read prompt template"),
+    ],
+)
+def test_bad_options_are_one_line_exit_2(project, fake_openai, capsys, args, expected):
+    code, _, err = build(capsys, project, *args)
+    assert code == 2, err
+    assert err.count("\n") == 1 and expected in err
+    assert fake_openai.request_count == 0
+
+
+def test_model_is_required_without_a_previous_file(project, capsys):
+    code, _, err = run(capsys, "build", "--taxonomy", str(project))
+    assert code == 2 and "no model: pass --model or set INTCLIP_LLM_MODEL" in err
+
+
+def test_api_key_is_never_written(project, capsys, tmp_path):
+    build(capsys, project)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert API_KEY not in path.read_text(errors="ignore"), path
+
+
+def test_sigkill_mid_build_resumes_without_asking_again(project, tmp_path):
+    """A build killed half-way keeps every answer it received in the LLM cache."""
+    with FakeOpenAI() as server:
+        server.enqueue(Content(server.responder({"messages": ["a"]})), Hang(30))
+        env = {**os.environ, "OPENAI_BASE_URL": server.base_url}
+        command = [
+            str(Path(sys.executable).parent / "intclip-prompts"),
+            *("build", "--taxonomy", str(project), "--model", "toy-llm", "--concurrency", "1"),
+        ]
+        process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while server.request_count < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.request_count == 2  # cats answered, dogs hanging
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not output_of(project).exists()
+        assert not list(project.parent.glob("*.tmp"))
+
+        finished = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+        assert finished.returncode == 0, finished.stderr
+        asked = [body["messages"][-1]["content"] for body in server.bodies[2:]]
+    assert len(asked) == 2
+    assert all("Intent class: Cats" not in content for content in asked)
