@@ -1,0 +1,185 @@
+"""The assembled IntCLIP model: sight-semantic encoder, sight-assisted aggregation, class head.
+
+IntCLIP (Yang et al., "Synergy of Sight and Semantics: Visual Intention Understanding with CLIP",
+ECCV 2024) keeps CLIP's image tower as a frozen *sight* branch, trains a copy of its deepest
+stages as a *semantic* branch, fuses the two maps and scores them against class text embeddings.
+
+Where this implementation departs from the official code (github.com/yan9qu/IntCLIP), and why:
+
+- Global token. The official code slices the mean token off the attention-pool output and then
+  takes the first remaining position as its "global" token, i.e. the top-left image region. Here
+  the global token is what CLIP itself uses as the image embedding: the attention-pool output
+  (ResNet) or the projected class token (ViT), computed on the semantic branch.
+- Frozen BatchNorm. The official trainer switches the image encoder to train mode as a whole
+  (`image_encoder.train()` when it fine-tunes the tower), so the running statistics of the frozen
+  CLIP layers move with every batch. Here the trunk, the sight branch and the joint-space
+  projection stay in eval mode even in `model.train()`; only the trained semantic copy updates
+  its own statistics.
+- Any backbone, any input size. The official code works only for RN101 at 224 px (a hard-coded
+  7x7 grid). Here any open_clip ModifiedResNet or class-token VisionTransformer is split (see
+  `intclip.backbone`) at any input size the tower takes; position embeddings are resampled to the
+  actual grid. Any other tower is refused with a clear error.
+- Class embeddings. The official head learns positive and negative prompt contexts (DualCoOp);
+  here the class embeddings are CLIP text embeddings of class descriptions, computed once by the
+  embedding stage and kept as a frozen buffer, with a learned temperature and per-class bias.
+
+The official code also picks its best checkpoint on the test set, never applies its training
+augmentation (its train split is named "trainval", the augmentation is keyed on "train") and feeds
+images without CLIP's mean/std normalisation. Those are matters of the data and training code
+(`intclip-train`), not of this module; this model expects images normalised with the
+`image_mean` / `image_std` of the `LoadedClip` it was built from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
+from torch import nn
+
+from intclip.aggregation import SightAssistedAggregation
+from intclip.backbone import build_sight_semantic_encoder
+from intclip.head import ClassHead, HeadMode
+from pipeline.clip import LoadedClip, tensor_sha256
+from pipeline.errors import UserError
+
+
+class ModelConfig(BaseModel):
+    """The architecture switches of IntCLIP; stored in every checkpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    semantic_depth: PositiveInt | None = None
+    """Deepest stages copied into the semantic branch: ResNet residual stages (default 2,
+    layer3+layer4) or ViT blocks (default: the deeper half)."""
+    aggregation: bool = True
+    """Sight-assisted aggregation on, or off (the head then sees the semantic map alone)."""
+    head: HeadMode = "both"
+    """Score the global token, the regions (spatial softmax pooling), or the mean of both."""
+    aggregation_reduction: PositiveInt = 8
+    """Query/key width of the aggregation: C // aggregation_reduction."""
+    initial_logit_scale: PositiveFloat = 20.0
+    """Starting temperature of the head (learned), applied to cosine similarities."""
+    initial_class_bias: float = 0.0
+    """Starting per-class bias of the head (learned)."""
+
+    @model_validator(mode="after")
+    def _aggregation_feeds_a_regional_head(self) -> ModelConfig:
+        if self.aggregation and self.head == "global":
+            raise ValueError(
+                "aggregation only changes the regional scores: with head 'global' "
+                "set aggregation off"
+            )
+        return self
+
+
+class IntentFeatures(NamedTuple):
+    """Joint-space features: maps [B, D, H, W], global token [B, D] of the semantic branch."""
+
+    sight_map: torch.Tensor
+    semantic_map: torch.Tensor
+    fused_map: torch.Tensor
+    global_token: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ParameterGroup:
+    """The trained parameters of one role, for an optimiser parameter group."""
+
+    role: str
+    parameters: list[nn.Parameter]
+
+    @property
+    def count(self) -> int:
+        return sum(parameter.numel() for parameter in self.parameters)
+
+
+class IntCLIP(nn.Module):
+    """Multi-label intent logits [B, num_classes] from images normalised for `clip`."""
+
+    def __init__(
+        self, clip: LoadedClip, class_embeddings: torch.Tensor, config: ModelConfig
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.clip_identity = clip.identity
+        self.encoder = build_sight_semantic_encoder(clip.module.visual, config.semantic_depth)
+        self.aggregation = (
+            SightAssistedAggregation(clip.embed_dim, config.aggregation_reduction)
+            if config.aggregation
+            else None
+        )
+        self.head = ClassHead(
+            class_embeddings,
+            clip.embed_dim,
+            config.head,
+            config.initial_logit_scale,
+            config.initial_class_bias,
+        )
+        self.class_embeddings_sha256 = tensor_sha256(class_embeddings.float())
+        self.to(next(clip.module.parameters()).device)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.head.class_embeddings)
+
+    def encode(self, images: torch.Tensor) -> IntentFeatures:
+        """Both branches and their fusion, in CLIP's joint space."""
+        encoded = self.encoder(images)
+        fused = (
+            self.aggregation(encoded.semantic_map, encoded.sight_map)
+            if self.aggregation is not None
+            else encoded.semantic_map
+        )
+        return IntentFeatures(
+            encoded.sight_map, encoded.semantic_map, fused, encoded.semantic_global
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.encode(images)
+        return self.head(features.fused_map, features.global_token)
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """The modules that training changes, by role; everything else is CLIP, frozen."""
+        modules = {
+            "semantic": self.encoder.semantic,
+            "aggregation": self.aggregation,
+            "head": self.head,
+        }
+        return {role: module for role, module in modules.items() if module is not None}
+
+    def parameter_groups(self) -> list[ParameterGroup]:
+        """One group per role, so each can get its own learning rate."""
+        return [
+            ParameterGroup(role, list(module.parameters()))
+            for role, module in self.trained_modules().items()
+        ]
+
+    def trained_state_dict(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers of the trained modules only, keyed `role.name`."""
+        return {
+            f"{role}.{name}": tensor
+            for role, module in self.trained_modules().items()
+            for name, tensor in module.state_dict().items()
+        }
+
+    def load_trained_state_dict(self, state: Mapping[str, torch.Tensor], source: str) -> None:
+        """Inverse of `trained_state_dict`; `source` names the origin in error messages."""
+        modules = self.trained_modules()
+        by_role: dict[str, dict[str, torch.Tensor]] = {role: {} for role in modules}
+        for key, tensor in state.items():
+            role, _, name = key.partition(".")
+            if role not in by_role:
+                raise UserError(f"{source}: unexpected tensor {key!r} for this model")
+            by_role[role][name] = tensor
+        for role, module in modules.items():
+            try:
+                module.load_state_dict(by_role[role], strict=True)
+            except RuntimeError as err:
+                reason = " ".join(str(err).split())
+                raise UserError(
+                    f"{source}: the {role} tensors do not fit this model ({reason})"
+                ) from err

@@ -1,0 +1,239 @@
+"""`pipeline.clip.load_clip`: names, config files, tags and local files, safely and recognisably."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
+
+from pipeline.clip import RANDOM_INIT, load_clip, state_dict_sha256, tensor_sha256
+from pipeline.errors import UserError
+from pipeline.files import sha256_file, sha256_json
+
+RESNET_CONFIG = TINY_CLIP_CONFIGS["resnet"]
+VIT_CONFIG = TINY_CLIP_CONFIGS["vit"]
+
+
+@pytest.mark.parametrize("tower", sorted(TINY_CLIP_CONFIGS))
+def test_config_file_gives_a_frozen_clip_with_tokenizer_and_identity(tower: str) -> None:
+    config_path = TINY_CLIP_CONFIGS[tower]
+    config = json.loads(config_path.read_text())
+    clip = load_clip(str(config_path), None)
+
+    assert not clip.module.training
+    assert not any(parameter.requires_grad for parameter in clip.module.parameters())
+    tokens = clip.tokenizer(["a photo of a dog", "friends at a party"])
+    assert tokens.shape == (2, config["text_cfg"]["context_length"])
+    assert clip.module.encode_text(tokens).shape == (2, config["embed_dim"])
+    size = config["vision_cfg"]["image_size"]
+    assert clip.image_size == (size, size)
+    images = torch.zeros(1, 3, *clip.image_size)
+    assert clip.module.encode_image(images).shape == (1, clip.embed_dim)
+    assert (clip.image_mean, clip.image_std) == (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
+    assert clip.identity.model == f"config-sha256:{sha256_json(config)}"
+    assert clip.identity.pretrained == RANDOM_INIT
+    assert clip.identity.weights_sha256 == state_dict_sha256(clip.module.state_dict())
+
+
+def test_config_identity_follows_content_not_layout(tmp_path: Path) -> None:
+    config = json.loads(RESNET_CONFIG.read_text())
+    relaid = tmp_path / "relaid.json"
+    relaid.write_text(json.dumps(config, indent=None, sort_keys=True))
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps({**config, "embed_dim": 64}))
+
+    original = load_clip(str(RESNET_CONFIG), None).identity.model
+    assert load_clip(str(relaid), None).identity.model == original
+    assert load_clip(str(changed), None).identity.model != original
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".bin"])
+def test_checkpoint_files_load_the_same_weights(tmp_path: Path, suffix: str) -> None:
+    reference = save_random_clip(VIT_CONFIG, tmp_path / "reference.safetensors", seed=3)
+    checkpoint = save_random_clip(VIT_CONFIG, tmp_path / f"weights{suffix}", seed=3)
+
+    clip = load_clip(str(VIT_CONFIG), checkpoint)
+
+    assert clip.identity.pretrained == f"file-sha256:{sha256_file(checkpoint)}"
+    assert (
+        clip.identity.weights_sha256
+        == load_clip(str(VIT_CONFIG), reference).identity.weights_sha256
+    )
+    assert clip.identity.weights_sha256 != load_clip(str(VIT_CONFIG), None).identity.weights_sha256
+
+
+def test_training_checkpoint_with_wrapped_state_dict_loads(tmp_path: Path) -> None:
+    reference = load_clip(str(RESNET_CONFIG), save_random_clip(RESNET_CONFIG, tmp_path / "a.pt", 4))
+    wrapped = {
+        "epoch": 3,
+        "state_dict": {f"module.{k}": v for k, v in reference.module.state_dict().items()},
+    }
+    torch.save(wrapped, tmp_path / "wrapped.pt")
+
+    clip = load_clip(str(RESNET_CONFIG), tmp_path / "wrapped.pt")
+
+    assert clip.identity.weights_sha256 == reference.identity.weights_sha256
+
+
+def test_weights_checksum_sees_every_tensor_and_dtype() -> None:
+    state = {"a": torch.arange(6.0).reshape(2, 3), "b": torch.ones(3)}
+    same = {"b": torch.ones(3), "a": torch.arange(6.0).reshape(2, 3)}
+    edited = {"a": state["a"].clone(), "b": torch.ones(3)}
+    edited["a"][1, 2] += 1e-6
+
+    assert state_dict_sha256(state) == state_dict_sha256(same)
+    assert state_dict_sha256(state) != state_dict_sha256(edited)
+    assert state_dict_sha256(state) != state_dict_sha256({"a": state["a"]})
+    assert tensor_sha256(state["a"]) != tensor_sha256(state["a"].double())
+    assert tensor_sha256(state["a"]) != tensor_sha256(state["a"].reshape(3, 2))
+
+
+def test_unknown_model_name_lists_close_matches() -> None:
+    with pytest.raises(UserError, match=r"unknown open_clip model 'RN10'.*RN101.*RN50"):
+        load_clip("RN10", None)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not a JSON model config"),
+        ('{"embed_dim": 32, "vision_cfg": {}}', "missing text_cfg"),
+        ("[1, 2]", "missing embed_dim"),
+        ('{"embed_dim": 32, "vision_cfg": {"bogus": 1}, "text_cfg": {}}', "invalid open_clip"),
+    ],
+)
+def test_bad_model_config_names_the_file(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "model.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message) as raised:
+        load_clip(str(path), None)
+    assert str(path) in str(raised.value)
+
+
+def test_missing_config_file_is_reported() -> None:
+    with pytest.raises(UserError, match=r"model config file not found: nowhere/model\.json"):
+        load_clip("nowhere/model.json", None)
+
+
+def test_unknown_tag_lists_the_known_tags() -> None:
+    with pytest.raises(UserError, match=r"'nonsense' is neither a checkpoint file.*openai"):
+        load_clip("RN50", "nonsense")
+
+
+def test_tag_without_a_builtin_model_asks_for_a_file() -> None:
+    with pytest.raises(UserError, match="pass a local checkpoint file"):
+        load_clip(str(RESNET_CONFIG), "openai")
+
+
+def test_unreachable_hub_explains_how_to_pass_a_local_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def unreachable(*args: object, **kwargs: object) -> str:
+        raise OSError("[Errno -2] Name or service not known\nRetrying...")
+
+    monkeypatch.setattr(open_clip, "download_pretrained", unreachable)
+    with pytest.raises(UserError) as raised:
+        load_clip("RN50", "openai")
+    message = str(raised.value)
+    assert "cannot download the RN50 'openai' weights (" in message
+    assert "Name or service not known" in message
+    assert "timm/resnet50_clip.openai" in message
+    assert "--pretrained PATH" in message
+    assert "\n" not in message
+
+
+def test_missing_checkpoint_file_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="checkpoint file not found"):
+        load_clip(str(RESNET_CONFIG), str(tmp_path / "absent.safetensors"))
+    with pytest.raises(UserError, match="checkpoint file not found"):
+        load_clip(str(RESNET_CONFIG), tmp_path / "absent")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("garbage.safetensors", b"\x00\x01 not safetensors", "cannot read checkpoint"),
+        ("garbage.pt", b"PK\x03\x04 truncated zip", "cannot read checkpoint"),
+        ("weights.ckpt", b"anything", "unsupported checkpoint type '.ckpt'"),
+    ],
+)
+def test_unreadable_checkpoint_names_the_file(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as raised:
+        load_clip(str(RESNET_CONFIG), path)
+    assert str(path) in str(raised.value)
+
+
+def test_truncated_safetensors_checkpoint_is_refused(tmp_path: Path) -> None:
+    path = save_random_clip(RESNET_CONFIG, tmp_path / "clip.safetensors", seed=0)
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_clip(str(RESNET_CONFIG), path)
+
+
+class _Exploit:
+    """Unpickling this would create a file: proof that pickled code never runs."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def test_pickled_objects_are_never_unpickled(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    path = tmp_path / "evil.pt"
+    torch.save({"visual.proj": torch.zeros(1), "payload": _Exploit(marker)}, path)
+
+    with pytest.raises(UserError, match="cannot read checkpoint"):
+        load_clip(str(RESNET_CONFIG), path)
+    assert not marker.exists()
+
+
+def test_non_tensor_content_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "numbers.pt"
+    torch.save({"visual.proj": 3}, path)
+    with pytest.raises(UserError, match="not a state dict of named tensors"):
+        load_clip(str(RESNET_CONFIG), path)
+
+
+def test_weights_of_another_architecture_do_not_fit(tmp_path: Path) -> None:
+    vit_weights = save_random_clip(VIT_CONFIG, tmp_path / "vit.safetensors", seed=0)
+    with pytest.raises(
+        UserError,
+        match=r"does not fit model .*tiny-rn\.json: \d+ missing keys \(.*\); \d+ unexpected keys",
+    ):
+        load_clip(str(RESNET_CONFIG), vit_weights)
+
+
+def test_weights_with_other_shapes_do_not_fit(tmp_path: Path) -> None:
+    wider = tmp_path / "wider.json"
+    wider.write_text(json.dumps({**json.loads(VIT_CONFIG.read_text()), "embed_dim": 48}))
+    weights = save_random_clip(wider, tmp_path / "wider.safetensors", seed=0)
+    with pytest.raises(UserError, match=r"2 shape mismatches \(text_projection \(32, 48\) vs"):
+        load_clip(str(VIT_CONFIG), weights)
+
+
+def test_unavailable_or_invalid_device_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="invalid device 'gpu0'"):
+        load_clip(str(RESNET_CONFIG), None, device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            load_clip(str(RESNET_CONFIG), None, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loads_onto_cuda_with_the_same_identity(tiny_clip_files: dict) -> None:
+    on_cpu = load_clip(str(RESNET_CONFIG), tiny_clip_files["resnet"])
+    on_gpu = load_clip(str(RESNET_CONFIG), tiny_clip_files["resnet"], device="cuda")
+    assert next(on_gpu.module.parameters()).is_cuda
+    assert on_gpu.identity == on_cpu.identity
