@@ -2,10 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
 
 import pytest
 from fake_openai import FakeOpenAI
+
+import intclip.cli
+import pipeline.cli
+
+TOY_TAXONOMY = (Path(__file__).parent / "fixtures" / "taxonomies" / "toy.yaml").read_text()
+"""Two coarse nodes, three fine classes (cats, dogs | beach): every line number is known."""
+
+CliResult = tuple[int, str, str]
+
+
+def invoke(
+    main: Callable[[list[str]], None], capsys: pytest.CaptureFixture[str], *args
+) -> CliResult:
+    """Run a console-script entry point in-process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as stopped:
+        main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return stopped.value.code, captured.out, captured.err
+
+
+@pytest.fixture
+def prompts_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """`intclip-prompts ARGS...` -> (exit code, stdout, stderr)."""
+    return partial(invoke, pipeline.cli.main, capsys)
+
+
+@pytest.fixture
+def train_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """`intclip-train ARGS...` -> (exit code, stdout, stderr)."""
+    return partial(invoke, intclip.cli.main, capsys)
 
 
 @pytest.fixture

@@ -11,30 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TOY_TAXONOMY
 from fake_openai import Content, FakeOpenAI, Hang, descriptions_json, quota_exhausted, unauthorized
 
-from pipeline.cli import main
-
-TOY = """\
-name: toy
-levels: [coarse, fine]
-nodes:
-  - id: animals
-    name: Animals
-    children:
-      - id: cats
-        name: Cats
-        label: 0
-      - id: dogs
-        name: Dogs
-        label: 1
-  - id: places
-    name: Places
-    children:
-      - id: beach
-        name: Beach
-        label: 2
-"""
+TOY = TOY_TAXONOMY
 API_KEY = "sk-test-a1b2c3d4e5f6-never-stored"
 
 
@@ -51,23 +31,22 @@ def project(tmp_path, monkeypatch, fake_openai):
     return taxonomy
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
+@pytest.fixture
+def build(prompts_cli):
+    """`intclip-prompts build --taxonomy T --model toy-llm ARGS...`."""
 
+    def run(taxonomy: Path, *args: str) -> tuple[int, str, str]:
+        return prompts_cli("build", "--taxonomy", taxonomy, "--model", "toy-llm", *args)
 
-def build(capsys, taxonomy: Path, *args: str) -> tuple[int, str, str]:
-    return run(capsys, "build", "--taxonomy", str(taxonomy), "--model", "toy-llm", *args)
+    return run
 
 
 def output_of(taxonomy: Path) -> Path:
     return taxonomy.parent / "toy.descriptions.json"
 
 
-def test_build_writes_stable_sorted_json(project, fake_openai, capsys):
-    code, out, err = build(capsys, project, "--num-descriptions", "3")
+def test_build_writes_stable_sorted_json(project, fake_openai, build):
+    code, out, err = build(project, "--num-descriptions", "3")
     assert code == 0, err
     assert fake_openai.request_count == 3
     data = json.loads(output_of(project).read_text())
@@ -81,42 +60,40 @@ def test_build_writes_stable_sorted_json(project, fake_openai, capsys):
     assert "3 asked" in err and "0 failed" in err
 
 
-def test_prompt_gives_path_and_siblings(project, fake_openai, capsys):
-    build(capsys, project, "--only", "cats")
+def test_prompt_gives_path_and_siblings(project, fake_openai, build):
+    build(project, "--only", "cats")
     user = fake_openai.bodies[0]["messages"][-1]["content"]
     assert "Animals > Cats" in user and "Dogs" in user and "exactly 5 different" in user
     assert fake_openai.bodies[0]["response_format"]["type"] == "json_schema"
 
 
-def test_rerun_sends_nothing_and_leaves_the_file_untouched(project, fake_openai, capsys):
-    build(capsys, project)
+def test_rerun_sends_nothing_and_leaves_the_file_untouched(project, fake_openai, build):
+    build(project)
     first = output_of(project).read_bytes()
     mtime = output_of(project).stat().st_mtime_ns
-    code, out, _ = build(capsys, project)
+    code, out, _ = build(project)
     assert code == 0 and fake_openai.request_count == 3
     assert "unchanged" in out
     assert output_of(project).read_bytes() == first
     assert output_of(project).stat().st_mtime_ns == mtime
 
 
-def test_committed_file_is_the_lock_even_with_an_empty_cache(
-    project, fake_openai, capsys, tmp_path
-):
-    build(capsys, project)
+def test_committed_file_is_the_lock_even_with_an_empty_cache(project, fake_openai, build, tmp_path):
+    build(project)
     cache = tmp_path / "cache"
     assert any((cache / "llm").iterdir())
     for entry in (cache / "llm").iterdir():
         entry.unlink()
-    code, _, err = build(capsys, project)
+    code, _, err = build(project)
     assert code == 0 and fake_openai.request_count == 3
     assert "3 up to date" in err
 
 
-def test_editing_one_class_regenerates_only_it(project, fake_openai, capsys, tmp_path):
-    build(capsys, project)
+def test_editing_one_class_regenerates_only_it(project, fake_openai, build, prompts_cli, tmp_path):
+    build(project)
     before = json.loads(output_of(project).read_text())
     project.write_text(TOY.replace("name: Beach", "name: Seaside"))
-    code, _, _ = build(capsys, project)
+    code, _, _ = build(project)
     assert code == 0 and fake_openai.request_count == 4
     after = json.loads(output_of(project).read_text())
     assert after["classes"][:2] == before["classes"][:2]
@@ -125,82 +102,82 @@ def test_editing_one_class_regenerates_only_it(project, fake_openai, capsys, tmp
 
     old = tmp_path / "old.json"
     old.write_text(json.dumps(before))
-    code, out, _ = run(capsys, "diff", str(old), str(output_of(project)))
+    code, out, _ = prompts_cli("diff", str(old), str(output_of(project)))
     assert code == 1
     assert "class 2 'beach'" in out and "class 0" not in out and "class 1" not in out
     assert "  - Photo 1" in out and "  + Photo 1" in out
-    code, out, _ = run(capsys, "diff", str(old), str(old))
+    code, out, _ = prompts_cli("diff", str(old), str(old))
     assert code == 0 and "no differences" in out
 
 
-def test_renaming_a_parent_regenerates_its_children(project, fake_openai, capsys):
-    build(capsys, project)
+def test_renaming_a_parent_regenerates_its_children(project, fake_openai, build):
+    build(project)
     project.write_text(TOY.replace("name: Animals", "name: Pets"))
-    build(capsys, project)
+    build(project)
     assert fake_openai.request_count == 5  # cats and dogs again, beach kept
 
 
-def test_check_detects_missing_stale_and_fresh(project, fake_openai, capsys):
-    code, _, err = build(capsys, project, "--check")
+def test_check_detects_missing_stale_and_fresh(project, fake_openai, build, prompts_cli):
+    code, _, err = build(project, "--check")
     assert code == 1 and "missing" in err
-    build(capsys, project)
-    code, out, _ = run(capsys, "build", "--taxonomy", str(project), "--check")
+    build(project)
+    code, out, _ = prompts_cli("build", "--taxonomy", str(project), "--check")
     assert code == 0 and "up to date" in out  # model and parameters come from the file
     project.write_text(TOY.replace("name: Dogs", "name: Wolves"))
-    code, _, err = run(capsys, "build", "--taxonomy", str(project), "--check")
+    code, _, err = prompts_cli("build", "--taxonomy", str(project), "--check")
     assert code == 1 and "class 1 'dogs': stale" in err
-    code, _, err = run(capsys, "build", "--taxonomy", str(project), "--check", "--min-words", "2")
+    code, _, err = prompts_cli("build", "--taxonomy", str(project), "--check", "--min-words", "2")
     assert code == 1 and "class 0 'cats': stale" in err
     assert fake_openai.request_count == 3
 
 
-def test_check_validates_hand_edits(project, capsys):
-    build(capsys, project)
+def test_check_validates_hand_edits(project, build, prompts_cli):
+    build(project)
     data = json.loads(output_of(project).read_text())
     data["classes"][0]["descriptions"][0] = "Too short."
     output_of(project).write_text(json.dumps(data))
-    code, _, err = run(capsys, "build", "--taxonomy", str(project), "--check")
+    code, _, err = prompts_cli("build", "--taxonomy", str(project), "--check")
     assert code == 1 and "class 0 'cats': description 1: has 2 words" in err
 
 
-def test_dry_run_sends_nothing(project, fake_openai, capsys):
-    build(capsys, project, "--only", "cats")
+def test_dry_run_sends_nothing(project, fake_openai, build):
+    build(project, "--only", "cats")
     output_of(project).unlink()
-    code, out, _ = build(capsys, project, "--dry-run")
+    code, out, _ = build(project, "--dry-run")
     assert code == 0 and fake_openai.request_count == 1
     assert "Animals > Dogs" in out and "Places > Beach" in out
     assert "1 answered by the LLM cache, 2 request(s) would be sent" in out
     assert not output_of(project).exists()
 
 
-def test_only_accepts_several_ids_and_inner_nodes(project, fake_openai, capsys):
-    code, _, err = build(capsys, project, "--only", "cats", "beach")
+def test_only_accepts_several_ids_and_inner_nodes(project, fake_openai, build):
+    code, _, err = build(project, "--only", "cats", "beach")
     assert code == 0 and fake_openai.request_count == 2
     assert "1 class(es) have no descriptions yet" in err
-    code, _, _ = build(capsys, project, "--only", "animals")
+    code, _, _ = build(project, "--only", "animals")
     assert code == 0 and fake_openai.request_count == 3
     assert len(json.loads(output_of(project).read_text())["classes"]) == 3
 
 
-def test_refresh_asks_again(project, fake_openai, capsys):
-    build(capsys, project)
-    build(capsys, project, "--refresh")
+def test_refresh_asks_again(project, fake_openai, build):
+    build(project)
+    build(project, "--refresh")
     assert fake_openai.request_count == 6
 
 
-def test_invalid_answer_is_sent_back_then_accepted(project, fake_openai, capsys):
+def test_invalid_answer_is_sent_back_then_accepted(project, fake_openai, build):
     fake_openai.enqueue(Content(descriptions_json(["Too few.", "Far too few."])))
-    code, _, err = build(capsys, project, "--only", "cats", "--concurrency", "1")
+    code, _, err = build(project, "--only", "cats", "--concurrency", "1")
     assert code == 0, err
     assert fake_openai.request_count == 2
     resent = fake_openai.bodies[1]["messages"]
     assert "descriptions: List should have at least 5 items" in resent[-1]["content"]
 
 
-def test_class_fails_after_bounded_attempts_naming_the_class(project, fake_openai, capsys):
+def test_class_fails_after_bounded_attempts_naming_the_class(project, fake_openai, build):
     long_text = " ".join(["word"] * 40)
     fake_openai.enqueue(*[Content(descriptions_json([long_text] * 5))] * 2)
-    code, _, err = build(capsys, project, "--only", "dogs", "--max-attempts", "2")
+    code, _, err = build(project, "--only", "dogs", "--max-attempts", "2")
     assert code == 3
     assert fake_openai.request_count == 2
     error_lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -209,12 +186,12 @@ def test_class_fails_after_bounded_attempts_naming_the_class(project, fake_opena
     assert not output_of(project).exists()
 
 
-def test_other_classes_are_cached_when_one_fails(project, fake_openai, capsys):
+def test_other_classes_are_cached_when_one_fails(project, fake_openai, build):
     bad = Content("not json at all")
     fake_openai.enqueue(bad, bad, bad)
-    code, _, _ = build(capsys, project, "--concurrency", "1")
+    code, _, _ = build(project, "--concurrency", "1")
     assert code == 3 and fake_openai.request_count == 5  # 3 bad answers for cats, then 2 good
-    code, _, _ = build(capsys, project)
+    code, _, _ = build(project)
     assert code == 0 and fake_openai.request_count == 6  # only cats is asked again
 
 
@@ -222,17 +199,17 @@ def test_other_classes_are_cached_when_one_fails(project, fake_openai, capsys):
     ("fault", "expected"),
     [(unauthorized(), "authentication failed (401)"), (quota_exhausted(), "quota exhausted")],
 )
-def test_configuration_errors_stop_at_once(project, fake_openai, capsys, fault, expected):
+def test_configuration_errors_stop_at_once(project, fake_openai, build, fault, expected):
     fake_openai.enqueue(*[fault] * 3)
-    code, _, err = build(capsys, project, "--concurrency", "1")
+    code, _, err = build(project, "--concurrency", "1")
     assert code == 2 and fake_openai.request_count == 1
     assert err.count("error:") == 1 and expected in err and API_KEY not in err
 
 
-def test_json_schema_rejection_falls_back(project, capsys, monkeypatch):
+def test_json_schema_rejection_falls_back(project, build, monkeypatch):
     with FakeOpenAI(reject_json_schema_status=400) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
-        code, _, err = build(capsys, project, "--concurrency", "1")
+        code, _, err = build(project, "--concurrency", "1")
         assert code == 0
         kinds = [body["response_format"]["type"] for body in server.bodies]
     assert kinds == ["json_schema", "json_object", "json_object", "json_object"]
@@ -249,20 +226,20 @@ def test_json_schema_rejection_falls_back(project, capsys, monkeypatch):
         (("--templates", "/nonexistent"), "cannot read prompt template"),
     ],
 )
-def test_bad_options_are_one_line_exit_2(project, fake_openai, capsys, args, expected):
-    code, _, err = build(capsys, project, *args)
+def test_bad_options_are_one_line_exit_2(project, fake_openai, build, args, expected):
+    code, _, err = build(project, *args)
     assert code == 2, err
     assert err.count("\n") == 1 and expected in err
     assert fake_openai.request_count == 0
 
 
-def test_model_is_required_without_a_previous_file(project, capsys):
-    code, _, err = run(capsys, "build", "--taxonomy", str(project))
+def test_model_is_required_without_a_previous_file(project, prompts_cli):
+    code, _, err = prompts_cli("build", "--taxonomy", str(project))
     assert code == 2 and "no model: pass --model or set INTCLIP_LLM_MODEL" in err
 
 
-def test_api_key_is_never_written(project, capsys, tmp_path):
-    build(capsys, project)
+def test_api_key_is_never_written(project, build, tmp_path):
+    build(project)
     for path in tmp_path.rglob("*"):
         if path.is_file():
             assert API_KEY not in path.read_text(errors="ignore"), path

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CliResult
 from sklearn.metrics import average_precision_score, f1_score
-
-from intclip.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "intentonomy"
 VAL_LABELS = FIXTURES / "val_label_vectors_intentonomy2020.npy"
@@ -29,13 +28,6 @@ def noisy_logits(labels: np.ndarray, seed: int) -> np.ndarray:
 
 def squash(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as stopped:
-        main([str(arg) for arg in args])
-    captured = capsys.readouterr()
-    return stopped.value.code, captured.out, captured.err
 
 
 def score_args(
@@ -95,9 +87,9 @@ def scikit_learn_protocol(
 
 
 def test_json_agrees_with_scikit_learn_on_real_labels(
-    capsys: pytest.CaptureFixture[str], real_inputs: dict[str, Path]
+    train_cli: Callable[..., CliResult], real_inputs: dict[str, Path]
 ) -> None:
-    code, out, err = run_cli(capsys, *score_args(**real_inputs), "--json")
+    code, out, err = train_cli(*score_args(**real_inputs), "--json")
     assert (code, err) == (0, "")
     reported = json.loads(out)
     expected = scikit_learn_protocol(
@@ -112,11 +104,11 @@ def test_json_agrees_with_scikit_learn_on_real_labels(
 
 
 def test_table_shows_the_same_numbers(
-    capsys: pytest.CaptureFixture[str], real_inputs: dict[str, Path]
+    train_cli: Callable[..., CliResult], real_inputs: dict[str, Path]
 ) -> None:
-    _, out, _ = run_cli(capsys, *score_args(**real_inputs), "--json")
+    _, out, _ = train_cli(*score_args(**real_inputs), "--json")
     reported = json.loads(out)
-    code, table, _ = run_cli(capsys, *score_args(**real_inputs))
+    code, table, _ = train_cli(*score_args(**real_inputs))
     assert code == 0
     assert f"threshold {reported['threshold']}, chosen on val" in table
     for label, key in [("macro F1", "macro_f1"), ("samples F1", "samples_f1"), ("mAP", "mAP")]:
@@ -126,28 +118,28 @@ def test_table_shows_the_same_numbers(
 
 
 def test_sigmoid_flag_scores_logits_like_their_probabilities(
-    capsys: pytest.CaptureFixture[str], real_inputs: dict[str, Path], tmp_path: Path
+    train_cli: Callable[..., CliResult], real_inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     val_logits = save(tmp_path / "val_logits.npy", noisy_logits(np.load(VAL_LABELS), 0))
     test_logits = save(tmp_path / "test_logits.npy", noisy_logits(np.load(TEST_LABELS), 1))
     logit_args = score_args(val_logits, VAL_LABELS, test_logits, TEST_LABELS)
 
-    code, _, err = run_cli(capsys, *logit_args)
+    code, _, err = train_cli(*logit_args)
     assert code == 2
     assert "pass --sigmoid" in err
 
-    _, from_logits, _ = run_cli(capsys, *logit_args, "--sigmoid", "--json")
-    _, from_probabilities, _ = run_cli(capsys, *score_args(**real_inputs), "--json")
+    _, from_logits, _ = train_cli(*logit_args, "--sigmoid", "--json")
+    _, from_probabilities, _ = train_cli(*score_args(**real_inputs), "--json")
     assert json.loads(from_logits) == pytest.approx(json.loads(from_probabilities))
 
 
 def test_val_class_without_positives_warns_and_is_left_out_of_map(
-    capsys: pytest.CaptureFixture[str], real_inputs: dict[str, Path], tmp_path: Path
+    train_cli: Callable[..., CliResult], real_inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     val_labels = np.load(VAL_LABELS)
     val_labels[:, 25] = 0.0
     real_inputs["val_labels"] = save(tmp_path / "val_labels_no_25.npy", val_labels)
-    code, out, err = run_cli(capsys, *score_args(**real_inputs), "--json")
+    code, out, err = train_cli(*score_args(**real_inputs), "--json")
     assert code == 0
     assert err.startswith("warning: ")
     assert "val_labels_no_25.npy: classes 25 have no positive label" in err
@@ -160,12 +152,12 @@ def test_val_class_without_positives_warns_and_is_left_out_of_map(
 
 
 def test_installed_console_script_runs_and_fails_cleanly(
-    capsys: pytest.CaptureFixture[str], real_inputs: dict[str, Path]
+    train_cli: Callable[..., CliResult], real_inputs: dict[str, Path]
 ) -> None:
     args = [CONSOLE_SCRIPT, *score_args(**real_inputs), "--json"]
     done = subprocess.run(args, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    _, in_process, _ = run_cli(capsys, *score_args(**real_inputs), "--json")
+    _, in_process, _ = train_cli(*score_args(**real_inputs), "--json")
     assert json.loads(done.stdout) == json.loads(in_process)
 
     real_inputs["val_scores"] = Path("no/such/scores.npy")
@@ -290,7 +282,7 @@ def write_small_inputs(
 
 @pytest.mark.parametrize(("faulty", "write", "message"), BAD_INPUTS)
 def test_bad_input_is_one_line_naming_the_file(
-    capsys: pytest.CaptureFixture[str],
+    train_cli: Callable[..., CliResult],
     tmp_path: Path,
     faulty: str,
     write: WriteInput | None,
@@ -300,7 +292,7 @@ def test_bad_input_is_one_line_naming_the_file(
     paths[faulty].unlink()
     if write is not None:
         write(paths[faulty])
-    code, out, err = run_cli(capsys, *score_args(**paths))
+    code, out, err = train_cli(*score_args(**paths))
     assert (code, out) == (2, "")
     assert len(err.splitlines()) == 1
     assert err.startswith(f"error: {paths[faulty]}")
@@ -308,10 +300,10 @@ def test_bad_input_is_one_line_naming_the_file(
 
 
 def test_val_and_test_class_counts_must_agree(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    train_cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
     paths = write_small_inputs(tmp_path, test_classes=3)
-    code, _, err = run_cli(capsys, *score_args(**paths))
+    code, _, err = train_cli(*score_args(**paths))
     assert code == 2
     assert err == (
         f"error: {paths['val_scores']} has 4 classes but {paths['test_scores']} has 3; "
@@ -320,10 +312,10 @@ def test_val_and_test_class_counts_must_agree(
 
 
 def test_a_single_class_is_not_multi_label(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+    train_cli: Callable[..., CliResult], tmp_path: Path
 ) -> None:
     paths = write_small_inputs(tmp_path, val_classes=1, test_classes=1)
-    code, _, err = run_cli(capsys, *score_args(**paths))
+    code, _, err = train_cli(*score_args(**paths))
     assert code == 2
     assert err == (
         f"error: {paths['val_labels']}: one class column; multi-label scoring needs at least 2\n"

@@ -8,47 +8,31 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TOY_TAXONOMY
 
-from pipeline.cli import main
 from pipeline.taxonomy import TaxonomyError, load_taxonomy
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "intentonomy"
 INTENTONOMY = ROOT / "prompts" / "intentonomy.yaml"
 
-VALID = """\
-name: toy
-levels: [coarse, fine]
-nodes:
-  - id: animals
-    name: Animals
-    children:
-      - id: cats
-        name: Cats
-        label: 0
-      - id: dogs
-        name: Dogs
-        label: 1
-  - id: places
-    name: Places
-    children:
-      - id: beach
-        name: Beach
-        label: 2
-"""
+VALID = TOY_TAXONOMY
 
 
-def run_validate(tmp_path: Path, text: str, capsys: pytest.CaptureFixture[str]):
-    path = tmp_path / "toy.yaml"
-    path.write_text(text)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["validate", "--taxonomy", str(path)])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err, path
+@pytest.fixture
+def run_validate(prompts_cli):
+    """Write `text` as a taxonomy and validate it: (exit code, stdout, stderr, path)."""
+
+    def run(tmp_path: Path, text: str) -> tuple[int, str, str, Path]:
+        path = tmp_path / "toy.yaml"
+        path.write_text(text)
+        return (*prompts_cli("validate", "--taxonomy", path), path)
+
+    return run
 
 
-def test_valid_taxonomy_prints_counts(tmp_path, capsys):
-    code, out, err, _ = run_validate(tmp_path, VALID, capsys)
+def test_valid_taxonomy_prints_counts(tmp_path, run_validate):
+    code, out, err, _ = run_validate(tmp_path, VALID)
     assert code == 0, err
     assert "coarse: 2" in out and "fine: 3" in out
 
@@ -88,10 +72,10 @@ def test_valid_taxonomy_prints_counts(tmp_path, capsys):
         (("nodes:", "nodes: [\n"), 5, "invalid YAML"),
     ],
 )
-def test_each_error_is_one_located_line(tmp_path, capsys, edit, line, expected):
+def test_each_error_is_one_located_line(tmp_path, run_validate, edit, line, expected):
     old, new = edit
     assert old in VALID
-    code, out, err, path = run_validate(tmp_path, VALID.replace(old, new, 1), capsys)
+    code, out, err, path = run_validate(tmp_path, VALID.replace(old, new, 1))
     assert code == 2
     lines = [entry for entry in err.splitlines() if entry]
     matching = [entry for entry in lines if expected in entry]
@@ -101,7 +85,7 @@ def test_each_error_is_one_located_line(tmp_path, capsys, edit, line, expected):
     assert "Traceback" not in err and out == ""
 
 
-def test_leaf_too_shallow_and_inner_node_without_children(tmp_path, capsys):
+def test_leaf_too_shallow_and_inner_node_without_children(tmp_path, run_validate):
     text = """\
 name: toy
 levels: [coarse, middle, fine]
@@ -116,30 +100,30 @@ nodes:
     name: Empty
     children: []
 """
-    code, _, err, path = run_validate(tmp_path, text, capsys)
+    code, _, err, path = run_validate(tmp_path, text)
     assert code == 2
     assert f"{path}:7: node 'cats': is a 'middle' node and needs children down to 'fine'" in err
     assert f"{path}:10: node 'empty': is a 'coarse' node and needs children down to 'fine'" in err
 
 
-def test_leaf_too_deep(tmp_path, capsys):
+def test_leaf_too_deep(tmp_path, run_validate):
     text = VALID.replace(
         "        label: 2\n",
         "        label: 2\n        children:\n          - id: sand\n            name: Sand\n",
     )
-    code, _, err, path = run_validate(tmp_path, text, capsys)
+    code, _, err, path = run_validate(tmp_path, text)
     assert code == 2
     assert f"{path}:20: node 'sand': is deeper than the last level 'fine'" in err
 
 
-def test_all_errors_reported_at_once(tmp_path, capsys):
+def test_all_errors_reported_at_once(tmp_path, run_validate):
     text = VALID.replace("name: Cats", "name: ''").replace("label: 2", "label: 1")
-    code, _, err, _ = run_validate(tmp_path, text, capsys)
+    code, _, err, _ = run_validate(tmp_path, text)
     assert code == 2
     # pydantic problems come first; the tree rules run once the nodes themselves are valid
     assert err.count("error: ") == 1
     fixed = VALID.replace("label: 2", "label: 1").replace("id: dogs", "id: cats")
-    code, _, err, _ = run_validate(tmp_path, fixed, capsys)
+    code, _, err, _ = run_validate(tmp_path, fixed)
     assert code == 2 and err.count("error: ") == 3  # twice an id, label 1 twice, 2 missing
 
 
@@ -151,16 +135,14 @@ def test_all_errors_reported_at_once(tmp_path, capsys):
         ("name: toy\nlevels: [fine]\nnodes: []\n", "'nodes' must not be empty"),
     ],
 )
-def test_malformed_documents(tmp_path, capsys, text, expected):
-    code, _, err, _ = run_validate(tmp_path, text, capsys)
+def test_malformed_documents(tmp_path, run_validate, text, expected):
+    code, _, err, _ = run_validate(tmp_path, text)
     assert code == 2 and expected in err
 
 
-def test_missing_file_is_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["validate", "--taxonomy", str(tmp_path / "nope.yaml")])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2
+def test_missing_file_is_one_line(tmp_path, prompts_cli):
+    code, _, err = prompts_cli("validate", "--taxonomy", tmp_path / "nope.yaml")
+    assert code == 2
     assert err.count("\n") == 1 and "nope.yaml" in err and "cannot read taxonomy" in err
 
 
