@@ -26,7 +26,8 @@ from pipeline.descriptions import (
 )
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
 from pipeline.files import sha256_json
-from pipeline.llm import LLMClient, LLMError
+from pipeline.llm import LLMClient
+from pipeline.llm_settings import LLMError
 from pipeline.taxonomy import FineClass, Taxonomy
 from pipeline.templates import PromptTemplates
 

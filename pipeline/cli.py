@@ -34,8 +34,9 @@ from pipeline.descriptions import (
 from pipeline.diff import diff_descriptions
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.files import cache_root
-from pipeline.llm import LLMClient, LLMSettings
+from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
+from pipeline.llm_settings import LLMSettings
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 from pipeline.templates import default_template_dir, load_templates
 

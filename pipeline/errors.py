@@ -5,7 +5,8 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
-EXIT_LLM_FAILURE = 3
+EXIT_FAILED = 3  # the work itself failed: an LLM after retries, a training run that diverged
+EXIT_LLM_FAILURE = EXIT_FAILED
 
 
 class UserError(Exception):

@@ -28,8 +28,9 @@ from fake_openai import (
 from pydantic import BaseModel, Field
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
-from pipeline.llm import LLMAnswer, LLMClient, LLMError, LLMSettings
+from pipeline.llm import LLMAnswer, LLMClient
 from pipeline.llm_cache import LLMCache
+from pipeline.llm_settings import LLMError, LLMSettings
 
 COUNT = 3
 MAX_WORDS = 12

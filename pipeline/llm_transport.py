@@ -1,0 +1,169 @@
+"""The transport policy: which HTTP failures are retried, how long to wait, how to report them.
+
+One tenacity policy for every request; the server's Retry-After is honoured; a failure that
+retrying cannot fix (a bad key, an unknown model, no quota) is reported at once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import openai
+import tenacity
+
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE
+from pipeline.llm_settings import API_KEY_ENV, LLMSettings, one_line
+
+QUOTA_EXHAUSTED_CODE = "insufficient_quota"
+TRANSIENT_STATUS_CODES = frozenset({408, 429})
+# llama.cpp's C++ server once answered 500 'response_format type must be one of "text" or
+# "json_object"'; llama-cpp-python answers 422 or 500 with a validation error on
+# response_format.type; others answer 400. Such a refusal is never transient.
+FORMAT_REJECTION_STATUS_CODES = frozenset({400, 422, 500})
+FORMAT_REJECTION_WORDS = ("response_format", "json_schema")
+ERROR_DETAIL_MAX_CHARS = 300
+
+
+def retry_after_seconds(error: BaseException) -> float | None:
+    """The delay the server asked for in `retry-after-ms`, or `Retry-After` (seconds or a date)."""
+    if not isinstance(error, openai.APIStatusError):
+        return None
+    headers = error.response.headers
+    try:
+        return max(0.0, float(headers["retry-after-ms"]) / 1000)
+    except (KeyError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def rejects_response_format(error: BaseException) -> bool:
+    """Whether the server refused the structured-output request itself, not the moment."""
+    if not isinstance(error, openai.APIStatusError):
+        return False
+    message = error.message.lower()
+    return error.status_code in FORMAT_REJECTION_STATUS_CODES and any(
+        word in message for word in FORMAT_REJECTION_WORDS
+    )
+
+
+def is_quota_exhausted(error: BaseException) -> bool:
+    return isinstance(error, openai.APIStatusError) and error.code == QUOTA_EXHAUSTED_CODE
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth another try: network trouble, timeouts, 408, 429 (unless out of quota) and 5xx."""
+    if isinstance(error, openai.APIConnectionError):
+        return True
+    if not isinstance(error, openai.APIStatusError):
+        return False
+    if is_quota_exhausted(error) or rejects_response_format(error):
+        return False
+    return error.status_code in TRANSIENT_STATUS_CODES or error.status_code >= 500
+
+
+def transport_policy(settings: LLMSettings) -> tenacity.Retrying:
+    """The one retry policy for HTTP requests.
+
+    Waits what the server's Retry-After asks, up to `backoff_max`, else a jittered exponential
+    backoff from `backoff_initial` doubling up to `backoff_max`; gives up after
+    `max_transport_attempts` requests and re-raises the last error.
+    """
+    backoff = tenacity.wait_exponential_jitter(
+        multiplier=settings.backoff_initial,
+        max=settings.backoff_max,
+        jitter=settings.backoff_initial,
+    )
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        asked = retry_after_seconds(state.outcome.exception()) if state.outcome else None
+        return backoff(state) if asked is None else min(asked, settings.backoff_max)
+
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_transient),
+        wait=wait,
+        stop=tenacity.stop_after_attempt(settings.max_transport_attempts),
+        reraise=True,
+    )
+
+
+def short_line(text: str) -> str:
+    """One line of bounded length, for text a server chose."""
+    line = one_line(text)
+    if len(line) > ERROR_DETAIL_MAX_CHARS:
+        return line[: ERROR_DETAIL_MAX_CHARS - 3] + "..."
+    return line
+
+
+def error_detail(error: openai.APIError) -> str:
+    """The server's own words about the failure."""
+    body = error.body
+    message = body.get("message") if isinstance(body, dict) else None
+    return short_line(str(message or error.message))
+
+
+def status_is(status_code: int) -> Callable[[BaseException], bool]:
+    return lambda error: getattr(error, "status_code", None) == status_code
+
+
+def is_status_error(error: BaseException) -> bool:
+    return isinstance(error, openai.APIStatusError)
+
+
+def is_timeout(error: BaseException) -> bool:
+    return isinstance(error, openai.APITimeoutError)
+
+
+def is_connection_error(error: BaseException) -> bool:
+    return isinstance(error, openai.APIConnectionError)
+
+
+# The first rule that matches names the failure and its exit code: configuration mistakes exit 2,
+# failures of the server after every retry exit 3.
+FAILURE_RULES: tuple[tuple[Callable[[BaseException], bool], str, int], ...] = (
+    (is_quota_exhausted, "quota exhausted (insufficient_quota): {detail}", EXIT_BAD_INPUT),
+    (
+        rejects_response_format,
+        "the server rejects response_format {mode} ({status}): {detail}",
+        EXIT_BAD_INPUT,
+    ),
+    (
+        is_timeout,
+        "no answer from {base_url} within {timeout:g} s, {attempts} attempts",
+        EXIT_LLM_FAILURE,
+    ),
+    (
+        is_connection_error,
+        "cannot reach {base_url} after {attempts} attempts: {detail}",
+        EXIT_LLM_FAILURE,
+    ),
+    (
+        status_is(401),
+        f"authentication failed (401): check {API_KEY_ENV}: {{detail}}",
+        EXIT_BAD_INPUT,
+    ),
+    (status_is(403), "permission denied (403) for model {model!r}: {detail}", EXIT_BAD_INPUT),
+    (status_is(404), "model {model!r} not found at {base_url} (404): {detail}", EXIT_BAD_INPUT),
+    (status_is(429), "rate limited (429) after {attempts} attempts: {detail}", EXIT_LLM_FAILURE),
+    (
+        is_transient,
+        "LLM server error {status} after {attempts} attempts: {detail}",
+        EXIT_LLM_FAILURE,
+    ),
+    (is_status_error, "the server rejected the request ({status}): {detail}", EXIT_BAD_INPUT),
+)
+UNCLASSIFIED_FAILURE = ("LLM request failed: {detail}", EXIT_LLM_FAILURE)
