@@ -32,6 +32,7 @@ from pipeline.descriptions import (
     write_descriptions,
 )
 from pipeline.diff import diff_descriptions
+from pipeline.embed_cli import app as embed_app
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.files import cache_root
 from pipeline.llm import LLMClient
@@ -42,11 +43,13 @@ from pipeline.templates import default_template_dir, load_templates
 
 app = typer.Typer(
     name="intclip-prompts",
-    help="Class descriptions for intclip: taxonomy in, validated LLM descriptions out.",
+    help="Class descriptions for intclip: taxonomy in, validated LLM descriptions out, "
+    "and their CLIP text embeddings.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(embed_app)
 stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[
@@ -293,6 +296,9 @@ def diff(
     stdout.print("no differences")
 
 
+MULTI_VALUE_OPTIONS = {"build": "--only", "zeroshot": "--images"}
+
+
 def _expand_option_values(argv: list[str], option: str) -> list[str]:
     """Let `--only a b c` mean `--only a --only b --only c`, as the README documents."""
     expanded: list[str] = []
@@ -312,6 +318,7 @@ def _expand_option_values(argv: list[str], option: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["build"]:
-        args = _expand_option_values(args, "--only")
+    for command, option in MULTI_VALUE_OPTIONS.items():
+        if args[:1] == [command]:
+            args = _expand_option_values(args, option)
     run_app(app, args, "intclip-prompts")

@@ -137,6 +137,26 @@ def load_clip(
     )
 
 
+def describe_clip_source(model: str, pretrained: str | Path | None) -> tuple[str, str]:
+    """The model and weights identities `load_clip` would record, without loading any weights:
+    enough to key a cache and to find out that nothing needs computing."""
+    spec = _resolve_model(model)
+    if pretrained is None:
+        return spec.identity, RANDOM_INIT
+    path = _local_weights(pretrained)
+    return spec.identity, f"file-sha256:{sha256_file(path)}" if path else str(pretrained)
+
+
+def _local_weights(pretrained: str | Path) -> Path | None:
+    """The checkpoint file `pretrained` names, or None when it is a pretrained tag."""
+    path = Path(pretrained)
+    if path.is_file():
+        return path
+    if isinstance(pretrained, Path) or path.suffix.lower() in _STATE_DICT_READERS:
+        raise UserError(f"checkpoint file not found: {pretrained}")
+    return None
+
+
 def _parse_device(device: str | torch.device) -> torch.device:
     try:
         target = torch.device(device)
@@ -180,12 +200,10 @@ def _read_model_config(path: Path) -> dict[str, Any]:
 def _resolve_weights(spec: _ModelSpec, pretrained: str | Path | None) -> _WeightsSpec:
     if pretrained is None:
         return _WeightsSpec(RANDOM_INIT, None, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, False)
-    path = Path(pretrained)
-    if path.is_file():
+    path = _local_weights(pretrained)
+    if path is not None:
         identity = f"file-sha256:{sha256_file(path)}"
         return _WeightsSpec(identity, path, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, False)
-    if isinstance(pretrained, Path) or path.suffix.lower() in _STATE_DICT_READERS:
-        raise UserError(f"checkpoint file not found: {pretrained}")
     return _download_tag(spec, str(pretrained))
 
 

@@ -1,0 +1,161 @@
+"""`intclip-prompts embed`, `cache ls`, `cache verify` and `zeroshot`: stage 2 and its checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.clip import load_clip
+from pipeline.console import stderr
+from pipeline.descriptions import read_descriptions
+from pipeline.embeddings import (
+    Aggregate,
+    compute_embeddings,
+    embed_descriptions,
+    embedding_cache_file,
+    load_class_embeddings,
+)
+from pipeline.errors import EXIT_CHECK_FAILED, UserError
+from pipeline.files import cache_root, sha256_file
+from pipeline.images import eval_transform, list_images, open_image
+from pipeline.zeroshot import ZeroShotCLIP
+
+app = typer.Typer()
+cache_app = typer.Typer(help="Inspect and verify the embedding cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+stdout = Console(highlight=False, soft_wrap=True)
+
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (auto: CUDA if any).")]
+CacheDirOption = Annotated[
+    Path | None, typer.Option(help="Cache root [default: $INTCLIP_CACHE_DIR or cache/].")
+]
+
+
+def _device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _source(value: str) -> str:
+    """A file argument as an absolute path (so `cache verify` finds it from anywhere)."""
+    path = Path(value)
+    return str(path.resolve()) if path.is_file() else value
+
+
+@app.command()
+def embed(
+    descriptions: Annotated[Path, typer.Option(help="Descriptions JSON of intclip-prompts build.")],
+    clip: Annotated[
+        str, typer.Option(help="open_clip model name, or an open_clip model-config JSON.")
+    ] = "RN101",
+    pretrained: Annotated[
+        str, typer.Option(help="open_clip pretrained tag, or a local .pt/.bin/.safetensors file.")
+    ] = "openai",
+    device: DeviceOption = "auto",
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+    aggregate: Annotated[
+        Aggregate, typer.Option(help="Class embedding: mean of descriptions, or with the name.")
+    ] = "mean",
+    cache_dir: CacheDirOption = None,
+) -> None:
+    """Embed every description with CLIP's frozen text tower, once; print the cache file."""
+    path = embedding_cache_file(descriptions, clip, pretrained, aggregate, cache_root(cache_dir))
+    if path.is_file():
+        load_class_embeddings(path)  # an intact file, or an error naming what is wrong with it
+        stderr.print("cache hit: these embeddings exist already, nothing computed")
+    else:
+        loaded = load_clip(clip, pretrained, _device(device))
+        done = embed_descriptions(
+            descriptions, loaded, _source(clip), _source(pretrained), aggregate, path, batch_size
+        )
+        count, per_class, width = done.description_embeddings.shape
+        stderr.print(f"embedded {count} classes x {per_class} descriptions, {width} dimensions")
+    stdout.print(str(path), markup=False)
+
+
+@cache_app.command("ls")
+def cache_ls(cache_dir: CacheDirOption = None) -> None:
+    """List cached embeddings with their provenance and size."""
+    folder = cache_root(cache_dir) / "embeddings"
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not files:
+        stdout.print(f"no cached embeddings in {folder}")
+        return
+    table = Table(title=str(folder))
+    for column in ("file", "descriptions", "model", "pretrained", "aggregate", "N x K x D", "KiB"):
+        table.add_column(column)
+    for path in files:
+        try:
+            loaded = load_class_embeddings(path)
+        except UserError as err:
+            table.add_row(path.name[:12], f"[red]unreadable: {err}[/red]", "", "", "", "", "")
+            continue
+        meta = loaded.metadata
+        table.add_row(
+            path.name[:12],
+            f"{Path(meta.descriptions_path).name} ({meta.descriptions_sha256[:8]})",
+            meta.model_source if meta.model == meta.model_source else meta.model[:22],
+            meta.pretrained[:22],
+            meta.aggregate,
+            " x ".join(str(n) for n in loaded.description_embeddings.shape),
+            f"{path.stat().st_size / 1024:.0f}",
+        )
+    stdout.print(table)
+
+
+@cache_app.command("verify")
+def cache_verify(
+    path: Annotated[Path, typer.Argument(help="A cache file, as printed by embed.")],
+    device: DeviceOption = "auto",
+    atol: Annotated[float, typer.Option(help="Largest allowed absolute difference.")] = 1e-5,
+) -> None:
+    """Recompute a cached file from its recorded sources and compare (exit 1 if it differs)."""
+    cached = load_class_embeddings(path)
+    meta = cached.metadata
+    source = Path(meta.descriptions_path)
+    if not source.is_file() or sha256_file(source) != meta.descriptions_sha256:
+        raise UserError(f"{path}: its descriptions file {source} is gone or changed since")
+    clip = load_clip(meta.model_source, meta.pretrained_source, _device(device))
+    if meta.clip.differences(clip.identity):
+        raise UserError(
+            f"{path}: the CLIP at {meta.model_source} / {meta.pretrained_source} changed"
+        )
+    fresh, _ = compute_embeddings(read_descriptions(source), clip, meta.aggregate)
+    difference = float((fresh - cached.class_embeddings).abs().max())
+    if difference > atol:
+        raise UserError(
+            f"{path}: differs from a recomputation by up to {difference:.3g} (> {atol:g})",
+            EXIT_CHECK_FAILED,
+        )
+    stdout.print(f"{path}: verified, largest difference {difference:.3g}", markup=False)
+
+
+@app.command()
+def zeroshot(
+    embeddings: Annotated[Path, typer.Option(help="A cache file, as printed by embed.")],
+    images: Annotated[list[Path], typer.Option(help="Image files or directories (repeatable).")],
+    top: Annotated[int, typer.Option(min=1, help="Intents shown per image.")] = 5,
+    device: DeviceOption = "auto",
+) -> None:
+    """Score images with plain CLIP against the cached class embeddings, no training: a
+    sanity check of the descriptions before training."""
+    files = list_images(images)
+    meta = load_class_embeddings(embeddings).metadata
+    clip = load_clip(meta.model_source, meta.pretrained_source, _device(device))
+    cached = load_class_embeddings(embeddings, clip=clip.identity)
+    model = ZeroShotCLIP(clip, cached.class_embeddings).eval()
+    transform = eval_transform(clip.image_size[0], clip.image_mean, clip.image_std)
+    device_of = next(clip.module.parameters()).device
+    for path in files:
+        with torch.no_grad():
+            logits = model(transform(open_image(path)).unsqueeze(0).to(device_of))
+        scores = ZeroShotCLIP.scores(logits)[0].cpu()
+        stdout.print(str(path), markup=False)
+        for row in scores.argsort(descending=True)[:top].tolist():
+            stdout.print(
+                f"  {scores[row]:.3f}  {cached.labels[row]:>3}  {cached.ids[row]}", markup=False
+            )

@@ -1,0 +1,57 @@
+"""Images in: finding the files a user names, and CLIP's own evaluation transform.
+
+Every stage that shows CLIP an image (the zero-shot check here, evaluation and prediction in
+`intclip`) resizes, crops and normalises it this one way, with the CLIP's own mean and std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import transforms as T
+
+from pipeline.errors import UserError
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+BICUBIC = T.InterpolationMode.BICUBIC
+ImageTransform = Callable[[Image.Image], torch.Tensor]
+
+
+def list_images(paths: Sequence[Path]) -> list[Path]:
+    """Image files named directly, and those inside named directories (sorted)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"{path}: no such image or directory")
+    if not found:
+        named = ", ".join(map(str, paths))
+        raise UserError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {named}")
+    return found
+
+
+def open_image(path: Path) -> Image.Image:
+    """An RGB image, or one line naming the file that is not one."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise UserError(f"{path}: cannot read this image ({err})") from err
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> ImageTransform:
+    """Resize the shorter side, center crop, normalise: what CLIP saw in pre-training."""
+    return T.Compose(
+        [
+            T.Resize(size, interpolation=BICUBIC),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
