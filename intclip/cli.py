@@ -8,25 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Annotated, Literal
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from intclip.metrics import MIN_CLASSES, ProtocolResult, evaluate_protocol
+from intclip.config import load_config
+from intclip.data import SPLITS, load_split
+from intclip.data_check import check_index, summarize
+from intclip.metrics import ProtocolResult, evaluate_protocol
+from intclip.report import EvaluationReport, report_table
+from intclip.score_inputs import read_score_split
 from pipeline.console import run_app, stderr
 from pipeline.errors import UserError
 from pipeline.files import stable_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
-_NPY_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
-_NUMERIC_KINDS = "biuf"
 _TABLE_ROWS = {
     "macro F1": "macro_f1",
     "micro F1": "micro_f1",
@@ -38,107 +37,6 @@ _TABLE_ROWS = {
 @app.callback()
 def _root() -> None:
     """Train, evaluate and score multi-label visual intent models."""
-
-
-def _read_npy_header(path: Path, handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from the header, so a wrong file is named before its data is read."""
-    try:
-        version = np.lib.format.read_magic(handle)
-    except (ValueError, EOFError) as err:
-        raise UserError(f"{path}: not a .npy file (no NumPy header)") from err
-    read_header = _NPY_HEADER_READERS.get(version)
-    if read_header is None:
-        raise UserError(f"{path}: unsupported .npy format version {version[0]}.{version[1]}")
-    try:
-        shape, _fortran_order, dtype = read_header(handle)
-    except (ValueError, EOFError) as err:
-        raise UserError(f"{path}: corrupt .npy header ({err})") from err
-    return shape, dtype
-
-
-def _read_matrix(path: Path) -> np.ndarray:
-    """A non-empty 2-D numeric array from a .npy file; pickled objects are never loaded."""
-    try:
-        with path.open("rb") as handle:
-            shape, dtype = _read_npy_header(path, handle)
-            if dtype.hasobject:
-                raise UserError(f"{path}: holds Python objects; save a numeric array instead")
-            if dtype.kind not in _NUMERIC_KINDS:
-                raise UserError(f"{path}: dtype {dtype} is not numeric")
-            if len(shape) != 2:
-                raise UserError(f"{path}: expected a 2-D (images x classes) array, got {shape}")
-            if 0 in shape:
-                raise UserError(f"{path}: empty array of shape {shape}")
-            handle.seek(0)
-            try:
-                return np.lib.format.read_array(handle, allow_pickle=False)
-            except (ValueError, EOFError) as err:
-                raise UserError(f"{path}: truncated or corrupt .npy data ({err})") from err
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from err
-
-
-def _first_index(mask: np.ndarray) -> tuple[int, int]:
-    row, column = np.argwhere(mask)[0]
-    return int(row), int(column)
-
-
-def _check_labels(path: Path, labels: np.ndarray) -> None:
-    """Labels are 0/1 with at least one positive, or no metric means anything."""
-    not_binary = ~np.isin(labels, (0, 1))
-    if not_binary.any():
-        row, column = _first_index(not_binary)
-        raise UserError(
-            f"{path}: labels must be 0 or 1, found {labels[row, column]} "
-            f"at row {row}, class {column}"
-        )
-    if not labels.any():
-        raise UserError(f"{path}: no positive label at all")
-
-
-def _sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Logistic function in its tanh form, which cannot overflow for large logits."""
-    return 0.5 * (1.0 + np.tanh(0.5 * logits))
-
-
-def _as_probabilities(path: Path, scores: np.ndarray, sigmoid: bool) -> np.ndarray:
-    """Finite scores in [0, 1], the range the threshold grid is defined on."""
-    scores = scores.astype(np.float64)
-    not_finite = ~np.isfinite(scores)
-    if not_finite.any():
-        row, column = _first_index(not_finite)
-        raise UserError(
-            f"{path}: score {scores[row, column]} at row {row}, class {column} is not finite"
-        )
-    if sigmoid:
-        scores = _sigmoid(scores)
-    out_of_range = (scores < 0.0) | (scores > 1.0)
-    if out_of_range.any():
-        row, column = _first_index(out_of_range)
-        raise UserError(
-            f"{path}: score {scores[row, column]} at row {row}, class {column} is outside "
-            "[0, 1]; pass --sigmoid if the scores are logits"
-        )
-    return scores
-
-
-def _read_split(
-    scores_path: Path, labels_path: Path, sigmoid: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """One split's (probabilities, labels), checked so every fault names its file."""
-    scores = _read_matrix(scores_path)
-    labels = _read_matrix(labels_path)
-    if scores.shape != labels.shape:
-        raise UserError(
-            f"{scores_path} has shape {scores.shape} but {labels_path} has shape "
-            f"{labels.shape}; scores and labels must match"
-        )
-    if labels.shape[1] < MIN_CLASSES:
-        raise UserError(
-            f"{labels_path}: one class column; multi-label scoring needs at least {MIN_CLASSES}"
-        )
-    _check_labels(labels_path, labels)
-    return _as_probabilities(scores_path, scores, sigmoid), labels
 
 
 def _warn_missing_classes(labels_path: Path, classes: list[int]) -> None:
@@ -180,8 +78,8 @@ def score(
     The threshold (0.05 to 0.95, step 0.05) that maximises val macro F1 is applied to test.
     Scores must be probabilities in [0, 1], or logits with --sigmoid. Values are in percent.
     """
-    val_probabilities, val_truth = _read_split(val_scores, val_labels, sigmoid)
-    test_probabilities, test_truth = _read_split(test_scores, test_labels, sigmoid)
+    val_probabilities, val_truth = read_score_split(val_scores, val_labels, sigmoid)
+    test_probabilities, test_truth = read_score_split(test_scores, test_labels, sigmoid)
     val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
     if val_classes != test_classes:
         raise UserError(
@@ -195,6 +93,154 @@ def score(
         typer.echo(stable_json(result.summary().model_dump()), nl=False)
     else:
         Console().print(_results_table(result))
+
+
+ConfigOption = Annotated[Path, typer.Option("--config", help="Training config YAML.")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable)."),
+]
+
+
+@app.command("check-data")
+def check_data(
+    config: ConfigOption,
+    overrides: SetOption = None,
+    decode: Annotated[
+        bool, typer.Option(help="Decode every image to find corrupt and truncated files.")
+    ] = True,
+) -> None:
+    """Preflight the data: missing, unreadable, corrupt or truncated images, paths outside the
+    image root, labels out of range, duplicates and images with no label (exit 2 if any)."""
+    settings = load_config(config, overrides)
+    total = 0
+    for split in SPLITS:
+        index = load_split(settings.data, split)
+        if index is None:
+            continue
+        problems = check_index(index, decode=decode)
+        for problem in problems:
+            stderr.print(str(problem), markup=False)
+        verdict = summarize(problems) or "ok"
+        Console().print(f"{split}: {len(index)} entries, {verdict}", markup=False)
+        total += len(problems)
+    if total:
+        raise UserError(
+            f"{total} bad entries (see above); fix them, or train with --skip-bad to leave them out"
+        )
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Training config YAML.", show_default=False)
+    ] = None,
+    overrides: SetOption = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this run directory exactly where it stopped."),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Leave out bad entries instead of stopping.")
+    ] = False,
+    stop_after: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop once this many epochs are done; --resume continues."),
+    ] = None,
+) -> None:
+    """Train the semantic branch, aggregation and head; choose the best epoch on val only.
+
+    Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
+    """
+    from intclip.train import resumable_config, train
+
+    if (config is None) == (resume is None):
+        raise UserError("give --config F for a new run, or --resume RUN_DIR to continue one")
+    if resume is not None and overrides:
+        raise UserError("--set cannot change a run being resumed: it would no longer be exact")
+    settings = load_config(config or resumable_config(resume), overrides)
+    name = config.stem if config else resume.name
+    run_dir = train(settings, name, resume, skip_bad, stop_after)
+    Console().print(str(run_dir), markup=False)
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[
+        Path,
+        typer.Option(
+            "--run",
+            "--run-dir",
+            help="A run directory of intclip-train run (--run-dir under torchrun, whose own"
+            " --run-path option makes --run ambiguous).",
+        ),
+    ],
+    split: Annotated[
+        Literal["val", "test"], typer.Option(help="Report on val, or on test at val's threshold.")
+    ] = "test",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+) -> None:
+    """Evaluate a run's best checkpoint under the Intentonomy protocol.
+
+    Writes eval-<split>.json, <split>_scores.npy and eval-<split>-per-class-f1.png in the run.
+    """
+    from intclip.run_eval import evaluate_run
+
+    _show_report(evaluate_run(run_dir, split, device), as_json)
+
+
+@app.command()
+def zeroshot(
+    config: ConfigOption,
+    overrides: SetOption = None,
+    split: Annotated[
+        Literal["val", "test"], typer.Option(help="Report on val, or on test at val's threshold.")
+    ] = "test",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+) -> None:
+    """Evaluate plain CLIP with the cached class embeddings, nothing trained: the baseline."""
+    from intclip.run_eval import evaluate_zero_shot
+
+    _show_report(evaluate_zero_shot(load_config(config, overrides), split, device), as_json)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[
+        Path,
+        typer.Option(
+            "--run",
+            "--run-dir",
+            help="A run directory of intclip-train run (--run-dir under torchrun, whose own"
+            " --run-path option makes --run ambiguous).",
+        ),
+    ],
+    images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
+    output_format: Annotated[
+        Literal["table", "json", "csv"], typer.Option("--format", help="Output format.")
+    ] = "table",
+    top: Annotated[int, typer.Option(min=1, help="Intents listed per level.")] = 5,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+) -> None:
+    """The most probable intents of each image, marked when above the run's val-tuned
+    threshold, rolled up to the middle and coarse levels of the taxonomy."""
+    from intclip.predict import FORMATTERS, predict_images
+    from pipeline.images import list_images
+
+    predictions = predict_images(run_dir, list_images(images), device, top)
+    typer.echo(FORMATTERS[output_format](predictions), nl=False)
+
+
+def _show_report(report: EvaluationReport | None, as_json: bool) -> None:
+    """Rank 0 prints; other torchrun ranks get no report and print nothing."""
+    if report is None:
+        return
+    if as_json:
+        typer.echo(stable_json(report.model_dump(mode="json")), nl=False)
+    else:
+        Console().print(report_table(report))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

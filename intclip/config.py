@@ -1,0 +1,165 @@
+"""The training configuration: one YAML file, validated, overridable from the command line.
+
+Every section rejects unknown keys, so a typo in a config is an error, not a silent default.
+`--set optim.lr=0.01` overrides any leaf; values are parsed as YAML (`model.aggregation=false`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+from intclip.model import ModelConfig
+from pipeline.errors import UserError
+from pipeline.files import atomic_write_text
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class DataConfig(_Section):
+    """Where the images and labels are. Relative paths are relative to the working directory."""
+
+    format: Literal["intentonomy", "manifest"] = "intentonomy"
+    image_root: Path
+    train: Path
+    val: Path
+    test: Path | None = None
+    num_classes: PositiveInt = 28
+    label_mode: Literal["binary", "soft"] = "binary"
+    taxonomy: Path | None = None
+    """Taxonomy whose labels must match the dataset's classes (and the embeddings' ids)."""
+    num_workers: int = Field(default=4, ge=0)
+
+
+class ClipSection(_Section):
+    """The base CLIP and the class embeddings computed with it by `intclip-prompts embed`."""
+
+    name: str = "RN101"
+    """An open_clip model name, or the path of an open_clip model-config JSON."""
+    pretrained: str = "openai"
+    """An open_clip pretrained tag, or a local checkpoint file."""
+    image_size: PositiveInt | None = None
+    """Input size; default: the tower's own. Position embeddings are resampled to it."""
+    descriptions: Path | None = None
+    """Descriptions file whose cached embeddings (for this CLIP and `aggregate`) are used."""
+    aggregate: Literal["mean", "mean+name"] = "mean"
+    embeddings: Path | None = None
+    """An embedding cache file, instead of `descriptions` + `aggregate`."""
+
+    @model_validator(mode="after")
+    def _one_embedding_source(self) -> ClipSection:
+        if (self.descriptions is None) == (self.embeddings is None):
+            raise ValueError("give exactly one of descriptions (with aggregate) or embeddings")
+        return self
+
+
+class AugmentConfig(_Section):
+    """Training augmentation, really applied in training (the official code never did)."""
+
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    flip: bool = True
+    randaugment_ops: int = Field(default=2, ge=0)
+    randaugment_magnitude: int = Field(default=9, ge=0, le=30)
+
+
+class OptimConfig(_Section):
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.002, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: NonNegativeFloat = 5e-4
+    epochs: PositiveInt = 50
+    warmup_epochs: NonNegativeFloat = 1.0
+    batch_size: PositiveInt = 64
+    eval_batch_size: PositiveInt = 128
+    grad_clip: NonNegativeFloat | None = 1.0
+    """Max gradient norm; None turns clipping off."""
+
+
+class LossConfig(_Section):
+    """Asymmetric loss (Ridnik et al. 2021)."""
+
+    gamma_neg: NonNegativeFloat = 2.0
+    gamma_pos: NonNegativeFloat = 1.0
+    clip: NonNegativeFloat = 0.05
+    eps: float = Field(default=1e-8, gt=0)
+
+
+class TrainConfig(_Section):
+    data: DataConfig
+    clip: ClipSection
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optim: OptimConfig = OptimConfig()
+    loss: LossConfig = LossConfig()
+    seed: int = 0
+    device: str = "auto"
+    """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ..."""
+    output_dir: Path = Path("runs")
+    run_name: str | None = None
+    """Run directory name under `output_dir`; default: config name and a timestamp."""
+    tensorboard: bool = False
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config, apply `key=value` overrides, validate; errors name file and key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read config ({err.strerror})") from err
+    except yaml.MarkedYAMLError as err:
+        line = err.problem_mark.line + 1 if err.problem_mark else 1
+        raise UserError(f"{path}:{line}: invalid YAML: {err.problem}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config must be a mapping of sections")
+    for override in overrides or []:
+        _apply_override(data, override)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as err:
+        problems = [
+            f"{'.'.join(str(k) for k in e['loc'])}: {e['msg']}"
+            for e in err.errors(include_url=False)
+        ]
+        raise UserError(f"{path}: {'; '.join(problems)}") from None
+
+
+def _apply_override(data: dict[str, Any], override: str) -> None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {override!r}: expected key=value, e.g. optim.lr=0.01")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise UserError(f"--set {override!r}: the value is not valid YAML") from None
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {override!r}: '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    """The resolved config of a run, reloadable with `load_config`."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    atomic_write_text(path, text)

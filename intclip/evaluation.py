@@ -1,0 +1,56 @@
+"""Scoring a split with a model, sharded across processes without dropping or repeating a row.
+
+`DistributedSampler` pads the last shard with repeated samples, which counts some images twice
+in the metrics. Here rank r scores rows r, r + W, r + 2W, ...; the shards are gathered and put
+back in dataset order, so 1 and N processes give the same matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from intclip import distributed
+from intclip.data import ImageDataset
+
+
+@torch.no_grad()
+def predict_scores(
+    model: nn.Module,
+    dataset: ImageDataset,
+    batch_size: int,
+    context: distributed.Context,
+    activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
+    num_workers: int = 0,
+) -> np.ndarray:
+    """Scores [images, classes] (`activation` of the logits) in dataset order, on every rank."""
+    was_training = model.training
+    model.eval()
+    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if context.device.type == "cuda"
+        else nullcontext()
+    )
+    rows, scores = [], []
+    for images, _, row in loader:
+        with autocast:
+            logits = model(images.to(context.device, non_blocking=True))
+        scores.append(activation(logits.float()).cpu().numpy())
+        rows.append(row.numpy())
+    model.train(was_training)
+    num_classes = model.num_classes
+    local = (
+        np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+        np.concatenate(scores) if scores else np.zeros((0, num_classes), dtype=np.float32),
+    )
+    result = np.full((len(dataset), num_classes), np.nan, dtype=np.float32)
+    for shard_rows, shard_scores in distributed.gather_objects(local, context):
+        result[shard_rows] = shard_scores
+    return result

@@ -1,0 +1,441 @@
+"""The training loop, top to bottom: data, model, optimiser, epochs, validation, checkpoints.
+
+Honest by construction: the test split is never loaded here, the best checkpoint is chosen on
+val alone, and every epoch's randomness derives from (seed, epoch), so a resumed run continues
+exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+from intclip import distributed
+from intclip.checkpoint import save_model
+from intclip.config import TrainConfig, save_config
+from intclip.data import ImageDataset, LabelIndex, load_split
+from intclip.data_check import check_index, summarize
+from intclip.evaluation import predict_scores
+from intclip.factory import build_components
+from intclip.loss import AsymmetricLoss
+from intclip.metrics import evaluate_split, select_threshold
+from intclip.model import IntCLIP
+from pipeline.console import stderr
+from pipeline.errors import EXIT_FAILED, UserError
+from pipeline.files import atomic_write_bytes, atomic_write_text, stable_json
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.csv"
+LAST_STATE = "last.pt"
+BEST_MODEL = "best.safetensors"
+BEST_SUMMARY = "best.json"
+METRIC_COLUMNS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "val_mAP",
+    "val_macro_f1",
+    "val_micro_f1",
+    "val_samples_f1",
+    "val_threshold",
+    "lr",
+    "images_per_s",
+)
+
+
+class NonFiniteLoss(UserError):
+    """Training diverged; the last good checkpoint is kept untouched."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_FAILED)
+
+
+@dataclass
+class Progress:
+    """Where a run stands: what `last.pt` restores besides the model and the optimiser."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_val_map: float = -1.0
+
+
+def train(
+    config: TrainConfig,
+    config_name: str,
+    resume: Path | None = None,
+    skip_bad: bool = False,
+    stop_after: int | None = None,
+) -> Path:
+    """Train as configured; return the run directory.
+
+    `stop_after` ends the run once that many epochs are complete, with the schedule of the
+    full run, so that `--resume` continues it exactly.
+    """
+    context = distributed.setup(config.device)
+    try:
+        return _train(config, config_name, context, resume, skip_bad, stop_after)
+    finally:
+        distributed.teardown()
+
+
+def _train(
+    config: TrainConfig,
+    config_name: str,
+    context: distributed.Context,
+    resume: Path | None,
+    skip_bad: bool,
+    stop_after: int | None,
+) -> Path:
+    run_dir = _run_directory(config, config_name, context, resume)
+    log = stderr.print if context.is_main else _silent
+
+    # Data: train and val only. The test split is never looked at while training.
+    train_index = _checked_split(config, "train", skip_bad, log)
+    val_index = _checked_split(config, "val", skip_bad, log)
+
+    components = build_components(config, context.device)
+    _seed_everything(config.seed)  # the new modules' initial weights depend on the seed alone
+    model = IntCLIP(components.clip, components.class_embeddings, config.model)
+    trainable = DistributedDataParallel(model) if context.distributed else model
+    groups = model.parameter_groups()
+    log(", ".join(f"{g.role}: {g.count:,} trained parameters" for g in groups))
+
+    train_set = ImageDataset(train_index, components.train_transform(config))
+    val_set = ImageDataset(val_index, components.eval_transform())
+    batch_size = config.optim.batch_size // context.world_size
+    if batch_size < 1:
+        raise UserError(
+            f"optim.batch_size {config.optim.batch_size} is smaller than the world size"
+        )
+    steps_per_epoch = math.ceil(len(train_set) / (batch_size * context.world_size))
+    total_steps = steps_per_epoch * config.optim.epochs
+
+    optimizer = _optimizer(config, groups)
+    scheduler = _scheduler(config, optimizer, steps_per_epoch, total_steps)
+    criterion = AsymmetricLoss(
+        config.loss.gamma_neg, config.loss.gamma_pos, config.loss.clip, config.loss.eps
+    )
+    progress = Progress()
+    if resume is not None:
+        progress = _restore(run_dir / LAST_STATE, model, optimizer, scheduler)
+        log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
+    writer = _tensorboard(config, run_dir) if context.is_main else None
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if context.device.type == "cuda"
+        else nullcontext()
+    )
+
+    last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
+    for epoch in range(progress.epoch, last_epoch):
+        _seed_epoch(config.seed, epoch, context.rank)
+        loader = _train_loader(train_set, batch_size, config, epoch, context)
+        model.train()
+        started, seen, loss_sum, batches = time.perf_counter(), 0, 0.0, 0
+        for images, targets, _ in _progress_bar(loader, epoch, context):
+            images = images.to(context.device, non_blocking=True)
+            targets = targets.to(context.device, non_blocking=True)
+            with autocast:
+                logits = trainable(images)
+            loss = criterion(logits.float(), targets)
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss is {loss.item()} at epoch {epoch + 1}, step {progress.step + 1}; "
+                    f"stopped, and {run_dir / LAST_STATE} still holds the last good epoch"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in groups for p in g.parameters], config.optim.grad_clip
+                )
+            optimizer.step()
+            scheduler.step()
+            progress.step += 1
+            seen += len(images) * context.world_size
+            loss_sum += loss.item()
+            batches += 1
+        images_per_s = seen / max(time.perf_counter() - started, 1e-9)
+        train_loss = distributed.mean_across(loss_sum / max(batches, 1), context)
+
+        scores = predict_scores(
+            model,
+            val_set,
+            config.optim.eval_batch_size,
+            context,
+            num_workers=config.data.num_workers,
+        )
+        progress.epoch = epoch + 1
+        if context.is_main:
+            row = _validate(val_index, scores, progress, train_loss, scheduler, images_per_s)
+            _append_metrics(run_dir / METRICS_FILE, row)
+            if writer is not None:
+                for key, value in row.items():
+                    writer.add_scalar(key, value, progress.step)
+            if row["val_mAP"] > progress.best_val_map:
+                progress.best_val_map = row["val_mAP"]
+                save_model(model, run_dir / BEST_MODEL)
+                atomic_write_text(run_dir / BEST_SUMMARY, stable_json(row))
+            _save_state(run_dir / LAST_STATE, model, optimizer, scheduler, progress)
+            log(
+                f"epoch {progress.epoch}/{config.optim.epochs}: loss {train_loss:.4f}, "
+                f"val mAP {row['val_mAP']:.2f}, val macro F1 {row['val_macro_f1']:.2f}"
+            )
+        distributed.barrier(context)
+    if writer is not None:
+        writer.close()
+    return run_dir
+
+
+def resumable_config(run_dir: Path) -> Path:
+    """The config file of a run that can be resumed; an error for anything else."""
+    if not (run_dir / LAST_STATE).is_file():
+        raise UserError(f"{run_dir}: no {LAST_STATE} to resume from")
+    return run_dir / CONFIG_FILE
+
+
+def _silent(*_: object, **__: object) -> None:
+    """Ranks other than 0 print nothing."""
+
+
+def _run_directory(
+    config: TrainConfig, config_name: str, context: distributed.Context, resume: Path | None
+) -> Path:
+    """A new run directory (rank 0 decides, all ranks agree), or the one being resumed."""
+    if resume is not None:
+        resumable_config(resume)
+        return resume
+    run_dir = None
+    if context.is_main:
+        name = config.run_name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+        run_dir = config.output_dir / name
+        if (run_dir / LAST_STATE).exists():
+            raise UserError(f"{run_dir} already holds a run: resume it with --resume {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG_FILE)
+    return Path(distributed.broadcast_object(str(run_dir), context))
+
+
+def _checked_split(config: TrainConfig, split: str, skip_bad: bool, log) -> LabelIndex:
+    """The split, with label and file problems refused, or left out under `--skip-bad`."""
+    index = load_split(config.data, split)
+    problems = check_index(index, decode=False)
+    if not problems:
+        return index
+    if not skip_bad:
+        raise UserError(
+            f"{split}: {len(problems)} bad entries ({summarize(problems)}), the first: "
+            f"{problems[0]}; run intclip-train check-data, or pass --skip-bad"
+        )
+    log(
+        f"{split}: leaving out {len({p.row for p in problems})} bad entries ({summarize(problems)})"
+    )
+    return index.without([p.row for p in problems])
+
+
+def _optimizer(config: TrainConfig, groups) -> torch.optim.Optimizer:
+    """One parameter group per role; no weight decay on gains, biases and scalars."""
+    param_groups = []
+    for group in groups:
+        decayed = [p for p in group.parameters if p.ndim > 1]
+        plain = [p for p in group.parameters if p.ndim <= 1]
+        param_groups += [
+            {"params": decayed, "weight_decay": config.optim.weight_decay, "name": group.role},
+            {"params": plain, "weight_decay": 0.0, "name": f"{group.role}.no_decay"},
+        ]
+    param_groups = [g for g in param_groups if g["params"]]
+    if config.optim.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=config.optim.lr, momentum=config.optim.momentum)
+    return torch.optim.AdamW(param_groups, lr=config.optim.lr)
+
+
+def _scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to zero, stepped every batch."""
+    warmup = round(config.optim.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Augmentation and shuffling depend on (seed, epoch, rank) only, so resuming is exact."""
+    _seed_everything((seed * 100_003 + epoch * 1_009 + rank) % 2**31)
+
+
+def _train_loader(
+    dataset: ImageDataset,
+    batch_size: int,
+    config: TrainConfig,
+    epoch: int,
+    context: distributed.Context,
+) -> DataLoader:
+    if context.distributed:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+    else:
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        sampler = RandomSampler(dataset, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        pin_memory=context.device.type == "cuda",
+        drop_last=False,
+        persistent_workers=False,
+    )
+
+
+def _progress_bar(loader: DataLoader, epoch: int, context: distributed.Context) -> Iterator:
+    if not context.is_main:
+        yield from loader
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        f"epoch {epoch + 1}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=stderr,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("train", total=len(loader))
+        for batch in loader:
+            yield batch
+            bar.advance(task)
+
+
+def _validate(
+    val_index: LabelIndex,
+    scores: np.ndarray,
+    progress: Progress,
+    train_loss: float,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    images_per_s: float,
+) -> dict[str, float]:
+    """Val metrics at the threshold that is best on val, as the protocol will choose it."""
+    labels = (val_index.targets > 0).astype(np.int64)
+    threshold = select_threshold(labels, scores)
+    metrics = evaluate_split(labels, scores, threshold)
+    return {
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "train_loss": train_loss,
+        "val_mAP": metrics.mAP,
+        "val_macro_f1": metrics.macro_f1,
+        "val_micro_f1": metrics.micro_f1,
+        "val_samples_f1": metrics.samples_f1,
+        "val_threshold": threshold,
+        "lr": scheduler.get_last_lr()[0],
+        "images_per_s": images_per_s,
+    }
+
+
+def _append_metrics(path: Path, row: dict[str, float]) -> None:
+    """Rewrite the CSV with the new row, atomically: a killed run never leaves half a line."""
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    if not existing:
+        writer.writeheader()
+    writer.writerow(row)
+    atomic_write_text(path, existing + buffer.getvalue())
+
+
+def _rng_state() -> dict:
+    numpy_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [numpy_state[0], torch.from_numpy(numpy_state[1].copy()), *numpy_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    random.setstate(_as_tuples(state["python"]))
+
+
+def _as_tuples(value: object) -> object:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _save_state(
+    path: Path,
+    model: IntCLIP,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    progress: Progress,
+) -> None:
+    """Everything `--resume` needs, in one file written atomically."""
+    state = {
+        "model": model.trained_state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": _rng_state(),
+        "progress": vars(progress).copy(),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _restore(
+    path: Path,
+    model: IntCLIP,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+) -> Progress:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch reports any damage or foreign pickle as a plain exception
+        raise UserError(f"{path}: cannot resume from this file ({err})") from err
+    model.load_trained_state_dict(state["model"], str(path))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    _set_rng_state(state["rng"])
+    return Progress(**state["progress"])
+
+
+def _tensorboard(config: TrainConfig, run_dir: Path):
+    if not config.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UserError(
+            "tensorboard: true needs the tensorboard package (pip install tensorboard)"
+        ) from err
+    return SummaryWriter(str(run_dir / "tensorboard"))

@@ -1,0 +1,280 @@
+"""`intclip-train run`, `--resume`, `eval` and torchrun, on a generated dataset with a tiny CLIP.
+
+All three stages run for real: descriptions from a loopback LLM, embeddings from a random tiny
+CLIP saved to a file, then training on coloured squares whose labels are visible in the pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from fake_openai import FakeOpenAI
+from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
+
+from intclip.config import load_config
+from intclip.loss import AsymmetricLoss
+from intclip.synthetic import make_synthetic_intentonomy
+from intclip.train import NonFiniteLoss
+from intclip.train import train as train_run
+
+TAXONOMY = """\
+name: squares
+levels: [coarse, fine]
+nodes:
+  - id: warm
+    name: Warm colours
+    children:
+      - {id: red_square, name: A red square, label: 0}
+      - {id: green_square, name: A yellow-green square, label: 1}
+  - id: cold
+    name: Cold colours
+    children:
+      - {id: cyan_square, name: A cyan square, label: 2}
+      - {id: violet_square, name: A violet square, label: 3}
+"""
+EPOCHS = 4
+BIN = Path(sys.executable).parent
+
+
+def cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """A console script of this venv, as a user runs it."""
+    command = [str(BIN / str(args[0])), *(str(a) for a in args[1:])]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> dict[str, Path]:
+    """Stages 1 and 2 done, and a config for stage 3: everything a training run needs."""
+    root = tmp_path_factory.mktemp("train")
+    dataset = make_synthetic_intentonomy(root / "data", sizes=(128, 33, 33), image_size=32)
+    taxonomy = root / "squares.yaml"
+    taxonomy.write_text(TAXONOMY)
+    env = {**os.environ, "INTCLIP_CACHE_DIR": str(root / "cache")}
+    with FakeOpenAI() as server:
+        cli("intclip-prompts", "build", "--taxonomy", taxonomy, "--model", "fake",
+            "--base-url", server.base_url, env=env)  # fmt: skip
+    weights = save_random_clip(TINY_CLIP_CONFIGS["vit"], root / "tiny-vit.safetensors", seed=0)
+    embedded = cli(
+        "intclip-prompts", "embed", "--descriptions", root / "squares.descriptions.json",
+        "--clip", TINY_CLIP_CONFIGS["vit"], "--pretrained", weights, "--device", "cpu", env=env,
+    )  # fmt: skip
+    embeddings = Path(embedded.stdout.strip().splitlines()[-1])
+    config = {
+        "data": {
+            "image_root": str(dataset.image_root),
+            "train": str(dataset.train),
+            "val": str(dataset.val),
+            "test": str(dataset.test),
+            "num_classes": 4,
+            "taxonomy": str(taxonomy),
+            "num_workers": 0,
+        },
+        "clip": {
+            "name": str(TINY_CLIP_CONFIGS["vit"]),
+            "pretrained": str(weights),
+            "embeddings": str(embeddings),
+        },
+        "augment": {"randaugment_ops": 1, "crop_scale": [0.8, 1.0]},
+        "optim": {
+            "optimizer": "adamw",
+            "lr": 0.01,
+            "weight_decay": 0.01,
+            "epochs": EPOCHS,
+            "warmup_epochs": 0.5,
+            "batch_size": 16,
+            "eval_batch_size": 32,
+        },
+        "device": "cpu",
+        "output_dir": str(root / "runs"),
+    }
+    path = root / "squares.yaml.config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return {"root": root, "config": path, "env": env}
+
+
+def train(workspace, name: str, *args: object) -> Path:
+    result = cli(
+        "intclip-train", "run", "--config", workspace["config"], "--set", f"run_name={name}", *args,
+        env=workspace["env"],
+    )  # fmt: skip
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def straight_run(workspace) -> Path:
+    return train(workspace, "straight")
+
+
+def metrics(run_dir: Path) -> list[dict[str, str]]:
+    with (run_dir / "metrics.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def trained_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_training_learns_the_visible_labels(straight_run, workspace):
+    rows = metrics(straight_run)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
+    val = json.loads((workspace["root"] / "data" / "synthetic_val.json").read_text())
+    positives = np.mean([len(a["category_ids"]) / 4 for a in val["annotations"]])
+    best = max(float(r["val_mAP"]) for r in rows)
+    assert best > 100 * positives + 30, (best, positives)  # chance mAP is the positive rate
+    summary = json.loads((straight_run / "best.json").read_text())
+    assert summary["val_mAP"] == best
+    for column in ("train_loss", "lr", "images_per_s", "val_macro_f1", "val_threshold"):
+        assert all(r[column] for r in rows)
+    assert (straight_run / "config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(straight_run, workspace):
+    half = train(workspace, "halves", "--stop-after", EPOCHS // 2)
+    assert len(metrics(half)) == EPOCHS // 2
+    resumed = cli("intclip-train", "run", "--resume", half, env=workspace["env"])
+    assert Path(resumed.stdout.strip().splitlines()[-1]) == half
+    straight, halves = trained_tensors(straight_run), trained_tensors(half)
+    assert straight.keys() == halves.keys()
+    for name in straight:
+        assert torch.equal(straight[name], halves[name]), name
+    assert [r["val_mAP"] for r in metrics(half)] == [r["val_mAP"] for r in metrics(straight_run)]
+
+
+@pytest.mark.slow
+def test_eval_reports_every_level(straight_run, workspace):
+    result = cli("intclip-train", "eval", "--run", straight_run, "--json", env=workspace["env"])
+    report = json.loads(result.stdout)
+    assert report["split"] == "test" and 0.05 <= report["threshold"] <= 0.95
+    assert set(report["levels"]) == {"coarse"}
+    assert report["class_ids"] == ["red_square", "green_square", "cyan_square", "violet_square"]
+    assert len(report["fine"]["per_class_f1"]) == 4 and report["fine"]["subset_f1"] == {}
+    assert (straight_run / "eval-test-per-class-f1.png").stat().st_size > 1000
+    test_scores = np.load(straight_run / "test_scores.npy")
+    assert test_scores.shape == (33, 4) and np.isfinite(test_scores).all()
+
+
+@pytest.mark.slow
+def test_torchrun_trains_and_evaluates_like_one_process(straight_run, workspace, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    env = {**workspace["env"], "OMP_NUM_THREADS": "1"}
+    trained = subprocess.run(
+        [*torchrun, str(BIN / "intclip-train"), "run", "--config", str(workspace["config"]),
+         "--set", "run_name=ddp", "--stop-after", "1"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    assert len(metrics(workspace["root"] / "runs" / "ddp")) == 1
+
+    single = cli("intclip-train", "eval", "--run", straight_run, "--json", env=env).stdout
+    single_scores = np.load(straight_run / "test_scores.npy")
+    double = subprocess.run(
+        [*torchrun, str(BIN / "intclip-train"), "eval", "--run-dir", str(straight_run), "--json"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert double.returncode == 0, double.stderr
+    assert json.loads(double.stdout) == json.loads(single)  # 33 test images: an odd split
+    assert np.allclose(np.load(straight_run / "test_scores.npy"), single_scores, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_the_last_good_epoch(workspace, monkeypatch):
+    config = load_config(workspace["config"], ["run_name=diverge"])
+    steps_per_epoch = 128 // config.optim.batch_size
+    calls = {"count": 0}
+    original = AsymmetricLoss.forward
+
+    def poisoned(self, logits, targets):
+        calls["count"] += 1
+        loss = original(self, logits, targets)
+        return loss * float("nan") if calls["count"] > steps_per_epoch + 1 else loss
+
+    monkeypatch.setattr(AsymmetricLoss, "forward", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"loss is nan at epoch 2, step 10; stopped") as info:
+        train_run(config, "diverge")
+    assert info.value.exit_code == 3
+    run_dir = workspace["root"] / "runs" / "diverge"
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 1
+    assert len(metrics(run_dir)) == 1
+
+
+@pytest.mark.slow
+def test_predict_in_every_format(straight_run, workspace, tmp_path):
+    low = workspace["root"] / "data" / "images" / "low"
+    images = [low / "test00000.png", low / "test00001.png"]
+    result = cli("intclip-train", "predict", "--run", straight_run, *images, "--format", "json",
+                 env=workspace["env"])  # fmt: skip
+    predictions = json.loads(result.stdout)
+    threshold = json.loads((straight_run / "best.json").read_text())["val_threshold"]
+    assert [p["image"] for p in predictions] == [str(i) for i in images]
+    for prediction in predictions:
+        levels = [intent["level"] for intent in prediction["intents"]]
+        assert levels == ["fine"] * 4 + ["coarse"] * 2
+        for intent in prediction["intents"]:
+            assert intent["predicted"] == (intent["probability"] > threshold)
+        fine = [i["probability"] for i in prediction["intents"] if i["level"] == "fine"]
+        coarse = {
+            i["id"]: i["probability"] for i in prediction["intents"] if i["level"] == "coarse"
+        }
+        assert fine == sorted(fine, reverse=True)
+        assert max(coarse.values()) == max(fine)  # a parent scores its best child
+    table = cli("intclip-train", "predict", "--run", straight_run, low, "--top", "1",
+                env=workspace["env"]).stdout  # fmt: skip
+    fine_lines = [line for line in table.splitlines() if "  fine  " in line]
+    assert len(fine_lines) == 128 + 33 + 33  # every image of the directory, top 1
+    rows = cli("intclip-train", "predict", "--run", straight_run, images[0], "--format", "csv",
+               env=workspace["env"]).stdout.splitlines()  # fmt: skip
+    assert rows[0] == "image,level,id,name,probability,predicted" and len(rows) == 1 + 6
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for target, expected in [
+        (tmp_path / "missing.png", "no such image or directory"),
+        (empty, "no images"),
+        (broken, "cannot read this image"),
+    ]:
+        failed = subprocess.run(
+            [str(BIN / "intclip-train"), "predict", "--run", str(straight_run), str(target)],
+            capture_output=True, text=True, env=workspace["env"], check=False,
+        )  # fmt: skip
+        assert failed.returncode == 2 and expected in failed.stderr
+        assert failed.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_zeroshot_baseline_is_beaten_by_training(straight_run, workspace):
+    result = cli("intclip-train", "zeroshot", "--config", workspace["config"], "--json",
+                 env=workspace["env"])  # fmt: skip
+    baseline = json.loads(result.stdout)
+    trained = json.loads(
+        cli("intclip-train", "eval", "--run", straight_run, "--json", env=workspace["env"]).stdout
+    )
+    assert baseline["split"] == "test" and set(baseline["levels"]) == {"coarse"}
+    assert trained["fine"]["mAP"] > baseline["fine"]["mAP"] + 10
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "give --config F for a new run, or --resume RUN_DIR"),
+        (("--resume", "/nonexistent"), "no last.pt to resume from"),
+        (("--config", "/nonexistent.yaml"), "config file not found"),
+    ],
+)
+def test_run_refuses_bad_invocations(train_cli, args, expected):
+    code, _, err = train_cli("run", *args)
+    assert code == 2 and expected in err and err.count("\n") == 1
