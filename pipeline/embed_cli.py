@@ -8,7 +8,6 @@ from typing import Annotated
 import torch
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from pipeline.clip import load_clip
 from pipeline.console import stderr
@@ -85,26 +84,22 @@ def cache_ls(cache_dir: CacheDirOption = None) -> None:
     if not files:
         stdout.print(f"no cached embeddings in {folder}")
         return
-    table = Table(title=str(folder))
-    for column in ("file", "descriptions", "model", "pretrained", "aggregate", "N x K x D", "KiB"):
-        table.add_column(column)
+    stdout.print(f"{len(files)} cached embedding file(s) in {folder}", markup=False)
     for path in files:
         try:
             loaded = load_class_embeddings(path)
         except UserError as err:
-            table.add_row(path.name[:12], f"[red]unreadable: {err}[/red]", "", "", "", "", "")
+            stdout.print(f"{path.name}  unreadable: {err}", markup=False)
             continue
         meta = loaded.metadata
-        table.add_row(
-            path.name[:12],
-            f"{Path(meta.descriptions_path).name} ({meta.descriptions_sha256[:8]})",
-            meta.model_source if meta.model == meta.model_source else meta.model[:22],
-            meta.pretrained[:22],
-            meta.aggregate,
-            " x ".join(str(n) for n in loaded.description_embeddings.shape),
-            f"{path.stat().st_size / 1024:.0f}",
+        shape = "x".join(str(n) for n in loaded.description_embeddings.shape)
+        stdout.print(
+            f"{path.name}  descriptions={Path(meta.descriptions_path).name}"
+            f"@{meta.descriptions_sha256[:8]}  model={meta.model_source}  "
+            f"pretrained={meta.pretrained}  aggregate={meta.aggregate}  NxKxD={shape}  "
+            f"size={path.stat().st_size / 1024:.0f}KiB",
+            markup=False,
         )
-    stdout.print(table)
 
 
 @cache_app.command("verify")
