@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint format
+.PHONY: setup test test-fast lint format demo
 
 # torch and torchvision are pinned first: those builds lie on this machine's disk, any
 # other version downloads gigabytes.
@@ -25,3 +25,7 @@ lint:
 format:
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# All three stages on generated data with a random tiny CLIP and a template LLM: a smoke run.
+demo:
+	$(BIN)/python -m intclip.demo demo-run
