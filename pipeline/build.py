@@ -44,6 +44,11 @@ class BuildSettings(BaseModel):
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     seed: int | None = 0
 
+    @property
+    def max_tokens(self) -> int:
+        """Room for K descriptions of `max_words` words in JSON; stops a model that runs on."""
+        return self.rules.num_descriptions * (2 * self.rules.max_words + 16) + 64
+
     def params(self) -> dict[str, Any]:
         """The sampling and format parameters recorded in the descriptions file."""
         return {
@@ -162,7 +167,7 @@ def plan_build(
     """Render every request and match it against the previous file; sends nothing."""
     selected = _select(taxonomy, only)
     rules = settings.rules
-    schema = answer_model(rules.num_descriptions).model_json_schema()
+    schema = answer_model(rules).model_json_schema()
     kept = previous.by_label() if previous is not None else {}
     jobs = []
     for fine in taxonomy.classes:
@@ -217,7 +222,7 @@ def _answer_contract(rules: DescriptionRules) -> tuple[type[BaseModel], Callable
     def check(answer: Any) -> None:
         rules.check(_texts(answer))
 
-    return answer_model(rules.num_descriptions), check
+    return answer_model(rules), check
 
 
 def cached_labels(plan: BuildPlan, client: LLMClient) -> set[int]:

@@ -35,11 +35,12 @@ from pipeline.descriptions import (
 from pipeline.diff import diff_descriptions
 from pipeline.embed_cli import app as embed_app
 from pipeline.errors import EXIT_CHECK_FAILED, EXIT_FAILED, UserError
-from pipeline.files import cache_root
+from pipeline.files import atomic_write_text, cache_root, stable_json
 from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import LLMSettings
 from pipeline.local_llm import LocalLLMServer, default_gguf
+from pipeline.review import clip_embedder, minilm_embedder, review_descriptions
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 from pipeline.templates import default_template_dir, load_templates
 
@@ -232,6 +233,7 @@ def _llm_settings(
             api_key=None if local else os.environ.get("OPENAI_API_KEY") or None,
             temperature=settings.temperature,
             seed=settings.seed,
+            max_tokens=settings.max_tokens,
             timeout=timeout,
             response_mode=response_format,
             max_answer_attempts=max_attempts,
@@ -329,6 +331,53 @@ def diff(
 
 
 MULTI_VALUE_OPTIONS = {"build": "--only", "zeroshot": "--images"}
+
+
+@app.command()
+def review(
+    descriptions: Annotated[Path, typer.Option(help="Descriptions JSON to review.")],
+    embedder: Annotated[
+        Literal["auto", "clip", "minilm"],
+        typer.Option(help="auto: clip when --pretrained names weights, else minilm."),
+    ] = "auto",
+    clip: Annotated[str, typer.Option(help="CLIP model for --embedder clip.")] = "RN101",
+    pretrained: Annotated[
+        str | None, typer.Option(help="CLIP weights (tag or file) for --embedder clip.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
+    ] = None,
+    min_margin: Annotated[float, typer.Option(help="Smallest acceptable margin.")] = 0.02,
+    duplicate_threshold: Annotated[
+        float, typer.Option(help="Cosine similarity that makes two descriptions near-duplicates.")
+    ] = 0.95,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when any class is flagged.")
+    ] = False,
+) -> None:
+    """Measure how well each class's descriptions point at their own class."""
+    document = read_descriptions(descriptions)
+    chosen = embedder if embedder != "auto" else ("clip" if pretrained else "minilm")
+    if chosen == "clip":
+        embed = clip_embedder(clip, pretrained or "openai", device)
+        name = f"clip:{clip}"
+    else:
+        embed, name = minilm_embedder(), "minilm:all-MiniLM-L6-v2"
+    report = review_descriptions(document, embed, name, min_margin, duplicate_threshold)
+    for entry in report.classes:
+        mark = "FLAG" if entry.flagged else "ok  "
+        stdout.print(
+            f"{mark} {entry.label:>3} {entry.id:<28} rank {entry.rank:>2}  margin "
+            f"{entry.margin:+.3f}  nearest {entry.nearest_other}"
+            + (f"  ({'; '.join(entry.reasons)})" if entry.reasons else ""),
+            markup=False,
+        )
+    stdout.print(f"{len(report.flagged)} of {len(report.classes)} classes flagged ({name})")
+    if json_out is not None:
+        atomic_write_text(json_out, stable_json(report.model_dump(mode="json")))
+    if strict and report.flagged:
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def _expand_option_values(argv: list[str], option: str) -> list[str]:

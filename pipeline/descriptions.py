@@ -7,6 +7,7 @@ everything its request depended on, so an unchanged class is never asked for aga
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from functools import cache
 from pathlib import Path
@@ -48,6 +49,13 @@ class DescriptionRules(BaseModel):
             raise ValueError(f"min_words {self.min_words} exceeds max_words {self.max_words}")
         return self
 
+    @property
+    def sentence_pattern(self) -> str:
+        """A plain sentence of `min_words`..`max_words` words, as a regex: sent in the response
+        schema, where grammar-constrained servers (llama.cpp) enforce it while generating."""
+        word = "[A-Za-z0-9,'-]"
+        return f"^[A-Z]{word}*( {word}+){{{self.min_words - 1},{self.max_words - 1}}}[.]$"
+
     def problems(self, texts: list[str]) -> list[str]:
         """Every rule the texts break, as short sentences the LLM can act on."""
         found = []
@@ -79,6 +87,12 @@ class DescriptionRules(BaseModel):
         words = len(text.split())
         if not self.min_words <= words <= self.max_words:
             found.append(f"has {words} words, needs {self.min_words} to {self.max_words}: {text!r}")
+        if not found and not re.fullmatch(self.sentence_pattern, text):
+            found.append(
+                "is not one plain sentence (a capital first letter, then words of letters, "
+                "digits, commas, apostrophes or hyphens, one space apart, one final period): "
+                f"{text!r}"
+            )
         tokens = clip_token_count(text)
         if tokens > self.context_length:
             found.append(
@@ -100,20 +114,19 @@ def clip_token_count(text: str) -> int:
     return len(_clip_tokenizer().encode(text)) + 2
 
 
-class Description(BaseModel):
-    text: str
-
-
 @cache
-def answer_model(num_descriptions: int) -> type[BaseModel]:
-    """The LLM's response model: a list of objects, its length fixed in the JSON schema."""
+def answer_model(rules: DescriptionRules) -> type[BaseModel]:
+    """The LLM's response model: a list of objects, its length and the sentence pattern in the
+    JSON schema. The pattern is not validated here: `rules.check` names each problem better."""
+    description = create_model(
+        "Description",
+        text=(str, Field(json_schema_extra={"pattern": rules.sentence_pattern})),
+    )
+    count = rules.num_descriptions
     return create_model(
         "DescriptionsAnswer",
         descriptions=(
-            Annotated[
-                list[Description],
-                Field(min_length=num_descriptions, max_length=num_descriptions),
-            ],
+            Annotated[list[description], Field(min_length=count, max_length=count)],
             ...,
         ),
     )

@@ -34,6 +34,8 @@ REASK_TEMPLATE = (
     "Answer again with the complete JSON object, following every rule."
 )
 
+REJECTED_ANSWER_CHARS = 2000  # a runaway answer must not overflow a small model's context
+
 RequestMode = Literal["json_schema", "json_object"]
 ChatMessage = dict[str, str]
 AnswerT = TypeVar("AnswerT", bound=BaseModel)
@@ -92,9 +94,9 @@ def _validated(
 
 
 def _reasked(reply: _Reply, error: str) -> list[ChatMessage]:
-    """The turns that show the model its rejected answer and why it was rejected."""
+    """The turns that show the model its rejected answer (its start, if it ran on) and why."""
     return [
-        {"role": "assistant", "content": reply.refusal or reply.content},
+        {"role": "assistant", "content": (reply.refusal or reply.content)[:REJECTED_ANSWER_CHARS]},
         {"role": "user", "content": REASK_TEMPLATE.format(error=error)},
     ]
 
@@ -197,8 +199,9 @@ class LLMClient:
         """A validated answer to `messages`, from the cache or the server.
 
         `check` raises ValueError to reject an answer that parses but breaks the caller's rules;
-        the error goes back to the model, at most `max_answer_attempts` answers in all. Raises
-        LLMError, whose message is one line the caller may prefix with what was asked.
+        the error goes back to the model, at most `max_answer_attempts` answers in all. Only the
+        latest rejected answer is shown, so the conversation stays bounded for small contexts.
+        Raises LLMError, whose message is one line the caller may prefix with what was asked.
         """
         request = self.request_summary(messages, response_model)
         cached = self._from_cache(request, response_model, check)
@@ -215,7 +218,7 @@ class LLMClient:
                 value = _validated(reply, response_model, check)
             except _InvalidAnswer as invalid:
                 error = str(invalid)
-                conversation += _reasked(reply, error)
+                conversation = [*messages, *_reasked(reply, error)]
                 continue
             if self._cache is not None:
                 self._cache.store(request, value.model_dump(mode="json"))

