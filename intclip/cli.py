@@ -95,6 +95,20 @@ def score(
         Console().print(_results_table(result))
 
 
+RunOption = Annotated[
+    Path,
+    typer.Option(
+        "--run",
+        "--run-dir",
+        help="A run directory of intclip-train run (--run-dir under torchrun, whose own"
+        " --run-path option makes --run ambiguous).",
+    ),
+]
+SplitOption = Annotated[
+    Literal["val", "test"], typer.Option(help="Report on val, or on test at val's threshold.")
+]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, ...")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the JSON report.")]
 ConfigOption = Annotated[Path, typer.Option("--config", help="Training config YAML.")]
 SetOption = Annotated[
     list[str] | None,
@@ -166,20 +180,10 @@ def run(
 
 @app.command("eval")
 def evaluate(
-    run_dir: Annotated[
-        Path,
-        typer.Option(
-            "--run",
-            "--run-dir",
-            help="A run directory of intclip-train run (--run-dir under torchrun, whose own"
-            " --run-path option makes --run ambiguous).",
-        ),
-    ],
-    split: Annotated[
-        Literal["val", "test"], typer.Option(help="Report on val, or on test at val's threshold.")
-    ] = "test",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    run_dir: RunOption,
+    split: SplitOption = "test",
+    device: DeviceOption = "auto",
+    as_json: JsonOption = False,
 ) -> None:
     """Evaluate a run's best checkpoint under the Intentonomy protocol.
 
@@ -194,11 +198,9 @@ def evaluate(
 def zeroshot(
     config: ConfigOption,
     overrides: SetOption = None,
-    split: Annotated[
-        Literal["val", "test"], typer.Option(help="Report on val, or on test at val's threshold.")
-    ] = "test",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    split: SplitOption = "test",
+    device: DeviceOption = "auto",
+    as_json: JsonOption = False,
 ) -> None:
     """Evaluate plain CLIP with the cached class embeddings, nothing trained: the baseline."""
     from intclip.run_eval import evaluate_zero_shot
@@ -208,21 +210,13 @@ def zeroshot(
 
 @app.command()
 def predict(
-    run_dir: Annotated[
-        Path,
-        typer.Option(
-            "--run",
-            "--run-dir",
-            help="A run directory of intclip-train run (--run-dir under torchrun, whose own"
-            " --run-path option makes --run ambiguous).",
-        ),
-    ],
+    run_dir: RunOption,
     images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],
     output_format: Annotated[
         Literal["table", "json", "csv"], typer.Option("--format", help="Output format.")
     ] = "table",
     top: Annotated[int, typer.Option(min=1, help="Intents listed per level.")] = 5,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, ...")] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """The most probable intents of each image, marked when above the run's val-tuned
     threshold, rolled up to the middle and coarse levels of the taxonomy."""

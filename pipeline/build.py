@@ -46,8 +46,10 @@ class BuildSettings(BaseModel):
 
     @property
     def max_tokens(self) -> int:
-        """Room for K descriptions of `max_words` words in JSON; stops a model that runs on."""
-        return self.rules.num_descriptions * (2 * self.rules.max_words + 16) + 64
+        """Room for K descriptions of `max_words` words in JSON, counted as if every character
+        were a token (grammar-constrained servers may sample that way); stops a model that
+        runs on."""
+        return self.rules.num_descriptions * (8 * self.rules.max_words + 32) + 64
 
     def params(self) -> dict[str, Any]:
         """The sampling and format parameters recorded in the descriptions file."""

@@ -35,7 +35,7 @@ from pipeline.descriptions import (
 from pipeline.diff import diff_descriptions
 from pipeline.embed_cli import app as embed_app
 from pipeline.errors import EXIT_CHECK_FAILED, EXIT_FAILED, UserError
-from pipeline.files import atomic_write_text, cache_root, stable_json
+from pipeline.files import atomic_write_text, cache_root, sha256_file, stable_json
 from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import LLMSettings
@@ -365,6 +365,7 @@ def review(
     else:
         embed, name = minilm_embedder(), "minilm:all-MiniLM-L6-v2"
     report = review_descriptions(document, embed, name, min_margin, duplicate_threshold)
+    report = report.model_copy(update={"descriptions_sha256": sha256_file(descriptions)})
     for entry in report.classes:
         mark = "FLAG" if entry.flagged else "ok  "
         stdout.print(

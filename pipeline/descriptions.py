@@ -29,6 +29,8 @@ from pipeline.files import atomic_write_text, stable_json
 
 SCHEMA_VERSION = 1
 CLIP_CONTEXT_LENGTH = 77
+MAX_WORD_CHARS = 30  # a longer "word" is a model running on, not English
+MAX_WORD_CHARS = 30  # a longer "word" is a model running on, not English
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -53,8 +55,9 @@ class DescriptionRules(BaseModel):
     def sentence_pattern(self) -> str:
         """A plain sentence of `min_words`..`max_words` words, as a regex: sent in the response
         schema, where grammar-constrained servers (llama.cpp) enforce it while generating."""
-        word = "[A-Za-z0-9,'-]"
-        return f"^[A-Z]{word}*( {word}+){{{self.min_words - 1},{self.max_words - 1}}}[.]$"
+        char, rest = "[A-Za-z0-9,'-]", MAX_WORD_CHARS - 1
+        repeat = f"{{{self.min_words - 1},{self.max_words - 1}}}"
+        return f"^[A-Z]{char}{{0,{rest}}}( {char}{{1,{MAX_WORD_CHARS}}}){repeat}[.]$"
 
     def problems(self, texts: list[str]) -> list[str]:
         """Every rule the texts break, as short sentences the LLM can act on."""
@@ -90,7 +93,8 @@ class DescriptionRules(BaseModel):
         if not found and not re.fullmatch(self.sentence_pattern, text):
             found.append(
                 "is not one plain sentence (a capital first letter, then words of letters, "
-                "digits, commas, apostrophes or hyphens, one space apart, one final period): "
+                f"digits, commas, apostrophes or hyphens of at most {MAX_WORD_CHARS} characters, "
+                "one space apart, one final period): "
                 f"{text!r}"
             )
         tokens = clip_token_count(text)

@@ -53,6 +53,7 @@ class ReviewReport(BaseModel):
     min_margin: float
     duplicate_threshold: float
     classes: list[ClassReview]
+    descriptions_sha256: str | None = None  # the file reviewed, when there is one
 
     @property
     def flagged(self) -> list[ClassReview]:

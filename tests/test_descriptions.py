@@ -84,6 +84,8 @@ def test_descriptions_are_plain_sentences():
     with pytest.raises(ValueError, match="is not one plain sentence"):
         RULES.check(["A dog runs.", "A cat sleeps here"])
     RULES.check(["A well-fed dog's bowl, 2 bones.", "Three cats sleep."])
+    with pytest.raises(ValueError, match="of at most 30 characters"):
+        RULES.check(["A dog runs.", "A " + "n" * 31 + " cat."])
 
 
 def test_rules_reject_inverted_word_bounds():
@@ -98,7 +100,7 @@ def test_answer_model_fixes_the_count_in_its_schema():
     assert array["minItems"] == array["maxItems"] == 4
     assert answer_model(rules) is answer_model(DescriptionRules(**rules.model_dump()))
     text = schema["$defs"]["Description"]["properties"]["text"]
-    assert text["pattern"] == "^[A-Z][A-Za-z0-9,'-]*( [A-Za-z0-9,'-]+){2,7}[.]$"
+    assert text["pattern"] == "^[A-Z][A-Za-z0-9,'-]{0,29}( [A-Za-z0-9,'-]{1,30}){2,7}[.]$"
 
 
 def test_written_file_is_stable_and_only_rewritten_on_change(tmp_path):
