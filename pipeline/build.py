@@ -7,6 +7,7 @@ everything that request depends on, and whether the committed file already answe
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +29,16 @@ from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
 from pipeline.files import sha256_json
 from pipeline.llm import LLMClient
 from pipeline.llm_settings import LLMError
+from pipeline.review import ClassReview
 from pipeline.taxonomy import FineClass, Taxonomy
 from pipeline.templates import PromptTemplates
 
 Outcome = Literal["kept", "cached", "sent", "failed"]
+REVISION_TEMPLATE = (
+    'A review found these descriptions nearer to the class "{other}" ({other_path}) than to '
+    '"{name}". Write {count} new descriptions that fit "{name}" and not "{other}", following '
+    "every rule."
+)
 
 
 class BuildSettings(BaseModel):
@@ -295,3 +302,44 @@ def run_build(
             EXIT_LLM_FAILURE,
         )
     return plan.document(answers)
+
+
+def revise_flagged(
+    plan: BuildPlan,
+    document: DescriptionsFile,
+    flagged: Sequence[ClassReview],
+    client: LLMClient,
+) -> DescriptionsFile:
+    """Ask once more for each flagged class, naming the class it was confused with.
+
+    The model sees its own descriptions and the review's finding; the request is cached like
+    any other, and the entry remembers the revision, so a rerun asks nothing again.
+    """
+    response_model, check = _answer_contract(plan.settings.rules)
+    entries = document.by_label()
+    by_id = {entry.id: entry for entry in document.classes}
+    jobs = {job.fine.label: job for job in plan.jobs}
+    for review in flagged:
+        entry, other = entries[review.label], by_id[review.nearest_other]
+        if entry.revised_for is not None or review.label not in jobs:
+            continue
+        previous = {"descriptions": [{"text": text} for text in entry.descriptions]}
+        feedback = REVISION_TEMPLATE.format(
+            other=other.path[-1],
+            other_path=" > ".join(other.path),
+            name=entry.path[-1],
+            count=plan.settings.rules.num_descriptions,
+        )
+        messages = [
+            *jobs[review.label].messages,
+            {"role": "assistant", "content": json.dumps(previous)},
+            {"role": "user", "content": feedback},
+        ]
+        try:
+            answer = client.ask(messages, response_model, check)
+        except LLMError as err:
+            raise UserError(f"{jobs[review.label].name}: revision: {err}", err.exit_code) from err
+        entries[review.label] = entry.model_copy(
+            update={"descriptions": _texts(answer.value), "revised_for": other.id}
+        )
+    return document.model_copy(update={"classes": [entries[k] for k in sorted(entries)]})

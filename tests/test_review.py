@@ -113,3 +113,41 @@ def test_real_minilm_tells_clear_classes_apart():
     }
     report = review_descriptions(document(clear), minilm_embedder(), "minilm")
     assert [c.rank for c in report.classes] == [1, 1, 1]
+
+
+def confusing_responder(request: dict) -> str:
+    """Describes Dogs with cats, until a review tells it which class it was confused with."""
+    first = request["messages"][1]["content"]
+    subject = next(name for name in ("Cats", "Dogs", "Beach") if f"Intent class: {name}" in first)
+    revising = "A review found" in request["messages"][-1]["content"]
+    word = {"Cats": "cat", "Dogs": "dog" if revising else "cat", "Beach": "beach"}[subject]
+    texts = [f"A {word} photo number {n} {'again' if revising else 'here'}." for n in range(5)]
+    return json.dumps({"descriptions": [{"text": text} for text in texts]})
+
+
+def test_build_review_revises_confused_classes_once(tmp_path, prompts_cli, monkeypatch):
+    from conftest import TOY_TAXONOMY
+    from fake_openai import FakeOpenAI
+
+    monkeypatch.setattr(pipeline.cli, "minilm_embedder", lambda: keyword_embedder)
+    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    taxonomy = tmp_path / "toy.yaml"
+    taxonomy.write_text(TOY_TAXONOMY)
+    with FakeOpenAI(responder=confusing_responder) as server:
+        args = ("build", "--taxonomy", taxonomy, "--model", "m", "--base-url", server.base_url)
+        code, _, err = prompts_cli(*args, "--review", "--concurrency", "1")
+        assert code == 0, err
+        assert "review: 2 of 3 classes flagged, 2 to revise once" in err
+        document = json.loads((tmp_path / "toy.descriptions.json").read_text())
+        dogs = document["classes"][1]
+        assert dogs["revised_for"] == "cats"
+        assert all("dog" in text for text in dogs["descriptions"])
+        revision = server.bodies[-1]["messages"]
+        assert revision[-2]["role"] == "assistant" and "cat photo" in revision[-2]["content"]
+        assert "nearer to the class" in revision[-1]["content"]
+        assert "revised_for" not in document["classes"][2]  # beach was never confused
+        sent = server.request_count
+        code, out, err = prompts_cli(*args, "--review")
+        assert code == 0 and server.request_count == sent and "unchanged" in out
+        code, _, _ = prompts_cli(*args, "--check")
+        assert code == 0
