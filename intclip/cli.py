@@ -6,6 +6,7 @@ methods trained elsewhere are compared under exactly the same threshold rule.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Literal
@@ -175,7 +176,8 @@ def run(
     settings = load_config(config or resumable_config(resume), overrides)
     name = config.stem if config else resume.name
     run_dir = train(settings, name, resume, skip_bad, stop_after)
-    Console().print(str(run_dir), markup=False)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+        Console().print(str(run_dir), markup=False)
 
 
 @app.command("eval")

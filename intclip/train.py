@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
@@ -64,7 +65,7 @@ class NonFiniteLoss(UserError):
 
 
 @dataclass
-class Progress:
+class TrainingProgress:
     """Where a run stands: what `last.pt` restores besides the model and the optimiser."""
 
     epoch: int = 0  # epochs completed
@@ -128,7 +129,7 @@ def _train(
     criterion = AsymmetricLoss(
         config.loss.gamma_neg, config.loss.gamma_pos, config.loss.clip, config.loss.eps
     )
-    progress = Progress()
+    progress = TrainingProgress()
     if resume is not None:
         progress = _restore(run_dir / LAST_STATE, model, optimizer, scheduler)
         log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
@@ -316,8 +317,6 @@ def _progress_bar(loader: DataLoader, epoch: int, context: distributed.Context) 
     if not context.is_main:
         yield from loader
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     with Progress(
         f"epoch {epoch + 1}",
         BarColumn(),
@@ -335,7 +334,7 @@ def _progress_bar(loader: DataLoader, epoch: int, context: distributed.Context) 
 def _validate(
     val_index: LabelIndex,
     scores: np.ndarray,
-    progress: Progress,
+    progress: TrainingProgress,
     train_loss: float,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     images_per_s: float,
@@ -397,7 +396,7 @@ def _save_state(
     model: IntCLIP,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
-    progress: Progress,
+    progress: TrainingProgress,
 ) -> None:
     """Everything `--resume` needs, in one file written atomically."""
     state = {
@@ -417,7 +416,7 @@ def _restore(
     model: IntCLIP,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
-) -> Progress:
+) -> TrainingProgress:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch reports any damage or foreign pickle as a plain exception
@@ -426,7 +425,7 @@ def _restore(
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     _set_rng_state(state["rng"])
-    return Progress(**state["progress"])
+    return TrainingProgress(**state["progress"])
 
 
 def _tensorboard(config: TrainConfig, run_dir: Path):
