@@ -160,8 +160,9 @@ def test_real_local_model_builds_a_small_taxonomy(tmp_path):
     taxonomy = write_toy(tmp_path)
     result = subprocess.run(
         [str(Path(sys.executable).parent / "intclip-prompts"), "build", "--taxonomy",
-         str(taxonomy), "--llm", "local", "--temperature", "0.3", "--max-attempts", "8",
-         "--concurrency", "1", "--cache-dir", str(tmp_path / "cache")],
+         str(taxonomy), "--llm", "local", "--num-descriptions", "3", "--max-words", "15",
+         "--temperature", "0.7", "--max-attempts", "8", "--concurrency", "1",
+         "--cache-dir", str(tmp_path / "cache")],
         capture_output=True, text=True, check=False, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
