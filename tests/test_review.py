@@ -151,3 +151,20 @@ def test_build_review_revises_confused_classes_once(tmp_path, prompts_cli, monke
         assert code == 0 and server.request_count == sent and "unchanged" in out
         code, _, _ = prompts_cli(*args, "--check")
         assert code == 0
+
+
+def test_clip_embedder_through_the_cli(tmp_path, prompts_cli, tiny_clip_files):
+    """The CLIP text tower path; random weights, so only the report's shape is checked."""
+    from tiny_clip import TINY_CLIP_CONFIGS
+
+    path = tmp_path / "toy.descriptions.json"
+    write_descriptions(path, document(GOOD))
+    code, out, err = prompts_cli(
+        "review", "--descriptions", path, "--clip", TINY_CLIP_CONFIGS["vit"],
+        "--pretrained", tiny_clip_files["vit"], "--json", tmp_path / "r.json",
+    )  # fmt: skip
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["embedder"].startswith("clip:") and len(report["classes"]) == 3
+    assert all(1 <= c["rank"] <= 3 for c in report["classes"])
+    assert "of 3 classes flagged (clip:" in out
