@@ -11,11 +11,33 @@ from fake_openai import FakeOpenAI
 
 import intclip.cli
 import pipeline.cli
+from pipeline.descriptions import ClassDescriptions, DescriptionsFile, GeneratorInfo, TaxonomyRef
 
 TOY_TAXONOMY = (Path(__file__).parent / "fixtures" / "taxonomies" / "toy.yaml").read_text()
 """Two coarse nodes, three fine classes (cats, dogs | beach): every line number is known."""
 
 CliResult = tuple[int, str, str]
+NO_HASH = "0" * 64
+
+
+def descriptions_document(
+    texts: dict[str, list[str]], paths: dict[str, list[str]] | None = None
+) -> DescriptionsFile:
+    """A descriptions file without an LLM: class ids -> texts, labels in order of the dict."""
+    return DescriptionsFile(
+        taxonomy=TaxonomyRef(name="toy", sha256=NO_HASH),
+        generator=GeneratorInfo(model="m", template_sha256=NO_HASH, params={}),
+        classes=[
+            ClassDescriptions(
+                label=label,
+                id=name,
+                path=(paths or {}).get(name, ["Animals", name.title()]),
+                descriptions=found,
+                inputs_sha256=NO_HASH,
+            )
+            for label, (name, found) in enumerate(texts.items())
+        ],
+    )
 
 
 def invoke(

@@ -10,21 +10,15 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from conftest import descriptions_document
 from PIL import Image
 from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
 from pipeline.clip import load_clip
-from pipeline.descriptions import (
-    ClassDescriptions,
-    DescriptionsFile,
-    GeneratorInfo,
-    TaxonomyRef,
-    write_descriptions,
-)
+from pipeline.descriptions import write_descriptions
 from pipeline.embeddings import load_class_embeddings
 from pipeline.errors import UserError
 
-SHA = "0" * 64
 VIT = TINY_CLIP_CONFIGS["vit"]
 TEXTS = {
     "cats": ["A cat sleeps on a warm sofa.", "A kitten plays with wool."],
@@ -34,19 +28,7 @@ TEXTS = {
 
 
 def descriptions_file(path: Path, texts: dict[str, list[str]] = TEXTS) -> Path:
-    classes = [
-        ClassDescriptions(
-            label=label, id=name, path=["Animals", name.title()], descriptions=found,
-            inputs_sha256=SHA,
-        )
-        for label, (name, found) in enumerate(texts.items())
-    ]  # fmt: skip
-    document = DescriptionsFile(
-        taxonomy=TaxonomyRef(name="toy", sha256=SHA),
-        generator=GeneratorInfo(model="m", template_sha256=SHA, params={}),
-        classes=classes,
-    )
-    write_descriptions(path, document)
+    write_descriptions(path, descriptions_document(texts))
     return path
 
 

@@ -7,18 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from conftest import descriptions_document
 
 import pipeline.cli
-from pipeline.descriptions import (
-    ClassDescriptions,
-    DescriptionsFile,
-    GeneratorInfo,
-    TaxonomyRef,
-    write_descriptions,
-)
+from pipeline.descriptions import DescriptionsFile, write_descriptions
 from pipeline.review import minilm_embedder, review_descriptions
 
-SHA = "0" * 64
 KEYWORDS = ("cat", "dog", "beach")
 
 
@@ -28,18 +22,11 @@ def keyword_embedder(texts: list[str]) -> np.ndarray:
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def document(descriptions: dict[str, list[str]]) -> DescriptionsFile:
-    paths = {"cats": ["Animals", "Cats"], "dogs": ["Animals", "Dogs"], "beach": ["Places", "Beach"]}
-    return DescriptionsFile(
-        taxonomy=TaxonomyRef(name="toy", sha256=SHA),
-        generator=GeneratorInfo(model="m", template_sha256=SHA, params={}),
-        classes=[
-            ClassDescriptions(
-                label=label, id=name, path=paths[name], descriptions=texts, inputs_sha256=SHA
-            )
-            for label, (name, texts) in enumerate(descriptions.items())
-        ],
-    )
+PATHS = {"cats": ["Animals", "Cats"], "dogs": ["Animals", "Dogs"], "beach": ["Places", "Beach"]}
+
+
+def document(texts: dict[str, list[str]]) -> DescriptionsFile:
+    return descriptions_document(texts, PATHS)
 
 
 GOOD = {
