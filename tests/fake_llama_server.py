@@ -2,13 +2,20 @@
 
 Takes llama.cpp's `--model --host --port --model_alias --n_ctx` and behaves as
 `FAKE_LLAMA_MODE` says: `ok` serves like a healthy server; `never_healthy` never listens;
-`exit` dies at once with a message; `crash_after_one` answers one chat request, then dies.
-It writes its pid to `FAKE_LLAMA_PID_FILE` so tests can check nothing is left behind.
+`exit` dies at once with a message; `crash_after_one` answers one chat request, then dies;
+`hang` holds every chat request forever, touching `<pid file>.busy` when one arrives.
+`FAKE_LLAMA_BAD_ANSWERS=N` makes its first N answers break the rules (no descriptions), as a
+tiny model's do.
+It writes its pid to `FAKE_LLAMA_PID_FILE` so tests can check nothing is left behind, and, when
+`FAKE_LLAMA_LISTEN_AFTER` names a file, waits for that file before listening, as llama.cpp
+loads its model before it binds the port.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import sys
 import threading
@@ -17,6 +24,8 @@ from pathlib import Path
 
 from fake_openai import FakeOpenAI, describing_responder
 
+FOREVER_S = 3600
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
@@ -24,16 +33,26 @@ def main() -> None:
         parser.add_argument(option)
     parser.add_argument("--port", type=int)
     args = parser.parse_args()
-    if pid_file := os.environ.get("FAKE_LLAMA_PID_FILE"):
-        Path(pid_file).write_text(str(os.getpid()))
+    pid_file = Path(os.environ["FAKE_LLAMA_PID_FILE"])
+    pid_file.write_text(str(os.getpid()))
     mode = os.environ.get("FAKE_LLAMA_MODE", "ok")
     print(f"fake llama server, mode {mode}, model {args.model}", flush=True)
     if mode == "exit":
         print("error: failed to load model", flush=True)
         sys.exit(3)
     if mode == "never_healthy":
-        time.sleep(3600)
+        time.sleep(FOREVER_S)
     answer = describing_responder()
+    bad_answers = int(os.environ.get("FAKE_LLAMA_BAD_ANSWERS", "0"))
+    if bad_answers:
+        counter, lock, describe = itertools.count(), threading.Lock(), answer
+
+        def break_rules_first(request: dict) -> str:
+            with lock:
+                seen = next(counter)
+            return json.dumps({"descriptions": []}) if seen < bad_answers else describe(request)
+
+        answer = break_rules_first
     if mode == "crash_after_one":
 
         def respond_then_crash(request: dict) -> str:
@@ -41,8 +60,19 @@ def main() -> None:
             return answer(request)
 
         answer = respond_then_crash
+    if mode == "hang":
+
+        def hold(request: dict) -> str:
+            pid_file.with_suffix(".busy").touch()
+            time.sleep(FOREVER_S)
+            return answer(request)
+
+        answer = hold
+    if listen_after := os.environ.get("FAKE_LLAMA_LISTEN_AFTER"):
+        while not Path(listen_after).exists():
+            time.sleep(0.02)
     with FakeOpenAI(responder=answer, port=args.port):
-        time.sleep(3600)
+        time.sleep(FOREVER_S)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -25,13 +28,19 @@ STAND_IN = [sys.executable, str(Path(__file__).parent / "fake_llama_server.py")]
 
 @pytest.fixture
 def stand_in(monkeypatch, tmp_path):
-    """Every LocalLLMServer runs the stand-in; returns a function to read its pid."""
+    """Every LocalLLMServer runs the stand-in: its GGUF, a server factory, its pid file."""
     monkeypatch.setattr(local_llm, "SERVER_COMMAND", STAND_IN)
     pid_file = tmp_path / "server.pid"
     monkeypatch.setenv("FAKE_LLAMA_PID_FILE", str(pid_file))
+    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
     gguf = tmp_path / "Tiny-Model.Q4.gguf"
     gguf.write_bytes(b"GGUF")
-    return {"gguf": gguf, "pid": lambda: int(pid_file.read_text())}
+    return {
+        "gguf": gguf,
+        "server": partial(LocalLLMServer, gguf, log_dir=tmp_path / "logs"),
+        "pid_file": pid_file,
+        "pid": lambda: int(pid_file.read_text()),
+    }
 
 
 def gone(pid: int) -> bool:
@@ -42,35 +51,67 @@ def gone(pid: int) -> bool:
     return False
 
 
+def wait_for(condition: Callable[[], bool], seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
 def test_server_starts_answers_and_leaves_nothing(stand_in):
-    with LocalLLMServer(stand_in["gguf"]) as server:
+    with stand_in["server"]() as server:
         assert server.alive() and server.model == "Tiny-Model.Q4"
         assert server.base_url.startswith("http://127.0.0.1:")
         pid = stand_in["pid"]()
     assert gone(pid) and not server.alive()
+    assert server.log is not None and not server.log.exists()  # kept only after a failure
 
 
 def test_server_that_never_gets_healthy(stand_in, monkeypatch):
     monkeypatch.setenv("FAKE_LLAMA_MODE", "never_healthy")
-    server = LocalLLMServer(stand_in["gguf"], startup_timeout=1.5)
+    server = stand_in["server"](startup_timeout=1.5)
     with pytest.raises(UserError, match=r"did not answer within 1.5 s: fake llama server") as info:
         server.start()
     assert info.value.exit_code == 3 and gone(stand_in["pid"]())
+    assert f"(log: {server.log})" in str(info.value) and server.log.exists()
 
 
 def test_server_that_exits_at_start_shows_its_log(stand_in, monkeypatch):
     monkeypatch.setenv("FAKE_LLAMA_MODE", "exit")
     with pytest.raises(UserError, match=r"exited with code 3 while starting: .*failed to load"):
-        LocalLLMServer(stand_in["gguf"]).start()
+        stand_in["server"]().start()
 
 
-def test_port_in_use(stand_in):
+def test_given_port_in_use(stand_in):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(UserError, match=f"port {port} on 127.0.0.1 is already in use"):
-            LocalLLMServer(stand_in["gguf"], port=port).start()
+        with pytest.raises(UserError, match=f"port {port} on 127.0.0.1 is already in use") as info:
+            stand_in["server"](port=port).start()
+    assert info.value.exit_code == 2
+
+
+def test_chosen_port_taken_before_the_server_listens(stand_in, monkeypatch, tmp_path):
+    """Another process binds the chosen port while the server loads its model: exit 3, no
+    process left, and no answer mistaken for the server's."""
+    listen = tmp_path / "listen"
+    monkeypatch.setenv("FAKE_LLAMA_LISTEN_AFTER", str(listen))
+    server = stand_in["server"]()
+    with socket.socket() as intruder:
+
+        def take_the_port() -> None:
+            wait_for(stand_in["pid_file"].exists)
+            intruder.bind(("127.0.0.1", server.port))
+            intruder.listen()
+            listen.touch()
+
+        thread = threading.Thread(target=take_the_port)
+        thread.start()
+        with pytest.raises(UserError, match=f"port {server.port} .* was taken by") as info:
+            server.start()
+        thread.join()
+    assert info.value.exit_code == 3 and gone(stand_in["pid"]())
 
 
 def test_missing_gguf(tmp_path):
@@ -84,28 +125,45 @@ def write_toy(tmp_path: Path) -> Path:
     return taxonomy
 
 
-def test_build_with_local_llm(stand_in, prompts_cli, tmp_path, monkeypatch):
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    taxonomy = write_toy(tmp_path)
-    code, out, err = prompts_cli(
-        "build", "--taxonomy", taxonomy, "--llm", "local", "--gguf", stand_in["gguf"]
+def test_gguf_needs_local_llm(stand_in, prompts_cli, tmp_path):
+    code, _, err = prompts_cli(
+        "build", "--taxonomy", write_toy(tmp_path), "--model", "m", "--gguf", stand_in["gguf"]
     )
+    assert code == 2 and err.strip() == "error: --gguf needs --llm local"
+
+
+def test_build_with_local_llm(stand_in, prompts_cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("INTCLIP_LLM_MODEL", "gpt-4o-mini")  # not what answers: ignored
+    taxonomy = write_toy(tmp_path)
+    local = ("build", "--taxonomy", taxonomy, "--llm", "local", "--gguf", stand_in["gguf"])
+    code, out, err = prompts_cli(*local)
     assert code == 0, err
+    assert "ignoring model gpt-4o-mini" in err
     document = json.loads((tmp_path / "toy.descriptions.json").read_text())
     assert document["generator"]["model"] == "Tiny-Model.Q4"
     assert len(document["classes"]) == 3
     assert gone(stand_in["pid"]())
-    (tmp_path / "server.pid").unlink()
-    code, out, _ = prompts_cli(
-        "build", "--taxonomy", taxonomy, "--llm", "local", "--gguf", stand_in["gguf"]
-    )
+    assert not list((tmp_path / "cache" / "llm-server").iterdir())  # a clean run keeps no log
+    stand_in["pid_file"].unlink()
+    code, out, _ = prompts_cli(*local)
     assert code == 0 and "unchanged" in out
-    assert not (tmp_path / "server.pid").exists()  # nothing to ask: no server started
+    assert not stand_in["pid_file"].exists()  # nothing to ask: no server started
+
+
+def test_a_local_model_gets_more_answers_per_class(stand_in, prompts_cli, tmp_path, monkeypatch):
+    """Its first five answers break the rules: three tries fail, the local default copes."""
+    monkeypatch.setenv("FAKE_LLAMA_BAD_ANSWERS", "5")
+    local = ("build", "--taxonomy", write_toy(tmp_path), "--llm", "local",
+             "--gguf", stand_in["gguf"], "--concurrency", "1")  # fmt: skip
+    code, _, err = prompts_cli(*local, "--max-attempts", "3")
+    assert code == 3 and "class 0 'cats'" in err and "failed after all attempts" in err
+    code, _, err = prompts_cli(*local)
+    assert code == 0, err
+    assert gone(stand_in["pid"]())
 
 
 def test_server_crash_mid_build(stand_in, prompts_cli, tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_LLAMA_MODE", "crash_after_one")
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
     code, _, err = prompts_cli(
         "build", "--taxonomy", write_toy(tmp_path), "--llm", "local",
         "--gguf", stand_in["gguf"], "--concurrency", "1",
@@ -114,38 +172,41 @@ def test_server_crash_mid_build(stand_in, prompts_cli, tmp_path, monkeypatch):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "the local LLM server stopped during the build" in errors[0]
     assert gone(stand_in["pid"]())
+    (log,) = (tmp_path / "cache" / "llm-server").iterdir()
+    assert f"(log: {log})" in errors[0]
 
 
-def test_ctrl_c_stops_the_server(stand_in, tmp_path):
-    """SIGINT to a build waiting on the server ends both, leaving no process."""
-    taxonomy = write_toy(tmp_path)
+@pytest.mark.parametrize(
+    ("mode", "marker", "signum", "exit_code"),
+    [
+        ("never_healthy", ".pid", signal.SIGINT, 130),  # while the server starts
+        ("hang", ".busy", signal.SIGINT, 130),  # while a request waits on it
+        ("hang", ".busy", signal.SIGTERM, 128 + signal.SIGTERM),
+    ],
+)
+def test_a_signal_stops_the_server(stand_in, tmp_path, mode, marker, signum, exit_code):
+    """Ctrl-C or SIGTERM to a build ends it and its server, request in flight or not."""
     script = (
         "import sys; from pipeline import local_llm; "
         f"local_llm.SERVER_COMMAND = {STAND_IN!r}; "
         "from pipeline.cli import main; main(sys.argv[1:])"
     )
-    env = {
-        **os.environ,
-        "FAKE_LLAMA_MODE": "never_healthy",
-        "FAKE_LLAMA_PID_FILE": str(tmp_path / "server.pid"),
-        "INTCLIP_CACHE_DIR": str(tmp_path / "cache"),
-    }
     build = subprocess.Popen(
-        [sys.executable, "-c", script, "build", "--taxonomy", str(taxonomy), "--llm", "local",
-         "--gguf", str(stand_in["gguf"])],
-        env=env, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", script, "build", "--taxonomy", str(write_toy(tmp_path)),
+         "--llm", "local", "--gguf", str(stand_in["gguf"])],
+        env={**os.environ, "FAKE_LLAMA_MODE": mode}, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "server.pid").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    server_pid = int((tmp_path / "server.pid").read_text())
-    build.send_signal(signal.SIGINT)
-    _, err = build.communicate(timeout=30)
-    assert build.returncode == 130 and "Traceback" not in err
-    deadline = time.monotonic() + 10
-    while not gone(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert gone(server_pid)
+    try:
+        assert wait_for(stand_in["pid_file"].with_suffix(marker).exists)
+        build.send_signal(signum)
+        _, err = build.communicate(timeout=60)
+        assert build.returncode == exit_code and "Traceback" not in err
+        assert wait_for(lambda: gone(stand_in["pid"]()), seconds=10)
+    finally:  # a failing test leaves nothing running either
+        build.kill()
+        build.wait()
+        if stand_in["pid_file"].exists() and not gone(stand_in["pid"]()):
+            os.kill(stand_in["pid"](), signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -161,8 +222,7 @@ def test_real_local_model_builds_a_small_taxonomy(tmp_path):
     result = subprocess.run(
         [str(Path(sys.executable).parent / "intclip-prompts"), "build", "--taxonomy",
          str(taxonomy), "--llm", "local", "--num-descriptions", "3", "--max-words", "15",
-         "--temperature", "0.7", "--max-attempts", "8", "--concurrency", "1",
-         "--cache-dir", str(tmp_path / "cache")],
+         "--concurrency", "1", "--cache-dir", str(tmp_path / "cache")],
         capture_output=True, text=True, check=False, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
