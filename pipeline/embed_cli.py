@@ -31,7 +31,7 @@ stdout = Console(highlight=False, soft_wrap=True)
 
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (auto: CUDA if any).")]
 CacheDirOption = Annotated[
-    Path | None, typer.Option(help="Cache root [default: $INTCLIP_CACHE_DIR or cache/].")
+    Path | None, typer.Option(help="Cache root (default: $INTCLIP_CACHE_DIR, else cache/).")
 ]
 
 
@@ -62,18 +62,31 @@ def embed(
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Embed every description with CLIP's frozen text tower, once; print the cache file."""
-    path = embedding_cache_file(descriptions, clip, pretrained, aggregate, cache_root(cache_dir))
-    if path.is_file():
-        load_class_embeddings(path)  # an intact file, or an error naming what is wrong with it
+    root = cache_root(cache_dir)
+    path = embedding_cache_file(descriptions, clip, pretrained, aggregate, root)
+    if _intact(path):
         stderr.print("cache hit: these embeddings exist already, nothing computed")
     else:
         loaded = load_clip(clip, pretrained, _device(device))
         done = embed_descriptions(
-            descriptions, loaded, _source(clip), _source(pretrained), aggregate, path, batch_size
+            descriptions, loaded, _source(clip), _source(pretrained), aggregate, root, batch_size
         )
         count, per_class, width = done.description_embeddings.shape
         stderr.print(f"embedded {count} classes x {per_class} descriptions, {width} dimensions")
+        path = done.path
     stdout.print(str(path), markup=False)
+
+
+def _intact(path: Path) -> bool:
+    """Whether a usable cache file is there; a damaged one is said and then recomputed."""
+    if not path.is_file():
+        return False
+    try:
+        load_class_embeddings(path)
+    except UserError as err:
+        stderr.print(f"warning: {err}; computing it again", markup=False)
+        return False
+    return True
 
 
 @cache_app.command("ls")
@@ -115,12 +128,17 @@ def cache_verify(
     if not source.is_file() or sha256_file(source) != meta.descriptions_sha256:
         raise UserError(f"{path}: its descriptions file {source} is gone or changed since")
     clip = load_clip(meta.model_source, meta.pretrained_source, _device(device))
-    if meta.clip.differences(clip.identity):
+    changed = meta.clip.differences(clip.identity)
+    if changed:
         raise UserError(
-            f"{path}: the CLIP at {meta.model_source} / {meta.pretrained_source} changed"
+            f"{path}: the CLIP at {meta.model_source} / {meta.pretrained_source} is not the one "
+            f"recorded ({'; '.join(changed)})"
         )
-    fresh, _ = compute_embeddings(read_descriptions(source), clip, meta.aggregate)
-    difference = float((fresh - cached.class_embeddings).abs().max())
+    recomputed = compute_embeddings(read_descriptions(source), clip, meta.aggregate)
+    stored = (cached.class_embeddings, cached.description_embeddings)
+    difference = max(
+        float((new - old).abs().max()) for new, old in zip(recomputed, stored, strict=True)
+    )
     if difference > atol:
         raise UserError(
             f"{path}: differs from a recomputation by up to {difference:.3g} (> {atol:g})",
@@ -132,19 +150,28 @@ def cache_verify(
 @app.command()
 def zeroshot(
     embeddings: Annotated[Path, typer.Option(help="A cache file, as printed by embed.")],
-    images: Annotated[list[Path], typer.Option(help="Image files or directories (repeatable).")],
+    images: Annotated[list[Path], typer.Option(help="Image files or directories, one or more.")],
     top: Annotated[int, typer.Option(min=1, help="Intents shown per image.")] = 5,
+    clip: Annotated[
+        str | None, typer.Option(help="CLIP model (default: the one recorded in the cache).")
+    ] = None,
+    pretrained: Annotated[
+        str | None, typer.Option(help="CLIP weights (default: the ones recorded in the cache).")
+    ] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Score images with plain CLIP against the cached class embeddings, no training: a
     sanity check of the descriptions before training."""
     files = list_images(images)
-    meta = load_class_embeddings(embeddings).metadata
-    clip = load_clip(meta.model_source, meta.pretrained_source, _device(device))
-    cached = load_class_embeddings(embeddings, clip=clip.identity)
-    model = ZeroShotCLIP(clip, cached.class_embeddings).eval()
-    transform = eval_transform(clip.image_size[0], clip.image_mean, clip.image_std)
-    device_of = next(clip.module.parameters()).device
+    cached = load_class_embeddings(embeddings)
+    meta = cached.metadata
+    loaded = load_clip(
+        clip or meta.model_source, pretrained or meta.pretrained_source, _device(device)
+    )
+    cached.require_clip(loaded.identity)
+    device_of = next(loaded.module.parameters()).device
+    model = ZeroShotCLIP(loaded, cached.class_embeddings).to(device_of).eval()
+    transform = eval_transform(loaded.image_size[0], loaded.image_mean, loaded.image_std)
     for path in files:
         with torch.no_grad():
             logits = model(transform(open_image(path)).unsqueeze(0).to(device_of))

@@ -4,6 +4,10 @@ The cache file is `<cache root>/embeddings/<key>.safetensors`, where the key has
 the embeddings depend on: the descriptions file, the CLIP model and weights, the aggregation and
 the open_clip version. `load_class_embeddings` is the one reader: it refuses a damaged file,
 labels in another order, or a CLIP other than the model's.
+
+Every class must have the same number K of descriptions: padding would either weight classes
+unequally or need a mask in every reader of the [N, K, D] tensor, and `intclip-prompts build`
+always asks for the same number per class, so a ragged file is refused, naming the odd class.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import open_clip
 import safetensors
 import safetensors.torch
 import torch
+from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pipeline.clip import ClipIdentity, LoadedClip, describe_clip_source
@@ -86,11 +91,23 @@ class ClassEmbeddings:
     def ids(self) -> list[str]:
         return self.metadata.ids
 
+    def require_clip(self, clip: ClipIdentity) -> None:
+        """Refuse a CLIP other than the one these embeddings were made with: class embeddings
+        live in one CLIP's joint space and mean nothing in another's."""
+        differences = self.metadata.clip.differences(clip)
+        if differences:
+            raise UserError(f"{self.path} was made with another CLIP: {'; '.join(differences)}")
 
-def cache_key(
-    descriptions_sha256: str, model_identity: str, pretrained_identity: str, aggregate: Aggregate
-) -> str:
-    return sha256_json(
+
+def keyed_cache_file(
+    cache_root: Path,
+    descriptions_sha256: str,
+    model_identity: str,
+    pretrained_identity: str,
+    aggregate: Aggregate,
+) -> Path:
+    """`<cache root>/embeddings/<key>.safetensors`, the key a hash of every input."""
+    key = sha256_json(
         {
             "descriptions_sha256": descriptions_sha256,
             "model": model_identity,
@@ -99,6 +116,7 @@ def cache_key(
             "open_clip": open_clip.__version__,
         }
     )
+    return Path(cache_root) / "embeddings" / f"{key}.safetensors"
 
 
 def embedding_cache_file(
@@ -113,8 +131,9 @@ def embedding_cache_file(
     if not descriptions.is_file():
         raise UserError(f"{descriptions}: descriptions file not found")
     model_identity, pretrained_identity = describe_clip_source(model, pretrained)
-    key = cache_key(sha256_file(descriptions), model_identity, pretrained_identity, aggregate)
-    return Path(cache_root) / "embeddings" / f"{key}.safetensors"
+    return keyed_cache_file(
+        cache_root, sha256_file(descriptions), model_identity, pretrained_identity, aggregate
+    )
 
 
 def token_count(tokenizer: Any, text: str) -> int:
@@ -129,31 +148,44 @@ def compute_embeddings(
     document: DescriptionsFile, clip: LoadedClip, aggregate: Aggregate, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(class embeddings [N, D], description embeddings [N, K, D]), float32 on the CPU."""
-    counts = {len(entry.descriptions) for entry in document.classes}
-    if len(counts) != 1:
-        first = document.classes[0]
-        odd = next(e for e in document.classes if len(e.descriptions) != len(first.descriptions))
-        raise UserError(
-            f"class {odd.label} '{odd.id}' has {len(odd.descriptions)} descriptions but class "
-            f"{first.label} '{first.id}' has {len(first.descriptions)}: every class needs as many"
-        )
-    context = getattr(clip.tokenizer, "context_length", 77)
+    per_class = _descriptions_per_class(document)
+    names = [entry.path[-1] for entry in document.classes]
+    texts = [text for entry in document.classes for text in entry.descriptions]
+    _check_context(document, clip.tokenizer)
+    encoded = _encode(clip, texts + names, batch_size)
+    descriptions = encoded[: len(texts)].reshape(len(names), per_class, -1)
+    pooled = descriptions.sum(dim=1)
+    if aggregate == "mean+name":
+        pooled = pooled + encoded[len(texts) :]
+    return torch.nn.functional.normalize(pooled, dim=-1), descriptions
+
+
+def _descriptions_per_class(document: DescriptionsFile) -> int:
+    """K, the same for every class (see the module docstring), or an error naming the odd class."""
+    if not document.classes:
+        raise UserError("no classes to embed")
+    first = document.classes[0]
+    for entry in document.classes:
+        if len(entry.descriptions) != len(first.descriptions):
+            raise UserError(
+                f"class {entry.label} '{entry.id}' has {len(entry.descriptions)} descriptions but "
+                f"class {first.label} '{first.id}' has {len(first.descriptions)}: every class "
+                "needs as many"
+            )
+    return len(first.descriptions)
+
+
+def _check_context(document: DescriptionsFile, tokenizer: Any) -> None:
+    """Refuse any text longer than CLIP's context: its tokenizer would cut it off silently."""
+    context = getattr(tokenizer, "context_length", DEFAULT_CONTEXT_LENGTH)
     for entry in document.classes:
         for text in [*entry.descriptions, entry.path[-1]]:
-            tokens = token_count(clip.tokenizer, text)
+            tokens = token_count(tokenizer, text)
             if tokens > context:
                 raise UserError(
                     f"class {entry.label} '{entry.id}': {tokens} tokens, CLIP's context holds "
                     f"{context}: {text!r}"
                 )
-    texts = [text for entry in document.classes for text in entry.descriptions]
-    names = [entry.path[-1] for entry in document.classes]
-    encoded = _encode(clip, texts + names, batch_size)
-    per_class = encoded[: len(texts)].reshape(len(document.classes), counts.pop(), -1)
-    pooled = per_class.sum(dim=1)
-    if aggregate == "mean+name":
-        pooled = pooled + encoded[len(texts) :]
-    return torch.nn.functional.normalize(pooled, dim=-1), per_class
 
 
 def _encode(clip: LoadedClip, texts: list[str], batch_size: int) -> torch.Tensor:
@@ -179,17 +211,28 @@ def write_embeddings(
 
 
 def embed_descriptions(
-    descriptions: Path, clip: LoadedClip, model_source: str, pretrained_source: str,
-    aggregate: Aggregate, path: Path, batch_size: int = 64,
-) -> ClassEmbeddings:  # fmt: skip
-    """Compute and write the cache file for `descriptions` with `clip`."""
+    descriptions: Path,
+    clip: LoadedClip,
+    model_source: str,
+    pretrained_source: str,
+    aggregate: Aggregate,
+    cache_root: Path,
+    batch_size: int = 64,
+) -> ClassEmbeddings:
+    """Compute and write the cache file for `descriptions` with `clip`. The sources `clip` was
+    loaded from (model name or config path, tag or checkpoint path) are recorded so that
+    `cache verify` can load it again."""
+    digest = sha256_file(descriptions)
     document = read_descriptions(descriptions)
-    class_embeddings, description_embeddings = compute_embeddings(
-        document, clip, aggregate, batch_size
-    )
+    try:
+        class_embeddings, description_embeddings = compute_embeddings(
+            document, clip, aggregate, batch_size
+        )
+    except UserError as err:
+        raise UserError(f"{descriptions}: {err}", err.exit_code) from None
     metadata = EmbeddingMetadata(
         format=FORMAT,
-        descriptions_sha256=sha256_file(descriptions),
+        descriptions_sha256=digest,
         descriptions_path=str(Path(descriptions).resolve()),
         model=clip.identity.model,
         model_source=model_source,
@@ -201,6 +244,7 @@ def embed_descriptions(
         labels=[entry.label for entry in document.classes],
         ids=[entry.id for entry in document.classes],
     )
+    path = keyed_cache_file(cache_root, digest, metadata.model, metadata.pretrained, aggregate)
     write_embeddings(path, class_embeddings, description_embeddings, metadata)
     return ClassEmbeddings(path, class_embeddings, description_embeddings, metadata)
 
@@ -219,18 +263,31 @@ def load_class_embeddings(
         with safetensors.safe_open(path, framework="pt") as reader:
             header = reader.metadata() or {}
             tensors = {name: reader.get_tensor(name) for name in reader.keys()}  # noqa: SIM118
-    except Exception as err:  # the safetensors parser reports any damage as a plain exception
+    except (OSError, safetensors.SafetensorError) as err:
         raise UserError(f"{path}: damaged or not a safetensors file ({err})") from err
-    try:
-        metadata = EmbeddingMetadata.from_header(header)
-    except (ValidationError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not an intclip embedding cache (bad header: {err})") from None
-    loaded = ClassEmbeddings(
-        path, tensors.get(CLASS_TENSOR), tensors.get(DESCRIPTION_TENSOR), metadata
-    )
+    metadata = _read_metadata(path, header)
+    missing = [name for name in (CLASS_TENSOR, DESCRIPTION_TENSOR) if name not in tensors]
+    if missing:
+        raise UserError(f"{path}: missing the {' and '.join(missing)} tensor")
+    loaded = ClassEmbeddings(path, tensors[CLASS_TENSOR], tensors[DESCRIPTION_TENSOR], metadata)
     _check_intact(loaded)
-    _check_expectations(loaded, expected_labels, expected_ids, clip)
+    _check_rows(loaded, expected_labels, expected_ids)
+    if clip is not None:
+        loaded.require_clip(clip)
     return loaded
+
+
+def _read_metadata(path: Path, header: dict[str, str]) -> EmbeddingMetadata:
+    try:
+        return EmbeddingMetadata.from_header(header)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not an intclip embedding cache (header: {err})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(
+            f"{path}: not an intclip embedding cache (header {where}: {first['msg']})"
+        ) from None
 
 
 def _check_intact(loaded: ClassEmbeddings) -> None:
@@ -239,29 +296,33 @@ def _check_intact(loaded: ClassEmbeddings) -> None:
         loaded.class_embeddings,
         loaded.description_embeddings,
     )
-    if classes is None or descriptions is None:
-        raise UserError(f"{path}: missing the {CLASS_TENSOR} or {DESCRIPTION_TENSOR} tensor")
     count = len(loaded.labels)
-    if len(loaded.ids) != count or classes.ndim != 2 or classes.shape[0] != count:
+    if len(loaded.ids) != count:
+        raise UserError(f"{path}: {len(loaded.ids)} ids for {count} labels in the header")
+    if classes.ndim != 2 or classes.shape[0] != count:
         raise UserError(
             f"{path}: {CLASS_TENSOR} has shape {tuple(classes.shape)} for {count} labels"
         )
-    if descriptions.ndim != 3 or descriptions.shape[0] != count:
-        raise UserError(f"{path}: {DESCRIPTION_TENSOR} has shape {tuple(descriptions.shape)}")
-    if classes.dtype != torch.float32 or not torch.isfinite(classes).all():
-        raise UserError(f"{path}: {CLASS_TENSOR} must be finite float32")
+    if descriptions.ndim != 3 or (len(descriptions), descriptions.shape[2]) != classes.shape:
+        raise UserError(
+            f"{path}: {DESCRIPTION_TENSOR} has shape {tuple(descriptions.shape)}, "
+            f"{CLASS_TENSOR} {tuple(classes.shape)}"
+        )
+    for name, tensor in ((CLASS_TENSOR, classes), (DESCRIPTION_TENSOR, descriptions)):
+        if tensor.dtype != torch.float32 or not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: {name} must be finite float32")
     norms = classes.norm(dim=-1)
     if not torch.allclose(norms, torch.ones_like(norms), atol=UNIT_NORM_TOLERANCE):
         row = int((norms - 1).abs().argmax())
         raise UserError(f"{path}: row {row} of {CLASS_TENSOR} has norm {norms[row]:.6f}, not 1")
 
 
-def _check_expectations(
+def _check_rows(
     loaded: ClassEmbeddings,
     expected_labels: Sequence[int] | None,
     expected_ids: Sequence[str] | None,
-    clip: ClipIdentity | None,
 ) -> None:
+    """The rows must be the dataset's classes in the dataset's order."""
     for what, have, want in (
         ("labels", loaded.labels, expected_labels),
         ("ids", loaded.ids, expected_ids),
@@ -275,7 +336,3 @@ def _check_expectations(
             f"{loaded.path}: {what} differ at row {row}: the cache has {have[row]!r}, "
             f"the dataset has {want[row]!r}"
         )
-    if clip is not None:
-        differences = loaded.metadata.clip.differences(clip)
-        if differences:
-            raise UserError(f"{loaded.path} was made with another CLIP: {'; '.join(differences)}")
