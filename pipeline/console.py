@@ -1,16 +1,23 @@
-"""Running a typer app so that user mistakes end in one line on stderr and a chosen exit code."""
+"""Running a typer app so that user mistakes end in one line on stderr and a chosen exit code.
+
+Every command of both CLIs goes through `run_app`: a `UserError` prints its lines and exits
+with its code; anything else is a bug, shown as one line that names the command and exits 70,
+unless `--debug` (anywhere before `--`) asks for the traceback.
+"""
 
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Sequence
 
 import typer
 from rich.console import Console
 
-from pipeline.errors import UserError
+from pipeline.errors import EXIT_INTERNAL, UserError
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+DEBUG_FLAG = "--debug"
 
 
 def fail(message: str) -> None:
@@ -19,14 +26,52 @@ def fail(message: str) -> None:
 
 
 def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> None:
-    """Invoke `app`: a `UserError` becomes `error: ...` lines and its exit code, not a traceback.
+    """Invoke `app`: a `UserError` becomes `error: ...` lines and its exit code, not a traceback;
+    any other exception becomes one line and exit 70 (the traceback with `--debug`).
 
     Ctrl-C ends the command with exit code 130 (typer's own handling), after every `with`
     block on the way out has cleaned up.
     """
+    args = list(sys.argv[1:] if argv is None else argv)
+    args, debug = _without_debug_flag(args)
     try:
-        app(args=list(argv) if argv is not None else None, prog_name=prog_name)
+        app(args=args, prog_name=prog_name)
     except UserError as err:
         for line in str(err).splitlines():
             fail(line)
         sys.exit(err.exit_code)
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        command = " ".join([prog_name, *_command_path(app, args)])
+        detail = " ".join(str(err).split())[:300]
+        fail(
+            f"{command} failed unexpectedly ({type(err).__name__}{': ' if detail else ''}"
+            f"{detail}); this is a bug: rerun with {DEBUG_FLAG} for the traceback"
+        )
+        sys.exit(EXIT_INTERNAL)
+
+
+def _without_debug_flag(args: list[str]) -> tuple[list[str], bool]:
+    """`--debug` is a flag of every command, taken out before typer parses the rest."""
+    end = args.index("--") if "--" in args else len(args)
+    kept = [arg for arg in args[:end] if arg != DEBUG_FLAG] + args[end:]
+    return kept, len(kept) != len(args)
+
+
+def _command_path(app: typer.Typer, args: list[str]) -> list[str]:
+    """The (sub)command words at the start of `args`, e.g. ['cache', 'verify']."""
+    command = typer.main.get_command(app)
+    words = []
+    for arg in args:
+        sub = command.get_command(typer.Context(command), arg) if _is_group(command) else None
+        if sub is None:
+            break
+        words.append(arg)
+        command = sub
+    return words
+
+
+def _is_group(command: object) -> bool:
+    """Typer carries its own copy of click, so a group is known by its methods, not its class."""
+    return callable(getattr(command, "get_command", None))

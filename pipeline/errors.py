@@ -7,6 +7,7 @@ EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 3  # the work itself failed: an LLM after retries, a training run that diverged
 EXIT_LLM_FAILURE = EXIT_FAILED
+EXIT_INTERNAL = 70  # a bug, not a user mistake (EX_SOFTWARE); `--debug` shows the traceback
 
 
 class UserError(Exception):
