@@ -13,7 +13,7 @@ import torch
 from intclip.config import TrainConfig
 from intclip.transforms import train_transform
 from pipeline.clip import LoadedClip, load_clip
-from pipeline.embeddings import ClassEmbeddings, embedding_cache_file, load_class_embeddings
+from pipeline.embeddings import ClassEmbeddings, embedding_cache_key, load_class_embeddings
 from pipeline.files import cache_root
 from pipeline.images import ImageTransform, eval_transform
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -42,15 +42,17 @@ def build_components(config: TrainConfig, device: torch.device) -> Components:
     """Load the CLIP and the class embeddings made with it, checked against the dataset."""
     clip = load_clip(config.clip.name, config.clip.pretrained, device)
     taxonomy = load_taxonomy(config.data.taxonomy) if config.data.taxonomy else None
-    path = config.clip.embeddings or embedding_cache_file(
-        config.clip.descriptions,
-        config.clip.name,
-        config.clip.pretrained,
-        config.clip.aggregate,
-        cache_root(),
-    )
+    key = None
+    if config.clip.embeddings is None:
+        key = embedding_cache_key(
+            config.clip.descriptions,
+            config.clip.name,
+            config.clip.pretrained,
+            config.clip.aggregate,
+        )
     embeddings = load_class_embeddings(
-        path,
+        config.clip.embeddings or key.path(cache_root()),
+        key=key,
         expected_labels=list(range(config.data.num_classes)),
         expected_ids=[c.id for c in taxonomy.classes] if taxonomy else None,
         clip=clip.identity,

@@ -13,10 +13,13 @@ from pipeline.clip import load_clip
 from pipeline.console import stderr
 from pipeline.descriptions import read_descriptions
 from pipeline.embeddings import (
+    CLASS_TENSOR,
+    DESCRIPTION_TENSOR,
     Aggregate,
+    CacheKey,
     compute_embeddings,
     embed_descriptions,
-    embedding_cache_file,
+    embedding_cache_key,
     load_class_embeddings,
 )
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
@@ -63,8 +66,9 @@ def embed(
 ) -> None:
     """Embed every description with CLIP's frozen text tower, once; print the cache file."""
     root = cache_root(cache_dir)
-    path = embedding_cache_file(descriptions, clip, pretrained, aggregate, root)
-    if _intact(path):
+    key = embedding_cache_key(descriptions, clip, pretrained, aggregate)
+    path = key.path(root)
+    if _intact(path, key):
         stderr.print("cache hit: these embeddings exist already, nothing computed")
     else:
         loaded = load_clip(clip, pretrained, _device(device))
@@ -77,12 +81,13 @@ def embed(
     stdout.print(str(path), markup=False)
 
 
-def _intact(path: Path) -> bool:
-    """Whether a usable cache file is there; a damaged one is said and then recomputed."""
+def _intact(path: Path, key: CacheKey) -> bool:
+    """Whether a usable cache file made from `key`'s inputs is there; a damaged or foreign one
+    is said and then recomputed."""
     if not path.is_file():
         return False
     try:
-        load_class_embeddings(path)
+        load_class_embeddings(path, key=key)
     except UserError as err:
         stderr.print(f"warning: {err}; computing it again", markup=False)
         return False
@@ -134,8 +139,27 @@ def cache_verify(
             f"{path}: the CLIP at {meta.model_source} / {meta.pretrained_source} is not the one "
             f"recorded ({'; '.join(changed)})"
         )
-    recomputed = compute_embeddings(read_descriptions(source), clip, meta.aggregate)
+    # The inputs come from the sources themselves, not from what the header says about itself.
+    key = embedding_cache_key(source, meta.model_source, meta.pretrained_source, meta.aggregate)
+    document = read_descriptions(source)
+    problems = key.differences(meta)
+    if path.name != key.path(Path()).name:
+        problems.append(f"its name is not the key of its inputs, {key.path(Path()).name}")
+    if (meta.labels, meta.ids) != (
+        [c.label for c in document.classes],
+        [c.id for c in document.classes],
+    ):
+        problems.append(f"its labels and ids are not those of {source}")
+    if problems:
+        raise UserError(f"{path}: {'; '.join(problems)}", EXIT_CHECK_FAILED)
+    recomputed = compute_embeddings(document, clip, meta.aggregate)
     stored = (cached.class_embeddings, cached.description_embeddings)
+    for name, new, old in zip((CLASS_TENSOR, DESCRIPTION_TENSOR), recomputed, stored, strict=True):
+        if new.shape != old.shape:
+            raise UserError(
+                f"{path}: {name} has shape {tuple(old.shape)}, a recomputation {tuple(new.shape)}",
+                EXIT_CHECK_FAILED,
+            )
     difference = max(
         float((new - old).abs().max()) for new, old in zip(recomputed, stored, strict=True)
     )

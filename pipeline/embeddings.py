@@ -99,41 +99,65 @@ class ClassEmbeddings:
             raise UserError(f"{self.path} was made with another CLIP: {'; '.join(differences)}")
 
 
-def keyed_cache_file(
-    cache_root: Path,
-    descriptions_sha256: str,
-    model_identity: str,
-    pretrained_identity: str,
-    aggregate: Aggregate,
-) -> Path:
-    """`<cache root>/embeddings/<key>.safetensors`, the key a hash of every input."""
-    key = sha256_json(
-        {
-            "descriptions_sha256": descriptions_sha256,
-            "model": model_identity,
-            "pretrained": pretrained_identity,
-            "aggregate": aggregate,
-            "open_clip": open_clip.__version__,
+@dataclass(frozen=True)
+class CacheKey:
+    """Every input a cache file depends on: its name hashes them, and its header must record the
+    same ones, checked on every read, so a file renamed, copied or edited by hand is never served
+    for inputs it was not made from."""
+
+    descriptions_sha256: str
+    model: str
+    pretrained: str
+    aggregate: Aggregate
+    num_classes: int
+
+    def path(self, cache_root: Path) -> Path:
+        """`<cache root>/embeddings/<key>.safetensors`, the key a hash of every input."""
+        key = sha256_json(
+            {
+                "descriptions_sha256": self.descriptions_sha256,
+                "model": self.model,
+                "pretrained": self.pretrained,
+                "aggregate": self.aggregate,
+                "open_clip": open_clip.__version__,
+            }
+        )
+        return Path(cache_root) / "embeddings" / f"{key}.safetensors"
+
+    def differences(self, metadata: EmbeddingMetadata) -> list[str]:
+        """What the header records differently from these inputs, one phrase each."""
+        recorded = {
+            "descriptions sha256": metadata.descriptions_sha256,
+            "CLIP model": metadata.model,
+            "CLIP weights": metadata.pretrained,
+            "aggregate": metadata.aggregate,
+            "class count": len(metadata.labels),
         }
-    )
-    return Path(cache_root) / "embeddings" / f"{key}.safetensors"
+        wanted = {
+            "descriptions sha256": self.descriptions_sha256,
+            "CLIP model": self.model,
+            "CLIP weights": self.pretrained,
+            "aggregate": self.aggregate,
+            "class count": self.num_classes,
+        }
+        return [
+            f"{name} is {recorded[name]!r} in the header, {wanted[name]!r} asked for"
+            for name in wanted
+            if recorded[name] != wanted[name]
+        ]
 
 
-def embedding_cache_file(
-    descriptions: Path,
-    model: str,
-    pretrained: str | Path | None,
-    aggregate: Aggregate,
-    cache_root: Path,
-) -> Path:
-    """Where `embed` stores (or stored) these embeddings; computed without loading any weights."""
+def embedding_cache_key(
+    descriptions: Path, model: str, pretrained: str | Path | None, aggregate: Aggregate
+) -> CacheKey:
+    """The key of `embed`'s cache file for these inputs; computed without loading any weights."""
     descriptions = Path(descriptions)
     if not descriptions.is_file():
         raise UserError(f"{descriptions}: descriptions file not found")
+    digest = sha256_file(descriptions)
+    document = read_descriptions(descriptions)
     model_identity, pretrained_identity = describe_clip_source(model, pretrained)
-    return keyed_cache_file(
-        cache_root, sha256_file(descriptions), model_identity, pretrained_identity, aggregate
-    )
+    return CacheKey(digest, model_identity, pretrained_identity, aggregate, len(document.classes))
 
 
 def token_count(tokenizer: Any, text: str) -> int:
@@ -244,7 +268,8 @@ def embed_descriptions(
         labels=[entry.label for entry in document.classes],
         ids=[entry.id for entry in document.classes],
     )
-    path = keyed_cache_file(cache_root, digest, metadata.model, metadata.pretrained, aggregate)
+    key = CacheKey(digest, metadata.model, metadata.pretrained, aggregate, len(document.classes))
+    path = key.path(cache_root)
     write_embeddings(path, class_embeddings, description_embeddings, metadata)
     return ClassEmbeddings(path, class_embeddings, description_embeddings, metadata)
 
@@ -254,8 +279,10 @@ def load_class_embeddings(
     expected_labels: Sequence[int] | None = None,
     expected_ids: Sequence[str] | None = None,
     clip: ClipIdentity | None = None,
+    key: CacheKey | None = None,
 ) -> ClassEmbeddings:
-    """Read a cache file, refusing anything that does not match what the caller needs."""
+    """Read a cache file, refusing anything that does not match what the caller needs: with
+    `key`, a header recording other inputs than the key's."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such embedding cache file; make it with intclip-prompts embed")
@@ -266,6 +293,9 @@ def load_class_embeddings(
     except (OSError, safetensors.SafetensorError) as err:
         raise UserError(f"{path}: damaged or not a safetensors file ({err})") from err
     metadata = _read_metadata(path, header)
+    differences = key.differences(metadata) if key is not None else []
+    if differences:
+        raise UserError(f"{path}: not made from the inputs asked for: {'; '.join(differences)}")
     missing = [name for name in (CLASS_TENSOR, DESCRIPTION_TENSOR) if name not in tensors]
     if missing:
         raise UserError(f"{path}: missing the {' and '.join(missing)} tensor")

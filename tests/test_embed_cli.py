@@ -17,6 +17,7 @@ from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
 from pipeline.descriptions import write_descriptions
 from pipeline.embeddings import load_class_embeddings
+from pipeline.errors import UserError
 
 VIT = TINY_CLIP_CONFIGS["vit"]
 TEXTS = {
@@ -156,6 +157,52 @@ def test_cache_verify_refuses_changed_weights(prompts_cli, setup, tmp_path):
     save_random_clip(VIT, weights, seed=4)
     code, _, err = prompts_cli("cache", "verify", path, "--device", "cpu")
     assert code == 2 and "is not the one recorded (weights sha256" in err
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_file_under_another_key_is_never_served(prompts_cli, setup):
+    """A cache file copied or renamed to another key's name: `embed` recomputes it."""
+    mean = embedded(prompts_cli, setup)
+    with_name = embedded(prompts_cli, setup, "--aggregate", "mean+name")
+    with_name.write_bytes(mean.read_bytes())
+    code, out, err = embed(prompts_cli, setup, "--aggregate", "mean+name")
+    assert code == 0 and out.strip().splitlines()[-1] == str(with_name)
+    assert "not made from the inputs asked for: aggregate is 'mean' in the header" in err
+    assert "embedded 3 classes" in err
+    assert load_class_embeddings(with_name).metadata.aggregate == "mean+name"
+
+
+def test_training_refuses_a_file_whose_header_records_other_inputs(prompts_cli, setup):
+    from pipeline.embeddings import embedding_cache_key
+
+    mean = embedded(prompts_cli, setup)
+    key = embedding_cache_key(setup["descriptions"], VIT, setup["weights"], "mean+name")
+    with pytest.raises(UserError, match=r"not made from the inputs asked for: aggregate is 'mean'"):
+        load_class_embeddings(mean, key=key)
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"aggregate": "mean+name"}, "its name is not the key of its inputs"),
+        ({"descriptions_sha256": "0" * 64}, "gone or changed since"),
+        ({"ids": '["calm", "thrill", "joy"]'}, "its labels and ids are not those of"),
+    ],
+)
+def test_cache_verify_checks_the_header_against_the_sources(prompts_cli, setup, edit, expected):
+    path = embedded(prompts_cli, setup)
+    tensors = safetensors.torch.load_file(path)
+    with safetensors.safe_open(path, framework="pt") as reader:
+        header = reader.metadata()
+    safetensors.torch.save_file(tensors, path, metadata={**header, **edit})
+    before = _snapshot(setup["cache"])
+    code, out, err = prompts_cli("cache", "verify", path, "--device", "cpu")
+    assert code in (1, 2) and out == "" and err.count("\n") == 1
+    assert err.startswith(f"error: {path}: ") and expected in err
+    assert _snapshot(setup["cache"]) == before
 
 
 @pytest.fixture
