@@ -6,11 +6,13 @@ Every section rejects unknown keys, so a typo in a config is an error, not a sil
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -23,12 +25,35 @@ from pydantic import (
 from intclip.model import ModelConfig
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
+from pipeline.safe_load import load_yaml, read_text_file
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul_bytes(cls, data: Any) -> Any:
+        """A NUL byte makes any path unusable; say so here rather than when it is opened."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                if isinstance(value, str) and "\0" in value:
+                    raise ValueError(f"{key} contains a NUL byte")
+        return data
+
+
+def _one_directory_name(name: str) -> str:
+    """A run name is one path component, so the run directory stays inside `output_dir`."""
+    if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError("must be one directory name inside output_dir, not a path")
+    return name
+
+
+RunName = Annotated[str, AfterValidator(_one_directory_name)]
 
 
 class DataConfig(_Section):
@@ -110,7 +135,7 @@ class TrainConfig(_Section):
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ..."""
     output_dir: Path = Path("runs")
-    run_name: str | None = None
+    run_name: RunName | None = None
     """Run directory name under `output_dir`; default: config name and a timestamp."""
     tensorboard: bool = False
 
@@ -118,37 +143,46 @@ class TrainConfig(_Section):
 def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config, apply `key=value` overrides, validate; errors name file and key."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise UserError(f"{path}: config file not found") from None
-    except OSError as err:
-        raise UserError(f"{path}: cannot read config ({err.strerror})") from err
-    except yaml.MarkedYAMLError as err:
-        line = err.problem_mark.line + 1 if err.problem_mark else 1
-        raise UserError(f"{path}:{line}: invalid YAML: {err.problem}") from None
+    data = load_yaml(read_text_file(path, "config file"), path) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a config must be a mapping of sections")
     for override in overrides or []:
         _apply_override(data, override)
     try:
-        return TrainConfig.model_validate(data)
+        config = TrainConfig.model_validate(data)
     except ValidationError as err:
         problems = [
             f"{'.'.join(str(k) for k in e['loc'])}: {e['msg']}"
             for e in err.errors(include_url=False)
         ]
         raise UserError(f"{path}: {'; '.join(problems)}") from None
+    non_finite = [key for key, value in config_leaves(config.model_dump()) if _is_non_finite(value)]
+    if non_finite:
+        raise UserError(f"{path}: {', '.join(non_finite)}: must be a finite number")
+    return config
+
+
+def config_leaves(tree: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf, list items included, e.g. `augment.crop_scale.0`."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    leaves = []
+    for key, value in items:
+        if isinstance(value, dict | list | tuple):
+            leaves += config_leaves(value, f"{prefix}{key}.")
+        else:
+            leaves.append((f"{prefix}{key}", value))
+    return leaves
+
+
+def _is_non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
 
 
 def _apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {override!r}: expected key=value, e.g. optim.lr=0.01")
-    try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:
-        raise UserError(f"--set {override!r}: the value is not valid YAML") from None
+    value = load_yaml(raw, f"--set {override!r}")
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:

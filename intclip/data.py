@@ -8,7 +8,6 @@ into `LabelIndex` (relative image paths plus an [images, classes] target matrix)
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from pipeline.errors import UserError
+from pipeline.safe_load import load_json, read_text_file
 
 if TYPE_CHECKING:
     from intclip.config import DataConfig
@@ -77,14 +77,7 @@ class LabelIndex:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{path}: annotation file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read annotation file ({err})") from err
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    return load_json(read_text_file(path, "annotation file"), path)
 
 
 def load_intentonomy(
@@ -102,14 +95,19 @@ def load_intentonomy(
     data = _read_json(annotation_file)
     if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
         raise UserError(f"{annotation_file}: not an Intentonomy file (needs images, annotations)")
+    for key in ("images", "annotations"):
+        if not isinstance(data[key], list):
+            kind = type(data[key]).__name__
+            raise UserError(f"{annotation_file}: {key} must be a list, not {kind}")
     filenames: dict[str, str] = {}
     for position, image in enumerate(data["images"]):
-        try:
-            filenames[str(image["id"])] = str(image["filename"])
-        except (KeyError, TypeError):
+        image_id = image.get("id") if isinstance(image, dict) else None
+        filename = image.get("filename") if isinstance(image, dict) else None
+        if type(image_id) not in (int, str) or not isinstance(filename, str) or not filename:
             raise UserError(
-                f"{annotation_file}: images[{position}] needs id and filename"
-            ) from None
+                f"{annotation_file}: images[{position}] needs an id and a filename (a string)"
+            )
+        filenames[str(image_id)] = filename
     entries = []
     for position, annotation in enumerate(data["annotations"]):
         where = f"{annotation_file}: annotations[{position}]"
@@ -192,7 +190,7 @@ def load_manifest(manifest: Path, image_root: Path, num_classes: int) -> LabelIn
 
 
 def _csv_entries(path: Path) -> list[tuple[int, str, list[int]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
             raise UserError(f"{path}:1: the header must name the columns image and labels")
@@ -214,11 +212,10 @@ def _jsonl_entries(path: Path) -> list[tuple[int, str, list[int]]]:
     for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not text.strip():
             continue
-        try:
-            entry = json.loads(text)
-            entries.append((line, str(entry["image"]), entry["labels"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UserError(f'{path}:{line}: expected {{"image": ..., "labels": [...]}}') from None
+        entry = load_json(text, f"{path}:{line}")
+        if not isinstance(entry, dict) or not {"image", "labels"} <= entry.keys():
+            raise UserError(f'{path}:{line}: expected {{"image": ..., "labels": [...]}}')
+        entries.append((line, str(entry["image"]), entry["labels"]))
     return entries
 
 

@@ -40,6 +40,8 @@ def check_index(index: LabelIndex, decode: bool = True) -> list[EntryProblem]:
 def _file_problem(root: Path, relative: str, decode: bool) -> tuple[str, str] | None:
     if not relative:
         return "missing", "empty image path"
+    if "\0" in relative:
+        return "missing", f"{relative!r} contains a NUL byte"
     if Path(relative).is_absolute():
         return "outside image root", f"{relative} is an absolute path"
     path = root / relative

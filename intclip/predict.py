@@ -21,6 +21,7 @@ from intclip.hierarchy import levels_above_fine, names_by_id
 from intclip.train import BEST_MODEL, BEST_SUMMARY, CONFIG_FILE
 from pipeline.errors import UserError
 from pipeline.images import open_image
+from pipeline.safe_load import load_json, read_text_file
 
 FINE_LEVEL = "fine"
 
@@ -40,6 +41,15 @@ class ImagePrediction:
     intents: list[Intent]  # every level, each sorted by probability, fine first
 
 
+def _best_threshold(path: Path) -> float:
+    """The val-tuned threshold `run` recorded with the best epoch."""
+    summary = load_json(read_text_file(path, "best-epoch summary"), path)
+    threshold = summary.get("val_threshold") if isinstance(summary, dict) else None
+    if not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise UserError(f"{path}: damaged, no val_threshold in [0, 1]; train the run again")
+    return float(threshold)
+
+
 def predict_images(
     run_dir: Path, images: Sequence[Path], device: str, top: int
 ) -> list[ImagePrediction]:
@@ -48,7 +58,7 @@ def predict_images(
     if not (run_dir / BEST_MODEL).is_file():
         raise UserError(f"{run_dir}: no {BEST_MODEL}; is it a run directory of intclip-train run?")
     config = load_config(run_dir / CONFIG_FILE)
-    threshold = float(json.loads((run_dir / BEST_SUMMARY).read_text())["val_threshold"])
+    threshold = _best_threshold(run_dir / BEST_SUMMARY)
     target = distributed.resolve_device(device)
     components = build_components(config, target)
     model = load_model(run_dir / BEST_MODEL, components.clip, components.class_embeddings).eval()

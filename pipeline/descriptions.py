@@ -6,7 +6,6 @@ everything its request depended on, so an unchanged class is never asked for aga
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from functools import cache
@@ -26,6 +25,7 @@ from pydantic import (
 
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text, stable_json
+from pipeline.safe_load import load_json, read_text_file
 
 SCHEMA_VERSION = 1
 CLIP_CONTEXT_LENGTH = 77
@@ -189,16 +189,7 @@ class DescriptionsFile(BaseModel):
 def read_descriptions(path: Path) -> DescriptionsFile:
     """Load and validate a descriptions file; problems name the file and the class."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: descriptions file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: cannot read descriptions file ({err})") from err
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    data = load_json(read_text_file(path, "descriptions file"), path)
     try:
         return DescriptionsFile.model_validate(data)
     except ValidationError as err:

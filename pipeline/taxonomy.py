@@ -6,7 +6,6 @@ reported as `file:line: node 'id': what is wrong`, all mistakes at once, before 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, Va
 
 from pipeline.errors import EXIT_BAD_INPUT, UserError
 from pipeline.files import sha256_json
+from pipeline.safe_load import compose_yaml, construct_yaml
 
 SLUG_PATTERN = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
@@ -104,18 +104,21 @@ def load_taxonomy(path: Path) -> Taxonomy:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise TaxonomyError([f"{path}: cannot read taxonomy: {err.strerror or err}"]) from err
     except UnicodeDecodeError as err:
         raise TaxonomyError([f"{path}: not UTF-8 text ({err.reason})"]) from err
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
+        reason = getattr(err, "strerror", None) or err
+        raise TaxonomyError([f"{path}: cannot read taxonomy: {reason}"]) from err
     return parse_taxonomy(text, path)
 
 
 def parse_taxonomy(text: str, source: Path) -> Taxonomy:
-    root = _compose(text, source)
+    root = compose_yaml(text, source)
+    if root is None:
+        raise TaxonomyError([f"{source}:1: the file is empty"])
     locator = _Locator(source, root)
-    problems = locator.duplicate_keys()
-    data = yaml.safe_load(text)
+    problems: list[str] = []
+    data = construct_yaml(root)
     if not isinstance(data, dict):
         raise TaxonomyError(
             [f"{source}:1: the taxonomy must be a mapping with name, levels, nodes"]
@@ -129,20 +132,6 @@ def parse_taxonomy(text: str, source: Path) -> Taxonomy:
     if problems:
         raise TaxonomyError(problems)
     return Taxonomy(source, document, _fine_classes(document))
-
-
-def _compose(text: str, source: Path) -> yaml.Node:
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        line = mark.line + 1 if mark else 1
-        raise TaxonomyError([f"{source}:{line}: invalid YAML: {err.problem or err}"]) from None
-    except yaml.YAMLError as err:
-        raise TaxonomyError([f"{source}: invalid YAML: {err}"]) from None
-    if root is None:
-        raise TaxonomyError([f"{source}:1: the file is empty"])
-    return root
 
 
 class _Locator:
@@ -176,28 +165,6 @@ class _Locator:
         node_id = _innermost_id(data, loc)
         where = f"node '{node_id}': " if node_id else ""
         return f"{self.source}:{self.line(loc)}: {where}{message}"
-
-    def duplicate_keys(self) -> list[str]:
-        problems = []
-        stack = [self.root]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, yaml.MappingNode):
-                seen: set[str] = set()
-                for key_node, value_node in node.value:
-                    if key_node.value in seen:
-                        line = key_node.start_mark.line + 1
-                        problems.append(f"{self.source}:{line}: duplicate key '{key_node.value}'")
-                    seen.add(key_node.value)
-                    stack.append(value_node)
-            elif isinstance(node, yaml.SequenceNode):
-                stack.extend(node.value)
-        return sorted(problems, key=_line_number)
-
-
-def _line_number(problem: str) -> int:
-    match = re.search(r":(\d+):", problem)
-    return int(match.group(1)) if match else 0
 
 
 def _innermost_id(data: Any, loc: tuple[Any, ...]) -> str | None:
