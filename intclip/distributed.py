@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipeline.devices import parse_device
+
 
 @dataclass(frozen=True)
 class Context:
@@ -31,9 +33,7 @@ class Context:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """`auto` is CUDA when available, else CPU; under torchrun each process takes its GPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = parse_device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

@@ -26,6 +26,7 @@ from open_clip.utils import to_2tuple
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from pipeline.devices import parse_device
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, sha256_json
 
@@ -114,7 +115,7 @@ def load_clip(
     model: str, pretrained: str | Path | None, device: str | torch.device = "cpu"
 ) -> LoadedClip:
     """Build a frozen CLIP from an open_clip name or config JSON and a tag, file or nothing."""
-    target = _parse_device(device)
+    target = parse_device(device)
     spec = _resolve_model(model)
     tokenizer = _tokenizer(spec)
     weights = _resolve_weights(spec, pretrained)
@@ -155,16 +156,6 @@ def _local_weights(pretrained: str | Path) -> Path | None:
     if isinstance(pretrained, Path) or path.suffix.lower() in _STATE_DICT_READERS:
         raise UserError(f"checkpoint file not found: {pretrained}")
     return None
-
-
-def _parse_device(device: str | torch.device) -> torch.device:
-    try:
-        target = torch.device(device)
-    except RuntimeError as err:
-        raise UserError(f"invalid device {device!r}: {err}") from err
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but CUDA is not available")
-    return target
 
 
 def _resolve_model(model: str) -> _ModelSpec:

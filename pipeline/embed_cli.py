@@ -38,10 +38,6 @@ CacheDirOption = Annotated[
 ]
 
 
-def _device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def _source(value: str) -> str:
     """A file argument as an absolute path (so `cache verify` finds it from anywhere)."""
     path = Path(value)
@@ -71,7 +67,7 @@ def embed(
     if _intact(path, key):
         stderr.print("cache hit: these embeddings exist already, nothing computed")
     else:
-        loaded = load_clip(clip, pretrained, _device(device))
+        loaded = load_clip(clip, pretrained, device)
         done = embed_descriptions(
             descriptions, loaded, _source(clip), _source(pretrained), aggregate, root, batch_size
         )
@@ -132,7 +128,7 @@ def cache_verify(
     source = Path(meta.descriptions_path)
     if not source.is_file() or sha256_file(source) != meta.descriptions_sha256:
         raise UserError(f"{path}: its descriptions file {source} is gone or changed since")
-    clip = load_clip(meta.model_source, meta.pretrained_source, _device(device))
+    clip = load_clip(meta.model_source, meta.pretrained_source, device)
     changed = meta.clip.differences(clip.identity)
     if changed:
         raise UserError(
@@ -189,9 +185,7 @@ def zeroshot(
     files = list_images(images)
     cached = load_class_embeddings(embeddings)
     meta = cached.metadata
-    loaded = load_clip(
-        clip or meta.model_source, pretrained or meta.pretrained_source, _device(device)
-    )
+    loaded = load_clip(clip or meta.model_source, pretrained or meta.pretrained_source, device)
     cached.require_clip(loaded.identity)
     device_of = next(loaded.module.parameters()).device
     model = ZeroShotCLIP(loaded, cached.class_embeddings).to(device_of).eval()
