@@ -8,9 +8,9 @@ everything that request depends on, and whether the committed file already answe
 from __future__ import annotations
 
 import json
+import queue
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -283,14 +283,7 @@ def run_build(
     for job in plan.jobs:
         if job.selected and job.fine.label not in sending:
             on_outcome(job, "kept")
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = [pool.submit(ask, job) for job in plan.to_send]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            stop.set()  # Ctrl-C or a bug: let queued classes return without sending
-            raise
+    _run_cancellable(ask, plan.to_send, concurrency, stop, client)
     if fatal:
         raise fatal[0]
     if failed:
@@ -302,6 +295,53 @@ def run_build(
             EXIT_LLM_FAILURE,
         )
     return plan.document(answers)
+
+
+def _run_cancellable(
+    work: Callable[[ClassJob], None],
+    jobs: Sequence[ClassJob],
+    concurrency: int,
+    stop: threading.Event,
+    client: LLMClient,
+) -> None:
+    """`work` on every job from `concurrency` daemon threads.
+
+    On Ctrl-C or SIGTERM (an exception in the main thread) the client is cancelled and the
+    threads are not waited for: a request in flight cannot hold the build up to its timeout and
+    retries, and a daemon thread ends with the process. A bug in a worker is raised here.
+    """
+    pending: queue.SimpleQueue[ClassJob] = queue.SimpleQueue()
+    for job in jobs:
+        pending.put(job)
+    crashed: list[BaseException] = []
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                job = pending.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                work(job)
+            except BaseException as err:
+                crashed.append(err)
+                stop.set()
+
+    threads = [
+        threading.Thread(target=worker, name=f"build-{n}", daemon=True)
+        for n in range(max(1, min(concurrency, len(jobs))))
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    except BaseException:
+        stop.set()
+        client.cancel()
+        raise
+    if crashed:
+        raise crashed[0]
 
 
 def revise_flagged(

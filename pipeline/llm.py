@@ -25,6 +25,7 @@ from pipeline.llm_transport import (
     UNCLASSIFIED_FAILURE,
     error_detail,
     rejects_response_format,
+    root_cause,
     short_line,
     transport_policy,
 )
@@ -125,7 +126,8 @@ class LLMClient:
             max_retries=0,
             timeout=settings.timeout,
         )
-        self._transport = transport_policy(settings)
+        self._cancelled = threading.Event()
+        self._transport = transport_policy(settings, self._cancelled)
         self._mode_lock = threading.Lock()
         self._mode: RequestMode = (
             "json_schema" if settings.response_mode == "auto" else settings.response_mode
@@ -139,6 +141,10 @@ class LLMClient:
     def response_mode(self) -> RequestMode:
         """The mode requests use now: auto starts with json_schema and may fall back."""
         return self._mode
+
+    def cancel(self) -> None:
+        """Stop asking, from any thread: waits between retries end, and no request starts."""
+        self._cancelled.set()
 
     def close(self) -> None:
         """Release the HTTP connections (`contextlib.closing` works)."""
@@ -254,6 +260,8 @@ class LLMClient:
         `parse` builds OpenAI's strict json_schema request from the pydantic model; the raw body is
         read instead of its parsed result so that an invalid answer can be shown to the model.
         """
+        if self._cancelled.is_set():
+            raise LLMError("cancelled before the request was sent", EXIT_LLM_FAILURE)
         completions = self._openai.chat.completions.with_raw_response
         request: dict[str, Any] = {
             "model": self.settings.model,
@@ -293,6 +301,7 @@ class LLMClient:
         fields = {
             "attempts": attempts,
             "base_url": self.base_url,
+            "cause": root_cause(error),
             "detail": error_detail(error),
             "mode": mode,
             "model": self.settings.model,

@@ -7,6 +7,8 @@ retrying cannot fix (a bad key, an unknown model, no quota) is reported at once.
 from __future__ import annotations
 
 import email.utils
+import socket
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -65,10 +67,25 @@ def is_quota_exhausted(error: BaseException) -> bool:
     return isinstance(error, openai.APIStatusError) and error.code == QUOTA_EXHAUSTED_CODE
 
 
+def is_unreachable(error: BaseException) -> bool:
+    """Nothing listens at the address, or the host name does not resolve: a wrong --base-url,
+    which no retry fixes, so the whole build stops at the first request."""
+    if not isinstance(error, openai.APIConnectionError) or isinstance(
+        error, openai.APITimeoutError
+    ):
+        return False
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ConnectionRefusedError | socket.gaierror):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 def is_transient(error: BaseException) -> bool:
     """Worth another try: network trouble, timeouts, 408, 429 (unless out of quota) and 5xx."""
     if isinstance(error, openai.APIConnectionError):
-        return True
+        return not is_unreachable(error)
     if not isinstance(error, openai.APIStatusError):
         return False
     if is_quota_exhausted(error) or rejects_response_format(error):
@@ -76,12 +93,13 @@ def is_transient(error: BaseException) -> bool:
     return error.status_code in TRANSIENT_STATUS_CODES or error.status_code >= 500
 
 
-def transport_policy(settings: LLMSettings) -> tenacity.Retrying:
+def transport_policy(settings: LLMSettings, cancelled: threading.Event) -> tenacity.Retrying:
     """The one retry policy for HTTP requests.
 
     Waits what the server's Retry-After asks, up to `backoff_max`, else a jittered exponential
     backoff from `backoff_initial` doubling up to `backoff_max`; gives up after
-    `max_transport_attempts` requests and re-raises the last error.
+    `max_transport_attempts` requests and re-raises the last error. Once `cancelled` is set
+    (Ctrl-C, SIGTERM), a wait ends at once and no further attempt is made.
     """
     backoff = tenacity.wait_exponential_jitter(
         multiplier=settings.backoff_initial,
@@ -96,9 +114,18 @@ def transport_policy(settings: LLMSettings) -> tenacity.Retrying:
     return tenacity.Retrying(
         retry=tenacity.retry_if_exception(is_transient),
         wait=wait,
-        stop=tenacity.stop_after_attempt(settings.max_transport_attempts),
+        stop=tenacity.stop_after_attempt(settings.max_transport_attempts)
+        | tenacity.stop_when_event_set(cancelled),
+        sleep=cancelled.wait,
         reraise=True,
     )
+
+
+def root_cause(error: BaseException) -> str:
+    """The innermost reason, e.g. `[Errno 111] Connection refused`."""
+    while (error.__cause__ or error.__context__) is not None:
+        error = error.__cause__ or error.__context__
+    return short_line(str(error))
 
 
 def short_line(text: str) -> str:
@@ -145,6 +172,11 @@ FAILURE_RULES: tuple[tuple[Callable[[BaseException], bool], str, int], ...] = (
         is_timeout,
         "no answer from {base_url} within {timeout:g} s, {attempts} attempts",
         EXIT_LLM_FAILURE,
+    ),
+    (
+        is_unreachable,
+        "nothing answers at {base_url} ({cause}): check --base-url or OPENAI_BASE_URL",
+        EXIT_BAD_INPUT,
     ),
     (
         is_connection_error,

@@ -170,7 +170,8 @@ def test_persistent_timeouts_stop_after_the_attempt_limit(fake_openai: FakeOpenA
     assert f"no answer from {fake_openai.base_url} within 0.3 s, 2 attempts" in str(error)
 
 
-def test_an_unreachable_server_fails_after_the_attempt_limit() -> None:
+def test_connection_refused_is_a_configuration_error_not_retried() -> None:
+    """A wrong --base-url: nothing listens there, so no retry can help (issue 12)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -178,13 +179,16 @@ def test_an_unreachable_server_fails_after_the_attempt_limit() -> None:
         model="fake-model",
         base_url=f"http://127.0.0.1:{port}/v1",
         max_transport_attempts=3,
-        backoff_initial=0.01,
+        backoff_initial=30,
     )
 
     error = failure(LLMClient(settings))
 
-    assert error.exit_code == EXIT_LLM_FAILURE
-    assert f"cannot reach http://127.0.0.1:{port}/v1 after 3 attempts" in str(error)
+    assert error.exit_code == EXIT_BAD_INPUT
+    assert str(error) == (
+        f"nothing answers at http://127.0.0.1:{port}/v1 ([Errno 111] Connection refused): "
+        "check --base-url or OPENAI_BASE_URL"
+    )
 
 
 @pytest.mark.parametrize(
