@@ -9,15 +9,22 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
 CACHE_DIR_ENV = "INTCLIP_CACHE_DIR"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write a temporary file beside `path`, then rename: readers never see half a file, and
+    the previous file stays intact when writing fails. Any reason it fails (disk full,
+    read-only, a file where a directory should be) is one line naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except (OSError, ValueError) as err:
+        raise _unwritable(path, err) from None
     try:
         os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "wb") as handle:
@@ -25,9 +32,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _unwritable(path, err) from None
         raise
+
+
+def _unwritable(path: Path, err: OSError | ValueError) -> UserError:
+    reason = getattr(err, "strerror", None) or str(err)
+    return UserError(f"{path}: cannot write ({reason})")
 
 
 def _new_file_mode(path: Path) -> int:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
 
 import pytest
+from conftest import TOY_TAXONOMY
 
+from pipeline.errors import UserError
 from pipeline.files import atomic_write_text, current_umask
 
 
@@ -33,3 +36,34 @@ def test_a_rewrite_keeps_the_files_own_mode(tmp_path, umask):
     path.chmod(0o640)
     atomic_write_text(path, "new\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o640 and path.read_text() == "new\n"
+
+
+def test_disk_full_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "a.json"
+    path.write_text("previous\n")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError) as info:
+        atomic_write_text(path, "new\n")
+    assert str(info.value) == f"{path}: cannot write (No space left on device)"
+    assert info.value.exit_code == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"] and path.read_text() == "previous\n"
+
+
+def test_a_file_where_a_directory_should_be(prompts_cli, fake_openai, tmp_path, monkeypatch):
+    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    taxonomy = tmp_path / "toy.yaml"
+    taxonomy.write_text(TOY_TAXONOMY)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file\n")
+    out = blocker / "sub" / "x.json"
+    code, stdout, err = prompts_cli(
+        "build", "--taxonomy", taxonomy, "--model", "m", "--base-url", fake_openai.base_url,
+        "--out", out,
+    )  # fmt: skip
+    assert code == 2 and stdout == ""
+    assert err.splitlines()[-1] == f"error: {out}: cannot write (Not a directory)"
+    assert blocker.read_text() == "a file\n"
