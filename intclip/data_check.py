@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -10,6 +11,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from intclip.data import EntryProblem, LabelIndex
+from pipeline.files import atomic_write_text
 
 DECODE_ERRORS = (
     OSError,
@@ -20,24 +22,62 @@ DECODE_ERRORS = (
 )
 
 
-def check_index(index: LabelIndex, decode: bool = True) -> list[EntryProblem]:
+class DecodedImages:
+    """Images already decoded in full, by path, size and modification time, kept in a JSON file
+    under the cache: every run decodes its images before the first epoch, so a corrupt one stops
+    it there rather than mid-epoch, and a second run over unchanged files decodes nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            known = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            known = {}
+        self._known: dict[str, list[int]] = known if isinstance(known, dict) else {}
+        self._changed = False
+
+    @staticmethod
+    def _signature(path: Path) -> list[int]:
+        stat = path.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+
+    def decoded(self, path: Path) -> bool:
+        return self._known.get(str(path.resolve())) == self._signature(path)
+
+    def add(self, path: Path) -> None:
+        self._known[str(path.resolve())] = self._signature(path)
+        self._changed = True
+
+    def save(self) -> None:
+        if self._changed:
+            atomic_write_text(self.path, json.dumps(self._known))
+            self._changed = False
+
+
+def check_index(
+    index: LabelIndex, decode: bool = True, decoded: DecodedImages | None = None
+) -> list[EntryProblem]:
     """Label problems found while indexing, then file problems: a path outside the image root
     (`../x`, absolute, or a link leading out), missing, unreadable, corrupt or truncated.
 
-    `decode=False` skips decoding every image, for a quick check before each run.
+    `decode=False` skips decoding every image; `decoded` skips the images decoded before.
     """
     root = index.image_root.resolve()
     problems = list(index.problems)
     for row, relative in enumerate(index.paths):
         where = index.where(row)
-        problem = _file_problem(root, relative, decode)
+        problem = _file_problem(root, relative, decode, decoded)
         if problem is not None:
             kind, detail = problem
             problems.append(EntryProblem(row, where, kind, detail))
+    if decoded is not None:
+        decoded.save()
     return sorted(problems, key=lambda p: p.row)
 
 
-def _file_problem(root: Path, relative: str, decode: bool) -> tuple[str, str] | None:
+def _file_problem(
+    root: Path, relative: str, decode: bool, decoded: DecodedImages | None
+) -> tuple[str, str] | None:
     if not relative:
         return "missing", "empty image path"
     if "\0" in relative:
@@ -52,9 +92,12 @@ def _file_problem(root: Path, relative: str, decode: bool) -> tuple[str, str] | 
         return "missing", str(path)
     if not os.access(path, os.R_OK):
         return "unreadable", str(path)
-    if decode:
-        return _decode_problem(path)
-    return None
+    if not decode or (decoded is not None and decoded.decoded(path)):
+        return None
+    problem = _decode_problem(path)
+    if problem is None and decoded is not None:
+        decoded.add(path)
+    return problem
 
 
 def _decode_problem(path: Path) -> tuple[str, str] | None:

@@ -12,9 +12,9 @@ import io
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -26,9 +26,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from intclip import distributed
 from intclip.checkpoint import save_model
-from intclip.config import TrainConfig, save_config
+from intclip.config import TrainConfig, config_leaves, save_config
 from intclip.data import ImageDataset, LabelIndex, load_split
-from intclip.data_check import check_index, summarize
+from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
 from intclip.factory import build_components
 from intclip.loss import AsymmetricLoss
@@ -36,13 +36,14 @@ from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP
 from pipeline.console import stderr
 from pipeline.errors import EXIT_FAILED, UserError
-from pipeline.files import atomic_write_bytes, atomic_write_text, stable_json
+from pipeline.files import atomic_write_bytes, atomic_write_text, cache_root, stable_json
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 LAST_STATE = "last.pt"
 BEST_MODEL = "best.safetensors"
 BEST_SUMMARY = "best.json"
+DECODED_IMAGES = "decoded-images.json"  # under the cache root: images known to decode
 METRIC_COLUMNS = (
     "epoch",
     "step",
@@ -71,6 +72,7 @@ class TrainingProgress:
     epoch: int = 0  # epochs completed
     step: int = 0
     best_val_map: float = -1.0
+    rows: list[dict[str, float]] = field(default_factory=list)  # metrics.csv, one per epoch
 
 
 def train(
@@ -102,6 +104,7 @@ def _train(
 ) -> Path:
     run_dir = _run_directory(config, config_name, context, resume)
     log = stderr.print if context.is_main else _silent
+    state_note = _state_note(run_dir)
 
     # Data: train and val only. The test split is never looked at while training.
     train_index = _checked_split(config, "train", skip_bad, log)
@@ -130,8 +133,12 @@ def _train(
         config.loss.gamma_neg, config.loss.gamma_pos, config.loss.clip, config.loss.eps
     )
     progress = TrainingProgress()
+    if resume is None and context.is_main:
+        _create_run_directory(config, run_dir)
     if resume is not None:
-        progress = _restore(run_dir / LAST_STATE, model, optimizer, scheduler)
+        progress = _restore(run_dir / LAST_STATE, config, model, optimizer, scheduler)
+        if context.is_main:
+            _write_metrics(run_dir / METRICS_FILE, progress.rows)
         log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
     writer = _tensorboard(config, run_dir) if context.is_main else None
     autocast = (
@@ -155,7 +162,7 @@ def _train(
             if not torch.isfinite(loss):
                 raise NonFiniteLoss(
                     f"loss is {loss.item()} at epoch {epoch + 1}, step {progress.step + 1}; "
-                    f"stopped, and {run_dir / LAST_STATE} still holds the last good epoch"
+                    f"stopped, {state_note()}"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -179,10 +186,15 @@ def _train(
             context,
             num_workers=config.data.num_workers,
         )
+        if not (np.isfinite(scores).all() and math.isfinite(train_loss)):
+            raise NonFiniteLoss(
+                f"non-finite {'val scores' if math.isfinite(train_loss) else 'train loss'} "
+                f"after epoch {epoch + 1}; stopped, {state_note()}"
+            )
         progress.epoch = epoch + 1
         if context.is_main:
             row = _validate(val_index, scores, progress, train_loss, scheduler, images_per_s)
-            _append_metrics(run_dir / METRICS_FILE, row)
+            progress.rows.append(row)
             if writer is not None:
                 for key, value in row.items():
                     writer.add_scalar(key, value, progress.step)
@@ -190,7 +202,8 @@ def _train(
                 progress.best_val_map = row["val_mAP"]
                 save_model(model, run_dir / BEST_MODEL)
                 atomic_write_text(run_dir / BEST_SUMMARY, stable_json(row))
-            _save_state(run_dir / LAST_STATE, model, optimizer, scheduler, progress)
+            _save_state(run_dir / LAST_STATE, config, model, optimizer, scheduler, progress)
+            _write_metrics(run_dir / METRICS_FILE, progress.rows)
             log(
                 f"epoch {progress.epoch}/{config.optim.epochs}: loss {train_loss:.4f}, "
                 f"val mAP {row['val_mAP']:.2f}, val macro F1 {row['val_macro_f1']:.2f}"
@@ -225,15 +238,50 @@ def _run_directory(
         run_dir = config.output_dir / name
         if (run_dir / LAST_STATE).exists():
             raise UserError(f"{run_dir} already holds a run: resume it with --resume {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / CONFIG_FILE)
+        if run_dir.exists():
+            raise UserError(
+                f"{run_dir} exists already and is not a run to resume: choose another run_name"
+            )
     return Path(distributed.broadcast_object(str(run_dir), context))
+
+
+def _create_run_directory(config: TrainConfig, run_dir: Path) -> None:
+    """Make the new run directory once everything it needs has loaded, so a failed start leaves
+    nothing behind. A run never writes into a directory it did not create, and `run_name` is
+    one path component (the config validates it), so the run stays inside `output_dir`."""
+    output_dir = run_dir.parent
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"{output_dir}: cannot create the output directory ({err.strerror})"
+        ) from err
+    try:
+        run_dir.mkdir()
+    except FileExistsError:
+        raise UserError(
+            f"{run_dir} exists already and is not a run to resume: choose another run_name"
+        ) from None
+    except OSError as err:
+        raise UserError(f"{run_dir}: cannot create the run directory ({err.strerror})") from err
+    save_config(config, run_dir / CONFIG_FILE)
+
+
+def _state_note(run_dir: Path) -> Callable[[], str]:
+    """What is left to resume from, said truly when the run stops."""
+
+    def note() -> str:
+        if (run_dir / LAST_STATE).is_file():
+            return f"and {run_dir / LAST_STATE} still holds the last good epoch"
+        return f"before any epoch was saved (no {LAST_STATE} yet)"
+
+    return note
 
 
 def _checked_split(config: TrainConfig, split: str, skip_bad: bool, log) -> LabelIndex:
     """The split, with label and file problems refused, or left out under `--skip-bad`."""
     index = load_split(config.data, split)
-    problems = check_index(index, decode=False)
+    problems = check_index(index, decoded=DecodedImages(cache_root() / DECODED_IMAGES))
     if not problems:
         return index
     if not skip_bad:
@@ -357,15 +405,14 @@ def _validate(
     }
 
 
-def _append_metrics(path: Path, row: dict[str, float]) -> None:
-    """Rewrite the CSV with the new row, atomically: a killed run never leaves half a line."""
-    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+def _write_metrics(path: Path, rows: list[dict[str, float]]) -> None:
+    """The CSV of every epoch `last.pt` holds, rewritten atomically after it: a rerun or a
+    resume after a partial epoch never duplicates a row, and the log never runs ahead."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
-    if not existing:
-        writer.writeheader()
-    writer.writerow(row)
-    atomic_write_text(path, existing + buffer.getvalue())
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
 
 
 def _rng_state() -> dict:
@@ -391,15 +438,25 @@ def _as_tuples(value: object) -> object:
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+STATE_FORMAT = "intclip-train-state-v1"
+RESUME_FREE_KEYS = frozenset(
+    {"device", "data.num_workers", "output_dir", "run_name", "tensorboard"}
+)
+"""Config keys a resumed run may change: where and how fast it runs, not what it computes."""
+
+
 def _save_state(
     path: Path,
+    config: TrainConfig,
     model: IntCLIP,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
     progress: TrainingProgress,
 ) -> None:
-    """Everything `--resume` needs, in one file written atomically."""
+    """Everything `--resume` needs, and the config it was trained with, in one atomic file."""
     state = {
+        "format": STATE_FORMAT,
+        "config": dict(config_leaves(config.model_dump(mode="json"))),
         "model": model.trained_state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -413,19 +470,37 @@ def _save_state(
 
 def _restore(
     path: Path,
+    config: TrainConfig,
     model: IntCLIP,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LambdaLR,
 ) -> TrainingProgress:
+    """The state of `last.pt`, refused when it is not ours or the config changed since."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch reports any damage or foreign pickle as a plain exception
-        raise UserError(f"{path}: cannot resume from this file ({err})") from err
+        reason = " ".join(str(err).split())[:200]
+        raise UserError(f"{path}: cannot resume from this file ({reason})") from err
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserError(f"{path}: not a {STATE_FORMAT} file of intclip-train run; cannot resume")
+    changed = [
+        f"{key} {state['config'].get(key)!r} -> {value!r}"
+        for key, value in config_leaves(config.model_dump(mode="json"))
+        if key not in RESUME_FREE_KEYS and state["config"].get(key) != value
+    ]
+    if changed:
+        raise UserError(
+            f"{path.parent / CONFIG_FILE} was edited since {path.name} was written "
+            f"({'; '.join(changed)}); the run could not continue exactly"
+        )
     model.load_trained_state_dict(state["model"], str(path))
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state(state["rng"])
-    return TrainingProgress(**state["progress"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        return TrainingProgress(**state["progress"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise UserError(f"{path}: its optimiser or progress do not fit this run ({err})") from err
 
 
 def _tensorboard(config: TrainConfig, run_dir: Path):
