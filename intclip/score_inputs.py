@@ -6,6 +6,8 @@ shape, dtype, range and finiteness before any metric is computed, and never unpi
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import BinaryIO
 
@@ -50,6 +52,13 @@ def _read_matrix(path: Path) -> np.ndarray:
                 raise UserError(f"{path}: expected a 2-D (images x classes) array, got {shape}")
             if 0 in shape:
                 raise UserError(f"{path}: empty array of shape {shape}")
+            claimed = math.prod(shape) * dtype.itemsize
+            held = os.fstat(handle.fileno()).st_size - handle.tell()
+            if claimed > held:  # checked before numpy allocates what the header claims
+                raise UserError(
+                    f"{path}: its header claims shape {shape} ({claimed:,} bytes) but the file "
+                    f"holds {held:,} bytes of data: truncated or not a real array"
+                )
             handle.seek(0)
             try:
                 return np.lib.format.read_array(handle, allow_pickle=False)

@@ -205,6 +205,15 @@ def bytes_input(data: bytes) -> WriteInput:
     return lambda path: path.write_bytes(data)
 
 
+def terabyte_header(path: Path) -> None:
+    """A .npy whose header claims 8 TB of float64 and holds 16 bytes (issue 12)."""
+    with path.open("wb") as handle:
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "<f8", "fortran_order": False, "shape": (1_000_000, 1_000_000)}
+        )
+        handle.write(b"\0" * 16)
+
+
 VAL_SCORES, VAL_TRUTH = small_split(20)
 TEST_SCORES, TEST_TRUTH = small_split(30)
 
@@ -216,6 +225,12 @@ BAD_INPUTS = [
         "val_scores", bytes_input(npy_bytes(VAL_SCORES)[:60]), "corrupt .npy header", id="cut-head"
     ),
     pytest.param("val_scores", bytes_input(npy_bytes(VAL_SCORES)[:-8]), "truncated", id="cut-data"),
+    pytest.param(
+        "val_scores",
+        terabyte_header,
+        "header claims shape (1000000, 1000000) (8,000,000,000,000 bytes) but the file holds 16",
+        id="terabytes",
+    ),
     pytest.param(
         "test_scores",
         array_input(TEST_SCORES.astype(object)),
