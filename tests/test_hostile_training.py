@@ -290,3 +290,30 @@ def test_device_garbage_leaves_no_run_directory(train_cli, workspace, device, ex
     )
     assert expected in line
     assert not workspace["runs"].exists()
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        (lambda p: p.unlink(), "best-epoch summary not found"),
+        (lambda p: p.write_text("{"), "invalid JSON"),
+        (lambda p: p.write_text('{"val_threshold": "high"}'), "damaged, no val_threshold"),
+        (lambda p: p.write_bytes(b"\xff\xfe"), "is not UTF-8 text"),
+    ],
+)
+def test_predict_with_best_json_missing_or_damaged(
+    train_cli, stopped_run, workspace, damage, expected
+):
+    damage(stopped_run / "best.json")
+    image = sorted(workspace["images"].glob("val*.png"))[0]
+    line = one_error(train_cli("predict", "--run", stopped_run, image, "--device", "cpu"), 2)
+    assert line.startswith(f"error: {stopped_run / 'best.json'}") and expected in line
+
+
+def test_eval_with_a_truncated_best_checkpoint(train_cli, stopped_run):
+    best = stopped_run / "best.safetensors"
+    best.write_bytes(best.read_bytes()[:100])
+    line = one_error(
+        train_cli("eval", "--run", stopped_run, "--split", "val", "--device", "cpu"), 2
+    )
+    assert line.startswith(f"error: {best}: damaged or not a safetensors checkpoint")
