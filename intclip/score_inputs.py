@@ -66,6 +66,8 @@ def _read_matrix(path: Path) -> np.ndarray:
                 raise UserError(f"{path}: truncated or corrupt .npy data ({err})") from err
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from err
+    except ValueError as err:  # open() refuses a path with a NUL byte
+        raise UserError(f"{path!s}: cannot read ({err})") from err
 
 
 def _first_index(mask: np.ndarray) -> tuple[int, int]:
