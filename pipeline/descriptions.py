@@ -185,6 +185,23 @@ class DescriptionsFile(BaseModel):
     def by_label(self) -> dict[int, ClassDescriptions]:
         return {entry.label: entry for entry in self.classes}
 
+    def recorded_rules(self) -> DescriptionRules:
+        """The rules the file was built under: its recorded parameters, defaults for the rest."""
+        fields = DescriptionRules.model_fields.keys() & self.generator.params.keys()
+        try:
+            return DescriptionRules(**{key: self.generator.params[key] for key in fields})
+        except ValidationError as err:
+            raise UserError(f"generator.params: {describe_first_error(err)}") from None
+
+    def rule_problems(self) -> list[str]:
+        """Every rule a class breaks, as `build --check` finds them (hand edits included)."""
+        rules = self.recorded_rules()
+        return [
+            f"class {entry.label} '{entry.id}': {problem}"
+            for entry in self.classes
+            for problem in rules.problems(entry.descriptions)
+        ]
+
 
 def read_descriptions(path: Path) -> DescriptionsFile:
     """Load and validate a descriptions file; problems name the file and the class."""
@@ -197,6 +214,11 @@ def read_descriptions(path: Path) -> DescriptionsFile:
         where = _describe_location(data, first["loc"])
         more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
         raise UserError(f"{path}: {where}{first['msg']}{more}") from None
+
+
+def describe_first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    return f"{'.'.join(str(k) for k in first['loc'])}: {first['msg']}"
 
 
 def _describe_location(data: Any, loc: tuple[Any, ...]) -> str:

@@ -62,6 +62,7 @@ def embed(
 ) -> None:
     """Embed every description with CLIP's frozen text tower, once; print the cache file."""
     root = cache_root(cache_dir)
+    _check_rules(descriptions)
     key = embedding_cache_key(descriptions, clip, pretrained, aggregate)
     path = key.path(root)
     if _intact(path, key):
@@ -75,6 +76,19 @@ def embed(
         stderr.print(f"embedded {count} classes x {per_class} descriptions, {width} dimensions")
         path = done.path
     stdout.print(str(path), markup=False)
+
+
+def _check_rules(descriptions: Path) -> None:
+    """Embed only what `build --check` accepts: a file edited by hand is checked again."""
+    document = read_descriptions(descriptions)
+    if not document.classes:
+        raise UserError(f"{descriptions}: no classes to embed")
+    problems = document.rule_problems()
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise UserError(
+            f"{descriptions}: {problems[0]}{more}; fix it or run intclip-prompts build again"
+        )
 
 
 def _intact(path: Path, key: CacheKey) -> bool:

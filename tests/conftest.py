@@ -26,7 +26,11 @@ def descriptions_document(
     """A descriptions file without an LLM: class ids -> texts, labels in order of the dict."""
     return DescriptionsFile(
         taxonomy=TaxonomyRef(name="toy", sha256=NO_HASH),
-        generator=GeneratorInfo(model="m", template_sha256=NO_HASH, params={}),
+        generator=GeneratorInfo(
+            model="m",
+            template_sha256=NO_HASH,
+            params={"num_descriptions": len(next(iter(texts.values()), [""])), "min_words": 1},
+        ),
         classes=[
             ClassDescriptions(
                 label=label,

@@ -107,12 +107,24 @@ def test_a_damaged_cache_file_is_said_and_computed_again(prompts_cli, setup):
 
 
 def test_too_long_description_is_one_line_naming_file_class_and_text(prompts_cli, setup):
+    """The rules `build --check` applies are applied again: the file may be edited by hand."""
     long_text = " ".join(["word"] * 80)
     descriptions_file(setup["descriptions"], dict(TEXTS, thrill=[long_text, "A dog runs."]))
     code, _, err = embed(prompts_cli, setup)
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith(f"error: {setup['descriptions']}: class 1 'thrill': 82 tokens")
-    assert "CLIP's context holds 77: 'word word" in err
+    assert err.startswith(
+        f"error: {setup['descriptions']}: class 1 'thrill': description 1: has 80 words, "
+        "needs 1 to 25: 'word word"
+    )
+    assert err.endswith("(and 1 more); fix it or run intclip-prompts build again\n")
+    assert not setup["cache"].exists()
+
+
+def test_an_empty_class_list_is_one_line(prompts_cli, setup):
+    descriptions_file(setup["descriptions"], {})
+    code, out, err = embed(prompts_cli, setup)
+    assert (code, out) == (2, "")
+    assert err == f"error: {setup['descriptions']}: no classes to embed\n"
 
 
 def test_missing_descriptions_file_is_one_line(prompts_cli, setup, tmp_path):
