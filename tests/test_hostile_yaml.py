@@ -39,26 +39,26 @@ def assert_one_line(result, path: Path, line: int | None, expected: str) -> None
     assert err.startswith(prefix) and expected in err, err
 
 
-@pytest.mark.parametrize("case", HOSTILE_YAML)
-def test_taxonomy(prompts_cli, tmp_path, case):
-    text, line, expected = HOSTILE_YAML[case]
-    path = tmp_path / "toy.yaml"
-    path.write_text(text)
-    before = snapshot(tmp_path)
-    assert_one_line(prompts_cli("validate", "--taxonomy", path), path, line, expected)
-    assert snapshot(tmp_path) == before
+YAML_READERS = {
+    "taxonomy": [("prompts", "validate", "--taxonomy")],
+    "training config": [
+        ("train", "check-data", "--config"),
+        ("train", "run", "--set", "output_dir=runs", "--config"),
+    ],
+}
 
 
+@pytest.mark.parametrize("reader", YAML_READERS)
 @pytest.mark.parametrize("case", HOSTILE_YAML)
-def test_training_config(train_cli, tmp_path, case):
+def test_yaml_readers(prompts_cli, train_cli, tmp_path, monkeypatch, reader, case):
+    monkeypatch.chdir(tmp_path)
     text, line, expected = HOSTILE_YAML[case]
-    path = tmp_path / "config.yaml"
+    path = tmp_path / "file.yaml"
     path.write_text(text)
     before = snapshot(tmp_path)
-    assert_one_line(train_cli("check-data", "--config", path), path, line, expected)
-    assert_one_line(
-        train_cli("run", "--config", path, "--set", f"output_dir={tmp_path}"), path, line, expected
-    )
+    for cli, *args in YAML_READERS[reader]:
+        result = (prompts_cli if cli == "prompts" else train_cli)(*args, path)
+        assert_one_line(result, path, line, expected)
     assert snapshot(tmp_path) == before
 
 
