@@ -483,10 +483,11 @@ def _restore(
         raise UserError(f"{path}: cannot resume from this file ({reason})") from err
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise UserError(f"{path}: not a {STATE_FORMAT} file of intclip-train run; cannot resume")
+    recorded, now = state["config"], dict(config_leaves(config.model_dump(mode="json")))
     changed = [
-        f"{key} {state['config'].get(key)!r} -> {value!r}"
-        for key, value in config_leaves(config.model_dump(mode="json"))
-        if key not in RESUME_FREE_KEYS and state["config"].get(key) != value
+        f"{key} {recorded.get(key)!r} -> {now.get(key)!r}"
+        for key in [*now, *(key for key in recorded if key not in now)]
+        if key not in RESUME_FREE_KEYS and recorded.get(key) != now.get(key)
     ]
     if changed:
         raise UserError(
