@@ -30,9 +30,11 @@ def read_text_file(path: Path, what: str) -> str:
     """A UTF-8 text file of bounded size; any reason it cannot be read is one line."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_BYTES:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)  # bounded: /dev/zero or a FIFO cannot hang it
+        if len(data) > MAX_BYTES:
             raise UnsafeInput(f"{path}: {what} larger than {MAX_BYTES >> 20} MiB")
-        return path.read_text(encoding="utf-8")
+        return data.decode("utf-8")
     except FileNotFoundError:
         raise UserError(f"{path}: {what} not found") from None
     except UnicodeDecodeError as err:

@@ -62,6 +62,12 @@ def test_yaml_readers(prompts_cli, train_cli, tmp_path, monkeypatch, reader, cas
     assert snapshot(tmp_path) == before
 
 
+def test_an_endless_config_file_is_refused_not_read_forever(train_cli):
+    code, out, err = train_cli("check-data", "--config", "/dev/zero")
+    assert (code, out) == (2, "")
+    assert err == "error: /dev/zero: config file larger than 16 MiB\n"
+
+
 def test_set_value(train_cli, tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text("seed: 1\n")
