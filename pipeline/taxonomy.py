@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, Va
 
 from pipeline.errors import EXIT_BAD_INPUT, UserError
 from pipeline.files import sha256_json
-from pipeline.safe_load import compose_yaml, construct_yaml
+from pipeline.safe_load import compose_yaml, construct_yaml, read_text_file
 
 SLUG_PATTERN = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
@@ -103,12 +103,9 @@ def load_taxonomy(path: Path) -> Taxonomy:
     """Read and validate a taxonomy file; raise `TaxonomyError` listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise TaxonomyError([f"{path}: not UTF-8 text ({err.reason})"]) from err
-    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
-        reason = getattr(err, "strerror", None) or err
-        raise TaxonomyError([f"{path}: cannot read taxonomy: {reason}"]) from err
+        text = read_text_file(path, "taxonomy")
+    except UserError as err:
+        raise TaxonomyError([str(err)]) from None
     return parse_taxonomy(text, path)
 
 

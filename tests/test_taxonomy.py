@@ -143,7 +143,7 @@ def test_malformed_documents(tmp_path, run_validate, text, expected):
 def test_missing_file_is_one_line(tmp_path, prompts_cli):
     code, _, err = prompts_cli("validate", "--taxonomy", tmp_path / "nope.yaml")
     assert code == 2
-    assert err.count("\n") == 1 and "nope.yaml" in err and "cannot read taxonomy" in err
+    assert err.count("\n") == 1 and "nope.yaml" in err and "taxonomy not found" in err
 
 
 def test_console_script_exit_code():
