@@ -8,6 +8,7 @@ into `LabelIndex` (relative image paths plus an [images, classes] target matrix)
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,22 +180,18 @@ def load_manifest(manifest: Path, image_root: Path, num_classes: int) -> LabelIn
     reader = _MANIFEST_READERS.get(manifest.suffix.lower())
     if reader is None:
         raise UserError(f"{manifest}: a manifest must end in .csv or .jsonl")
-    try:
-        entries = list(reader(manifest))
-    except FileNotFoundError:
-        raise UserError(f"{manifest}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{manifest}: cannot read manifest ({err})") from err
+    entries = reader(manifest)
     located = [(f"{manifest}:{line}", image, labels) for line, image, labels in entries]
     return _index(manifest, Path(image_root), located, num_classes)
 
 
 def _csv_entries(path: Path) -> list[tuple[int, str, list[int]]]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:  # Excel writes a BOM
-        reader = csv.DictReader(handle)
+    text = read_text_file(path, "manifest").removeprefix("\ufeff")  # Excel writes a BOM
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    entries = []
+    try:
         if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
             raise UserError(f"{path}:1: the header must name the columns image and labels")
-        entries = []
         for row in reader:
             line = reader.line_num
             try:
@@ -204,12 +201,14 @@ def _csv_entries(path: Path) -> list[tuple[int, str, list[int]]]:
                     f"{path}:{line}: labels must be integer ids joined by ';'"
                 ) from None
             entries.append((line, (row["image"] or "").strip(), labels))
+    except csv.Error as err:
+        raise UserError(f"{path}:{reader.line_num + 1}: invalid CSV: {err}") from None
     return entries
 
 
 def _jsonl_entries(path: Path) -> list[tuple[int, str, list[int]]]:
     entries = []
-    for line, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for line, text in enumerate(read_text_file(path, "manifest").splitlines(), start=1):
         if not text.strip():
             continue
         entry = load_json(text, f"{path}:{line}")

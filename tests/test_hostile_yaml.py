@@ -127,6 +127,8 @@ def _data_config(tmp_path: Path, train: Path, fmt: str) -> Path:
         ("m.jsonl", '{"image": "x.png", "labels": [0]}\n' + "[" * 5000 + "]" * 5000 + "\n",
          "manifest", 2, "nested deeper than 64"),
         ("m.jsonl", '[1, 2]\n', "manifest", 1, 'expected {"image": ..., "labels": [...]}'),
+        ("m.csv", "image,labels\n" + "x" * 200_000 + ",0\n", "manifest", 2,
+         "invalid CSV: field larger than field limit"),
     ],
 )  # fmt: skip
 def test_annotations_and_manifests(train_cli, tmp_path, name, text, fmt, line, expected):
