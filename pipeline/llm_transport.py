@@ -13,10 +13,9 @@ import tenacity
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE
 from pipeline.llm_settings import API_KEY_ENV, LLMSettings, one_line
-from pipeline.retry import backoff_policy, retry_after_from_headers
+from pipeline.retry import backoff_policy, is_transient_status, retry_after_from_headers
 
 QUOTA_EXHAUSTED_CODE = "insufficient_quota"
-TRANSIENT_STATUS_CODES = frozenset({408, 429})
 # llama.cpp's C++ server once answered 500 'response_format type must be one of "text" or
 # "json_object"'; llama-cpp-python answers 422 or 500 with a validation error on
 # response_format.type; others answer 400. Such a refusal is never transient.
@@ -54,7 +53,7 @@ def is_transient(error: BaseException) -> bool:
         return False
     if is_quota_exhausted(error) or rejects_response_format(error):
         return False
-    return error.status_code in TRANSIENT_STATUS_CODES or error.status_code >= 500
+    return is_transient_status(error.status_code)
 
 
 def transport_policy(settings: LLMSettings) -> tenacity.Retrying:

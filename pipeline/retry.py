@@ -14,6 +14,12 @@ from typing import TypeVar
 import tenacity
 
 Policy = TypeVar("Policy", tenacity.Retrying, tenacity.AsyncRetrying)
+TRANSIENT_STATUS_CODES = frozenset({408, 429})
+
+
+def is_transient_status(status_code: int) -> bool:
+    """An HTTP status worth another try: 408, 429 and every 5xx."""
+    return status_code in TRANSIENT_STATUS_CODES or status_code >= 500
 
 
 def retry_after_from_headers(headers: Mapping[str, str]) -> float | None:
