@@ -151,7 +151,9 @@ class ImageServer:
         self._lock = threading.Lock()
         self.closing = threading.Event()
         self.log: list[tuple[float, str]] = []  # (arrival, path)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
 
     def url(self, path: str) -> str:
         host, port = self._server.server_address[:2]
