@@ -54,6 +54,7 @@ Reason = Literal[
     "not decodable",
     "network error",
     "timeout",
+    "cannot write",
 ]
 
 
@@ -117,6 +118,8 @@ def _failure_of(error: Exception, timeout: float) -> tuple[Reason, int | None, s
         return error.reason, error.status, str(error)
     if isinstance(error, RetryableAnswer):
         return "HTTP error", error.status, str(error)
+    if isinstance(error, OSError):
+        return "cannot write", None, f"{error.strerror or error}: {error.filename}"
     if isinstance(error, httpx2.TimeoutException):
         return "timeout", None, f"{type(error).__name__}: nothing for {timeout:g} s (--timeout)"
     detail = str(error).splitlines()[0] if str(error) else "connection failed"
@@ -253,7 +256,7 @@ class Downloader:
                 await asyncio.to_thread(_store, part, target, self.settings.resize_short_side)
             finally:
                 part.unlink(missing_ok=True)
-        except (Refused, RetryableAnswer, httpx2.TransportError) as error:
+        except (Refused, RetryableAnswer, httpx2.TransportError, OSError) as error:
             reason, status, detail = _failure_of(error, self.settings.timeout)
             self.failures.append(
                 Failure(

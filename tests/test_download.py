@@ -241,6 +241,7 @@ def test_filenames_and_urls_that_escape_are_refused_and_nothing_is_written_outsi
     root.mkdir()
     (root / "link").symlink_to(outside, target_is_directory=True)
     server.script("/img/bounce.jpg", redirect("ftp://127.0.0.1/x.jpg"))
+    (root / "low" / "taken.jpg").mkdir(parents=True)
     unsafe = {
         "dotdot": "../dotdot.jpg",
         "deep": "low/../../deep.jpg",
@@ -248,7 +249,7 @@ def test_filenames_and_urls_that_escape_are_refused_and_nothing_is_written_outsi
         "linked": "link/linked.jpg",
     }
     annotations = write_annotations(
-        tmp_path / "train.json", server, [*unsafe, "fine", "bounce", "ftp"], **unsafe
+        tmp_path / "train.json", server, [*unsafe, "fine", "bounce", "taken", "ftp"], **unsafe
     )
     document = json.loads(annotations.read_text())
     document["images"][-1]["unsplash_url"] = "file:///etc/passwd"
@@ -263,9 +264,14 @@ def test_filenames_and_urls_that_escape_are_refused_and_nothing_is_written_outsi
     )
     assert failures["ftp"]["reason"] == failures["bounce"]["reason"] == "unsupported URL"
     assert failures["ftp"]["attempts"] == 0
+    assert failures["taken"]["reason"] == "cannot write"
     assert list(outside.iterdir()) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "outside", "train.json"]
-    assert {path for _, path in server.log} == {"/img/fine.jpg", "/img/bounce.jpg"}
+    assert {path for _, path in server.log} == {
+        "/img/fine.jpg",
+        "/img/bounce.jpg",
+        "/img/taken.jpg",
+    }
     assert [path.name for path in real_files(root)] == ["fine.jpg"]
 
 
