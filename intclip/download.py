@@ -244,6 +244,7 @@ class Downloader:
                 return "skipped"
             part = _part_path(target)
             try:
+                # One policy object per image: tenacity keeps the state of a call on it.
                 policy = backoff_policy(
                     is_transient,
                     requested_delay,
