@@ -128,6 +128,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         owner = self.server.owner
+        owner.user_agents.add(self.headers.get("User-Agent", ""))
         behaviour = owner.next_behaviour(self.path)
         if behaviour is None:
             status(404, {"Content-Type": "text/plain"}, b"not found")(self, owner)
@@ -151,6 +152,7 @@ class ImageServer:
         self._lock = threading.Lock()
         self.closing = threading.Event()
         self.log: list[tuple[float, str]] = []  # (arrival, path)
+        self.user_agents: set[str] = set()
         self._thread = threading.Thread(
             target=self._server.serve_forever, args=(0.05,), daemon=True
         )

@@ -305,6 +305,7 @@ def test_manifests_with_a_url_column_or_key_several_files_after_one_flag(
 
     assert code == 0, err
     assert "3 downloaded, 0 already present, 0 failed of 3 images" in out
+    assert "3/3 done 3, skipped 0, failed 0" in err  # the progress bar's last state
     assert [p.relative_to(root).as_posix() for p in real_files(root)] == [
         "a/one.jpg",
         "a/two.jpg",
@@ -312,6 +313,8 @@ def test_manifests_with_a_url_column_or_key_several_files_after_one_flag(
     ]
     assert read_report(report)["failures"] == []
     assert not (root / "download-report.json").exists()
+    (agent,) = server.user_agents
+    assert agent.startswith("intclip-download/") and "research" in agent
 
 
 def test_resized_images_are_small_recorded_and_pass_check_data(tmp_path, server, train_cli):
