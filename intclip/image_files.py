@@ -19,10 +19,12 @@ DECODE_ERRORS = (
 
 
 def outside_root(root: Path, relative: str) -> str | None:
-    """Why `relative` leaves `root` (absolute, `..`, or a link leading out), or None.
+    """Why `relative` is no safe path under `root` (NUL, absolute, `..`, a link leading out).
 
     `root` must already be resolved.
     """
+    if "\0" in relative:
+        return f"{relative!r} contains a NUL character"
     if Path(relative).is_absolute():
         return f"{relative} is an absolute path"
     resolved = (root / relative).resolve()

@@ -270,6 +270,7 @@ def test_filenames_and_urls_that_escape_are_refused_and_nothing_is_written_outsi
         "deep": "low/../../deep.jpg",
         "absolute": str(outside / "absolute.jpg"),
         "linked": "link/linked.jpg",
+        "nul": "low/a\0b.jpg",
     }
     annotations = write_annotations(
         tmp_path / "train.json", server, [*unsafe, "fine", "bounce", "taken", "ftp"], **unsafe
