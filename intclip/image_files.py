@@ -19,7 +19,7 @@ DECODE_ERRORS = (
 
 
 def outside_root(root: Path, relative: str) -> str | None:
-    """Why `relative` is no safe path under `root` (NUL, absolute, `..`, a link leading out).
+    """Why `relative` is no safe path under `root` (NUL, absolute, `..`, a link out), or None.
 
     `root` must already be resolved.
     """
