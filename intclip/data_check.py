@@ -8,18 +8,9 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from intclip.data import EntryProblem, LabelIndex
+from intclip.image_files import decode_problem, outside_root
 from pipeline.files import atomic_write_text
-
-DECODE_ERRORS = (
-    OSError,
-    UnidentifiedImageError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-)
 
 
 class DecodedImages:
@@ -80,37 +71,20 @@ def _file_problem(
 ) -> tuple[str, str] | None:
     if not relative:
         return "missing", "empty image path"
-    if "\0" in relative:
-        return "missing", f"{relative!r} contains a NUL byte"
-    if Path(relative).is_absolute():
-        return "outside image root", f"{relative} is an absolute path"
+    escape = outside_root(root, relative)
+    if escape is not None:
+        return "outside image root", escape
     path = root / relative
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        return "outside image root", f"{relative} resolves to {resolved}"
     if not path.is_file():
         return "missing", str(path)
     if not os.access(path, os.R_OK):
         return "unreadable", str(path)
     if not decode or (decoded is not None and decoded.decoded(path)):
         return None
-    problem = _decode_problem(path)
+    problem = decode_problem(path)
     if problem is None and decoded is not None:
         decoded.add(path)
     return problem
-
-
-def _decode_problem(path: Path) -> tuple[str, str] | None:
-    """Verify the container, then decode every pixel: a cut-off file passes verify() alone."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        with Image.open(path) as image:
-            image.load()
-    except DECODE_ERRORS as err:
-        kind = "truncated" if "truncated" in str(err).lower() else "corrupt"
-        return kind, f"{path}: {err}"
-    return None
 
 
 def summarize(problems: Iterable[EntryProblem]) -> str:

@@ -121,13 +121,13 @@ def test_images_are_decoded_once_across_runs(train_cli, workspace, monkeypatch):
     import intclip.data_check
 
     decoded: list[Path] = []
-    original = intclip.data_check._decode_problem
+    original = intclip.data_check.decode_problem
 
     def counting(path: Path):
         decoded.append(path)
         return original(path)
 
-    monkeypatch.setattr(intclip.data_check, "_decode_problem", counting)
+    monkeypatch.setattr(intclip.data_check, "decode_problem", counting)
     args = ("run", "--config", workspace["config"], "--stop-after", "1")
     assert train_cli(*args)[0] == 0
     assert len(decoded) == 16 + 8
