@@ -114,7 +114,9 @@ def test_soft_target_loss_is_the_mix_of_the_hard_losses() -> None:
     logits, _ = sample(seed=4)
     share = torch.full_like(logits, 1 / 3)
     loss = AsymmetricLoss(gamma_neg=3, gamma_pos=1, reduction="sum")
-    mixed = loss(logits, torch.ones_like(logits)) / 3 + 2 * loss(logits, torch.zeros_like(logits)) / 3
+    mixed = (
+        loss(logits, torch.ones_like(logits)) / 3 + 2 * loss(logits, torch.zeros_like(logits)) / 3
+    )
     torch.testing.assert_close(loss(logits, share), mixed)
 
 
