@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from rich.console import Console
 from sklearn.metrics import f1_score
 from tiny_clip import TINY_CLIP_CONFIGS, random_class_embeddings
 from torch import nn
@@ -27,6 +28,7 @@ from intclip.config import PACKAGED_CONFIGS, DataConfig, load_config
 from intclip.head import ClassFeatures
 from intclip.loss import AsymmetricLoss
 from intclip.model import IntCLIP, ModelConfig
+from intclip.report import build_report, report_table
 from intclip.synthetic import make_synthetic_intentonomy
 from intclip.transforms import eval_transform, train_transform
 from pipeline.clip import LoadedClip, load_clip
@@ -338,7 +340,7 @@ BASE_LR_GROUP = "model.class_bias.learn=true"
 
 @pytest.mark.slow
 def test_official_config_trains_resumes_exactly_and_follows_the_official_schedule(
-    official_workspace, train_cli, monkeypatch, tmp_path
+    official_workspace, train_cli, monkeypatch
 ):
     lrs = recorded_learning_rates(monkeypatch)
     config = ("--config", official_workspace, "--set", BASE_LR_GROUP)
@@ -384,6 +386,23 @@ def test_official_config_trains_resumes_exactly_and_follows_the_official_schedul
         truth[row, annotation["category_ids"]] = 1
     expected = 100 * f1_score(truth, scores > 0.5, average="macro", zero_division=0)
     assert report["at_fixed_threshold"]["macro_f1"] == pytest.approx(expected)
+
+
+def test_report_table_shows_the_fixed_threshold_row() -> None:
+    generator = np.random.default_rng(0)
+    labels = (generator.random((20, 3)) > 0.6).astype(np.int64)
+    labels[0] = 1
+    scores = generator.random((20, 3)).astype(np.float32)
+    ids = ["a", "b", "c"]
+    console = Console(width=200, record=True)
+
+    console.print(report_table(build_report("test", (labels, scores), (labels, scores), ids, None)))
+    assert "fine @" not in console.export_text()
+    report = build_report("test", (labels, scores), (labels, scores), ids, None, 0.5)
+    console.print(report_table(report))
+    expected = 100 * f1_score(labels, scores > 0.5, average="micro", zero_division=0)
+    assert "fine @ 0.5" in console.export_text()
+    assert report.at_fixed_threshold.micro_f1 == pytest.approx(expected)
 
 
 def test_eval_threshold_out_of_range_is_refused(train_cli, tmp_path):
