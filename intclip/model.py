@@ -19,9 +19,12 @@ Where this implementation departs from the official code (github.com/yan9qu/IntC
   7x7 grid). Here any open_clip ModifiedResNet or class-token VisionTransformer is split (see
   `intclip.backbone`) at any input size the tower takes; position embeddings are resampled to the
   actual grid. Any other tower is refused with a clear error.
-- Class embeddings. The official head learns positive and negative prompt contexts (DualCoOp);
-  here the class embeddings are CLIP text embeddings of class descriptions, computed once by the
-  embedding stage and kept as a frozen buffer, with a learned temperature and per-class bias.
+- Class texts. The official head learns positive and negative prompt contexts (DualCoOp) around
+  the class name. Here `text: cached` (the default) scores against CLIP text embeddings of the
+  class descriptions, computed once by the embedding stage and kept as a frozen buffer;
+  `text: prompts` learns the official contexts, placed before each of the class's descriptions
+  (or its name) and averaged per class (`intclip.prompts`). Both have a learned temperature and
+  per-class bias.
 
 The official code also picks its best checkpoint on the test set, never applies its training
 augmentation (its train split is named "trainval", the augmentation is keyed on "train") and feeds
@@ -42,8 +45,10 @@ from torch import nn
 
 from intclip.aggregation import SightAssistedAggregation
 from intclip.backbone import build_sight_semantic_encoder
+from intclip.class_text import ClassTextSource, TextMode, build_class_text
 from intclip.head import ClassHead, HeadMode
-from pipeline.clip import LoadedClip, tensor_sha256
+from intclip.prompts import PromptConfig
+from pipeline.clip import LoadedClip
 from pipeline.errors import UserError
 
 
@@ -65,6 +70,11 @@ class ModelConfig(BaseModel):
     """Starting temperature of the head (learned), applied to cosine similarities."""
     initial_class_bias: float = 0.0
     """Starting per-class bias of the head (learned)."""
+    text: TextMode = "cached"
+    """Class features from the cached embeddings (frozen), or from learned prompt contexts run
+    through CLIP's frozen text tower at every step (DualCoOp, as the official code)."""
+    prompts: PromptConfig = PromptConfig()
+    """The learned contexts of `text: prompts`."""
 
     @model_validator(mode="after")
     def _aggregation_feeds_a_regional_head(self) -> ModelConfig:
@@ -98,11 +108,13 @@ class ParameterGroup:
 
 
 class IntCLIP(nn.Module):
-    """Multi-label intent logits [B, num_classes] from images normalised for `clip`."""
+    """Multi-label intent logits [B, num_classes] from images normalised for `clip`.
 
-    def __init__(
-        self, clip: LoadedClip, class_embeddings: torch.Tensor, config: ModelConfig
-    ) -> None:
+    `class_text` is what `config.text` needs: cached class embeddings [N, D] for `cached`, the
+    `ClassTexts` of a descriptions file for `prompts`.
+    """
+
+    def __init__(self, clip: LoadedClip, class_text: ClassTextSource, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.clip_identity = clip.identity
@@ -112,19 +124,24 @@ class IntCLIP(nn.Module):
             if config.aggregation
             else None
         )
+        self.text = build_class_text(clip, class_text, config.text, config.prompts)
         self.head = ClassHead(
-            class_embeddings,
-            clip.embed_dim,
+            self.text.num_classes,
             config.head,
             config.initial_logit_scale,
             config.initial_class_bias,
         )
-        self.class_embeddings_sha256 = tensor_sha256(class_embeddings.float())
         self.to(next(clip.module.parameters()).device)
 
     @property
     def num_classes(self) -> int:
-        return len(self.head.class_embeddings)
+        return self.text.num_classes
+
+    @property
+    def text_sha256(self) -> str:
+        """Checksum of what the class features come from: the cached class embeddings, or the
+        descriptions file of the prompts."""
+        return self.text.source_sha256
 
     def encode(self, images: torch.Tensor) -> IntentFeatures:
         """Both branches and their fusion, in CLIP's joint space."""
@@ -140,7 +157,7 @@ class IntCLIP(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.encode(images)
-        return self.head(features.fused_map, features.global_token)
+        return self.head(features.fused_map, features.global_token, *self.text())
 
     def trained_modules(self) -> dict[str, nn.Module]:
         """The modules that training changes, by role; everything else is CLIP, frozen."""
@@ -148,6 +165,7 @@ class IntCLIP(nn.Module):
             "semantic": self.encoder.semantic,
             "aggregation": self.aggregation,
             "head": self.head,
+            "prompts": self.text.trained,
         }
         return {role: module for role, module in modules.items() if module is not None}
 

@@ -51,7 +51,7 @@ def predict_images(
     threshold = float(json.loads((run_dir / BEST_SUMMARY).read_text())["val_threshold"])
     target = distributed.resolve_device(device)
     components = build_components(config, target)
-    model = load_model(run_dir / BEST_MODEL, components.clip, components.class_embeddings).eval()
+    model = load_model(run_dir / BEST_MODEL, components.clip, components.class_text).eval()
     transform = components.eval_transform()
     step = config.optim.eval_batch_size
     chunks = []
@@ -63,7 +63,7 @@ def predict_images(
 
     taxonomy = components.taxonomy
     names = names_by_id(taxonomy) if taxonomy else {}
-    ids = components.embeddings.ids
+    ids = components.ids
     levels = [(FINE_LEVEL, tuple(ids), scores)]
     if taxonomy:
         levels += [(lv.name, lv.node_ids, lv.roll_up(scores)) for lv in levels_above_fine(taxonomy)]

@@ -39,7 +39,7 @@ def evaluate_run(run_dir: Path, split: str, device: str) -> EvaluationReport | N
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
-        model = load_model(run_dir / BEST_MODEL, components.clip, components.class_embeddings)
+        model = load_model(run_dir / BEST_MODEL, components.clip, components.class_text)
         scored = _score_splits(config, components, model, split, context, torch.sigmoid)
     finally:
         distributed.teardown()
@@ -58,7 +58,7 @@ def evaluate_zero_shot(config: TrainConfig, split: str, device: str) -> Evaluati
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
-        model = ZeroShotCLIP(components.clip, components.class_embeddings)
+        model = ZeroShotCLIP(components.clip, components.zero_shot_embeddings())
         scored = _score_splits(config, components, model, split, context, ZeroShotCLIP.scores)
     finally:
         distributed.teardown()
@@ -93,9 +93,7 @@ def _score_splits(
 
 
 def _report(split: str, scored: dict[str, Scored], components: Components) -> EvaluationReport:
-    return build_report(
-        split, scored["val"], scored[split], components.embeddings.ids, components.taxonomy
-    )
+    return build_report(split, scored["val"], scored[split], components.ids, components.taxonomy)
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

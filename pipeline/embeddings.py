@@ -271,7 +271,7 @@ def load_class_embeddings(
         raise UserError(f"{path}: missing the {' and '.join(missing)} tensor")
     loaded = ClassEmbeddings(path, tensors[CLASS_TENSOR], tensors[DESCRIPTION_TENSOR], metadata)
     _check_intact(loaded)
-    _check_rows(loaded, expected_labels, expected_ids)
+    check_class_rows(loaded.path, loaded.labels, loaded.ids, expected_labels, expected_ids)
     if clip is not None:
         loaded.require_clip(clip)
     return loaded
@@ -317,22 +317,22 @@ def _check_intact(loaded: ClassEmbeddings) -> None:
         raise UserError(f"{path}: row {row} of {CLASS_TENSOR} has norm {norms[row]:.6f}, not 1")
 
 
-def _check_rows(
-    loaded: ClassEmbeddings,
+def check_class_rows(
+    source: Path | str,
+    labels: Sequence[int],
+    ids: Sequence[str],
     expected_labels: Sequence[int] | None,
     expected_ids: Sequence[str] | None,
 ) -> None:
-    """The rows must be the dataset's classes in the dataset's order."""
-    for what, have, want in (
-        ("labels", loaded.labels, expected_labels),
-        ("ids", loaded.ids, expected_ids),
-    ):
+    """The rows of `source` (a cache or descriptions file) must be the dataset's classes in the
+    dataset's order."""
+    for what, have, want in (("labels", labels, expected_labels), ("ids", ids, expected_ids)):
         if want is None or list(want) == list(have):
             continue
         if len(want) != len(have):
-            raise UserError(f"{loaded.path}: {len(have)} classes, the dataset has {len(want)}")
+            raise UserError(f"{source}: {len(have)} classes, the dataset has {len(want)}")
         row = next(i for i, (a, b) in enumerate(zip(have, want, strict=True)) if a != b)
         raise UserError(
-            f"{loaded.path}: {what} differ at row {row}: the cache has {have[row]!r}, "
+            f"{source}: {what} differ at row {row}: the file has {have[row]!r}, "
             f"the dataset has {want[row]!r}"
         )

@@ -98,9 +98,9 @@ def test_loader_accepts_the_matching_dataset_and_clip(cache_path, vit_clip):
 
 
 def test_loader_refuses_rows_in_another_order(cache_path):
-    with pytest.raises(UserError, match=r"labels differ at row 0: the cache has 0, the dataset"):
+    with pytest.raises(UserError, match=r"labels differ at row 0: the file has 0, the dataset"):
         load_class_embeddings(cache_path, expected_labels=[1, 0, 2])
-    with pytest.raises(UserError, match=r"ids differ at row 1: the cache has 'dogs'"):
+    with pytest.raises(UserError, match=r"ids differ at row 1: the file has 'dogs'"):
         load_class_embeddings(cache_path, expected_ids=["cats", "wolves", "birds"])
     with pytest.raises(UserError, match="3 classes, the dataset has 4"):
         load_class_embeddings(cache_path, expected_labels=[0, 1, 2, 3])
