@@ -271,3 +271,22 @@ def test_prompts_learn_where_uninformative_cached_embeddings_cannot(
     prompts_map = val_map_after_training(clip, texts, ModelConfig(**settings, **PROMPTS))
 
     assert prompts_map > cached_map + 20, (prompts_map, cached_map)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_prompts_train_under_bf16_autocast_on_cuda(tiny_clip_files: dict, descriptions: Path):
+    clip = load_clip(str(TINY_CLIP_CONFIGS["resnet"]), tiny_clip_files["resnet"], device="cuda")
+    model = prompt_model(clip, descriptions)
+    clip_before = {name: t.clone() for name, t in clip.module.state_dict().items()}
+    before = model.text.contexts.positive.detach().clone()
+    optimizer = torch.optim.SGD([p for g in model.parameter_groups() for p in g.parameters], lr=1.0)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model.train()(images_for(clip).cuda())
+    AsymmetricLoss()(logits.float(), torch.eye(3, device="cuda")).backward()
+    optimizer.step()
+    assert (
+        model.text.contexts.positive.is_cuda and model.text.contexts.positive.dtype == torch.float32
+    )
+    assert not torch.equal(model.text.contexts.positive, before)
+    for name, tensor in clip.module.state_dict().items():
+        assert torch.equal(tensor, clip_before[name]), name
