@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import descriptions_document
 from fake_openai import FakeOpenAI
 from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
@@ -26,6 +27,7 @@ from intclip.loss import AsymmetricLoss
 from intclip.synthetic import make_synthetic_intentonomy
 from intclip.train import NonFiniteLoss
 from intclip.train import train as train_run
+from pipeline.descriptions import write_descriptions
 from pipeline.files import sha256_file
 
 TAXONOMY = """\
@@ -364,3 +366,23 @@ def test_prompts_config_needs_the_descriptions_file(train_cli, workspace, overri
         "run", "--config", workspace["config"], *(a for o in overrides for a in ("--set", o))
     )
     assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def test_prompts_too_long_for_the_context_stop_the_run_naming_the_class(
+    train_cli, workspace, tmp_path
+):
+    texts = {name: ["A square."] for name in ("red_square", "green_square", "cyan_square")}
+    texts["violet_square"] = [" ".join(["violet"] * 70)]  # fits alone, not after 16 contexts
+    descriptions = tmp_path / "long.descriptions.json"
+    write_descriptions(descriptions, descriptions_document(texts))
+    overrides = {
+        "model.text": "prompts",
+        "clip.embeddings": "null",
+        "clip.descriptions": descriptions,
+        "output_dir": tmp_path / "runs",
+    }
+    args = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    code, _, err = train_cli("run", "--config", workspace["config"], *args)
+    assert code == 2 and err.count("\n") == 1
+    assert "class 3 'violet_square': 88 tokens with 16 learned context tokens" in err
+    assert not list((tmp_path / "runs").glob("*/last.pt"))
