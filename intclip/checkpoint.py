@@ -10,7 +10,7 @@ the stored tensors catches a corrupted file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import safetensors
 import safetensors.torch
@@ -21,6 +21,9 @@ from intclip.model import IntCLIP, ModelConfig
 from pipeline.clip import ClipIdentity, LoadedClip, state_dict_sha256
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from intclip.config import TrainConfig
 
 CHECKPOINT_FORMAT = "intclip-model-v1"
 HEADER_KEY = "intclip"
@@ -40,10 +43,12 @@ class CheckpointHeader(BaseModel):
     descriptions_sha256: str | None = None
     """`model.text: prompts`: sha256 of the descriptions file the prompts were built on."""
     trained_sha256: str
+    training: dict[str, Any] | None = None
+    """The resolved training config (every switch of the recipe); None outside a training run."""
 
 
-def save_model(model: IntCLIP, path: Path) -> None:
-    """Write the trained tensors and the header atomically."""
+def save_model(model: IntCLIP, path: Path, training: TrainConfig | None = None) -> None:
+    """Write the trained tensors and the header (with the training config) atomically."""
     tensors = {
         name: tensor.detach().to("cpu").contiguous()
         for name, tensor in model.trained_state_dict().items()
@@ -55,6 +60,7 @@ def save_model(model: IntCLIP, path: Path) -> None:
         num_classes=model.num_classes,
         **{_TEXT_CHECKSUM[model.config.text]: model.text_sha256},
         trained_sha256=state_dict_sha256(tensors),
+        training=training.model_dump(mode="json") if training is not None else None,
     )
     data = safetensors.torch.save(tensors, metadata={HEADER_KEY: header.model_dump_json()})
     atomic_write_bytes(Path(path), data)

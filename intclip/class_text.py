@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from intclip.prompts import ClassFeatures, ClassTexts, PromptConfig, PromptedClassText
+from intclip.head import ClassFeatures
+from intclip.prompts import ClassTexts, PromptConfig, PromptedClassText
 from pipeline.clip import LoadedClip, tensor_sha256
 from pipeline.errors import UserError
 

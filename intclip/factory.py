@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import torch
 
 from intclip.class_text import ClassTextSource, plain_class_embeddings
-from intclip.config import TrainConfig
+from intclip.config import DataConfig, TrainConfig
 from intclip.prompts import ClassTexts, read_class_texts
-from intclip.transforms import train_transform
+from intclip.transforms import eval_transform, train_transform
 from pipeline.clip import LoadedClip, load_clip
+from pipeline.console import stderr
 from pipeline.embeddings import check_class_rows, embedding_cache_file, load_class_embeddings
 from pipeline.files import cache_root
-from pipeline.images import ImageTransform, eval_transform
+from pipeline.images import ImageTransform
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -31,6 +32,7 @@ class Components:
     """Class ids in label order."""
     taxonomy: Taxonomy | None
     image_size: int
+    data: DataConfig
 
     def zero_shot_embeddings(self) -> torch.Tensor:
         """Plain CLIP's class embeddings: the cached ones, or those of the prompts' class texts
@@ -40,11 +42,12 @@ class Components:
         return self.class_text
 
     def eval_transform(self) -> ImageTransform:
-        return eval_transform(self.image_size, self.clip.image_mean, self.clip.image_std)
+        mean, std = self.clip.image_mean, self.clip.image_std
+        return eval_transform(self.image_size, mean, std, self.data)
 
     def train_transform(self, config: TrainConfig) -> ImageTransform:
         mean, std = self.clip.image_mean, self.clip.image_std
-        return train_transform(self.image_size, mean, std, config.augment)
+        return train_transform(self.image_size, mean, std, config.augment, self.data)
 
 
 def _cached_embeddings(
@@ -94,4 +97,10 @@ def build_components(config: TrainConfig, device: torch.device) -> Components:
     expected_ids = [c.id for c in taxonomy.classes] if taxonomy else None
     class_text, ids = CLASS_TEXT_LOADERS[config.model.text](config, clip, expected_ids)
     image_size = config.clip.image_size or clip.image_size[0]
-    return Components(clip, class_text, ids, taxonomy, image_size)
+    if not config.data.normalize:
+        stderr.print(
+            "warning: data.normalize is false: images reach CLIP without the mean/std "
+            "normalisation it was trained on (the official code's omission, for parity only)",
+            markup=False,
+        )
+    return Components(clip, class_text, ids, taxonomy, image_size, config.data)

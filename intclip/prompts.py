@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, NonNegativeInt
 from torch import nn
 
+from intclip.head import ClassFeatures
 from intclip.text_tower import FrozenTextTower
 from pipeline.clip import LoadedClip
 from pipeline.descriptions import read_descriptions
@@ -85,13 +86,6 @@ def read_class_texts(path: Path, class_text: Literal["descriptions", "name"]) ->
     if not classes:
         raise UserError(f"{path}: no classes")
     return ClassTexts(classes, sha256_file(path), str(path))
-
-
-class ClassFeatures(NamedTuple):
-    """Per-class text features [N, D]: positive, and the negative ones of DualCoOp (or None)."""
-
-    positive: torch.Tensor
-    negative: torch.Tensor | None
 
 
 class PromptContexts(nn.Module):

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from tiny_clip import TINY_CLIP_CONFIGS, TINY_EMBED_DIM, random_class_embeddings
 from torch import nn
 
+from intclip.head import ClassFeatures
 from intclip.loss import AsymmetricLoss
 from intclip.model import IntCLIP, ModelConfig
 from pipeline.clip import LoadedClip, load_clip
@@ -162,12 +163,12 @@ def test_frozen_parameters_and_buffers_stay_bit_identical_while_training(
     ]
     assert any(name.startswith("semantic.") for name in changed)
     assert "aggregation.alpha" in changed
-    assert "head.log_logit_scale" in changed
+    assert {"head.log_logit_scale", "head.log_pooling_temperature"} <= set(changed)
 
 
 def test_frozen_batchnorm_statistics_do_not_move_in_train_mode(tiny_clip_files: dict) -> None:
     clip = load_clip(str(TINY_CLIP_CONFIGS["resnet"]), tiny_clip_files["resnet"])
-    model = build(clip).train()
+    model = build(clip, semantic_batchnorm="train").train()
     frozen_norms = [
         module
         for frozen in model.encoder.frozen_modules()
@@ -220,7 +221,9 @@ def test_head_switch_selects_what_is_scored(tiny_clip: LoadedClip) -> None:
     modes = ("global", "regional", "both")
     models = {mode: build(tiny_clip, head=mode, aggregation=False) for mode in modes}
     classes = models["global"].text.class_embeddings
-    heads = {mode: partial(model.head, positive=classes) for mode, model in models.items()}
+    heads = {
+        mode: partial(model.head, classes=ClassFeatures(classes)) for mode, model in models.items()
+    }
     generator = torch.Generator().manual_seed(5)
     dense = torch.randn(2, TINY_EMBED_DIM, 3, 3, generator=generator)
     global_token = torch.randn(2, TINY_EMBED_DIM, generator=generator)
@@ -234,7 +237,7 @@ def test_head_switch_selects_what_is_scored(tiny_clip: LoadedClip) -> None:
     assert not torch.allclose(heads["regional"](other_dense, global_token), logits["regional"])
     torch.testing.assert_close(logits["both"], (logits["global"] + logits["regional"]) / 2)
 
-    scale = ModelConfig().initial_logit_scale
+    scale = ModelConfig().logit_scale.initial
     expected_global = scale * F.normalize(global_token, dim=-1) @ classes.T
     torch.testing.assert_close(logits["global"], expected_global)
     similarity = torch.einsum("nd,bdp->bnp", classes, F.normalize(dense.flatten(2), dim=1))
@@ -244,7 +247,7 @@ def test_head_switch_selects_what_is_scored(tiny_clip: LoadedClip) -> None:
 
 
 def test_class_bias_shifts_each_class_logit(tiny_clip: LoadedClip) -> None:
-    model = build(tiny_clip, initial_class_bias=-3.0).eval()
+    model = build(tiny_clip, class_bias={"initial": -3.0}).eval()
     reference = build(tiny_clip).eval()
     images = images_for(tiny_clip)
     torch.testing.assert_close(model(images), reference(images) - 3.0)
@@ -262,7 +265,7 @@ def test_parameter_groups_partition_the_trained_parameters(tiny_clip: LoadedClip
     assert counts["semantic"] == sum(p.numel() for p in model.encoder.sight.parameters())
     channels, reduced = TINY_EMBED_DIM, TINY_EMBED_DIM // 8
     assert counts["aggregation"] == 2 * (channels * reduced + reduced) + channels**2 + channels + 1
-    assert counts["head"] == NUM_CLASSES + 1
+    assert counts["head"] == NUM_CLASSES + 2
 
 
 def test_trained_state_round_trips_and_refuses_another_layout(tiny_clip: LoadedClip) -> None:
