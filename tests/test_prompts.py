@@ -131,7 +131,7 @@ def test_logit_is_the_difference_of_positive_and_negative_scores(
     torch.testing.assert_close(torch.sigmoid(logits), two_way[1])
 
 
-@pytest.mark.parametrize("head", ["global", "regional", "both"])
+@pytest.mark.parametrize("head", ["global", "regional", "both", "official"])
 def test_every_head_mode_trains_the_contexts(
     tiny_clip: LoadedClip, descriptions: Path, head: str
 ) -> None:
