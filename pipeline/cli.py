@@ -142,7 +142,7 @@ def build(
         Literal["openai", "local"],
         typer.Option(
             help="openai: any OpenAI-compatible server; local: start a llama.cpp server on "
-            "loopback for this build (pip install -e '.[local]')."
+            "loopback for this build (pip install -e '.\\[local]')."
         ),
     ] = "openai",
     gguf: Annotated[
@@ -154,7 +154,7 @@ def build(
         typer.Option(
             "--review",
             help="Review the result (MiniLM) and ask once more for each flagged class, "
-            "naming the class it was confused with (pip install -e '.[review]').",
+            "naming the class it was confused with (pip install -e '.\\[review]').",
         ),
     ] = False,
     strict: Annotated[
@@ -162,7 +162,7 @@ def build(
         typer.Option(
             "--strict",
             help="Exit 1 when the review after a build that asked something flags a class; "
-            "needs the review extra (pip install -e '.[review]').",
+            "needs the review extra (pip install -e '.\\[review]').",
         ),
     ] = False,
 ) -> None:
