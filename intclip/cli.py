@@ -21,7 +21,7 @@ from intclip.data_check import check_index, summarize
 from intclip.metrics import ProtocolResult, evaluate_protocol
 from intclip.report import EvaluationReport, report_table
 from intclip.score_inputs import read_score_split
-from pipeline.console import run_app, stderr
+from pipeline.console import VersionOption, run_app, stderr
 from pipeline.errors import UserError
 from pipeline.files import stable_json
 
@@ -36,7 +36,7 @@ _TABLE_ROWS = {
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: VersionOption = None) -> None:
     """Train, evaluate and score multi-label visual intent models."""
 
 

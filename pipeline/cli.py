@@ -25,7 +25,7 @@ from pipeline.build import (
     plan_build,
     run_build,
 )
-from pipeline.console import run_app, stderr
+from pipeline.console import VersionOption, run_app, stderr
 from pipeline.descriptions import (
     DescriptionRules,
     DescriptionsFile,
@@ -48,14 +48,20 @@ from pipeline.templates import default_template_dir, load_templates
 
 app = typer.Typer(
     name="intclip-prompts",
-    help="Class descriptions for intclip: taxonomy in, validated LLM descriptions out, "
-    "and their CLIP text embeddings.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.add_typer(embed_app)
 app.add_typer(review_app)
+
+
+@app.callback()
+def _root(version: VersionOption = None) -> None:
+    """Class descriptions for intclip: taxonomy in, validated LLM descriptions out, and their
+    CLIP text embeddings."""
+
+
 stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[

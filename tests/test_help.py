@@ -4,6 +4,8 @@ would silently lose its brackets."""
 
 from __future__ import annotations
 
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +70,11 @@ def test_help_shows_every_option_as_written(cli, path, prompts_cli, train_cli, m
                     ", ".join(map(str, default)) if isinstance(default, list | tuple) else default
                 )
                 assert f"[default: {text}]" in shown, param.name
+
+
+@pytest.mark.parametrize("cli", sorted(APPS))
+def test_version_is_the_projects(cli, prompts_cli, train_cli):
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    run = prompts_cli if cli == "intclip-prompts" else train_cli
+    code, out, _ = run("--version")
+    assert code == 0 and out == f"intclip {project['project']['version']}\n"
