@@ -133,7 +133,10 @@ def build(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Cache root \\[default: $INTCLIP_CACHE_DIR or cache/]."),
+        typer.Option(
+            help="Cache root \\[default: $INTCLIP_CACHE_DIR, else cache/ of the intclip "
+            "checkout you are in, else ./cache]."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the requests it would send; send none.")
