@@ -219,13 +219,16 @@ def predict(
     ] = "table",
     top: Annotated[int, typer.Option(min=1, help="Intents listed per level.")] = 5,
     device: DeviceOption = "auto",
+    recursive: Annotated[
+        bool, typer.Option(help="Also walk the subdirectories of directories named.")
+    ] = True,
 ) -> None:
     """The most probable intents of each image, marked when above the run's val-tuned
     threshold, rolled up to the middle and coarse levels of the taxonomy."""
     from intclip.predict import FORMATTERS, predict_images
     from pipeline.images import list_images
 
-    predictions = predict_images(run_dir, list_images(images), device, top)
+    predictions = predict_images(run_dir, list_images(images, recursive), device, top)
     typer.echo(FORMATTERS[output_format](predictions), nl=False)
 
 
