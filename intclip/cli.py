@@ -228,8 +228,15 @@ def predict(
     from intclip.predict import FORMATTERS, predict_images
     from pipeline.images import list_images
 
-    predictions = predict_images(run_dir, list_images(images, recursive), device, top)
+    skipped: list[str] = []
+    predictions = predict_images(
+        run_dir, list_images(images, recursive), device, top, on_skip=skipped.append
+    )
     typer.echo(FORMATTERS[output_format](predictions), nl=False)
+    for reason in skipped:
+        stderr.print(f"skipped: {reason}", markup=False)
+    if skipped:
+        stderr.print(f"warning: skipped {len(skipped)} unreadable image(s)", markup=False)
 
 
 def _show_report(report: EvaluationReport | None, as_json: bool) -> None:
