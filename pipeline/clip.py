@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -299,14 +300,20 @@ def _file_activation(spec: _ModelSpec, path: Path, openai_layout: bool) -> Activ
     if tags and len(quick) == len(tags):
         return "quick_gelu"  # every known set of these weights was trained with QuickGELU
     if quick:
-        log.warning(
-            "note: %s's pretrained weights differ in activation; building GELU as named. For "
-            "weights of %s pass --clip %s",
-            spec.builtin_name,
-            ", ".join(quick),
-            _quickgelu_name(spec.builtin_name),
-        )
+        _note_ambiguous_activation(spec.builtin_name, tuple(quick))
     return "gelu"
+
+
+@functools.cache
+def _note_ambiguous_activation(name: str, quick_tags: tuple[str, ...]) -> None:
+    """Once per process: a cache check and the load that follows would otherwise say it twice."""
+    log.warning(
+        "note: %s's pretrained weights differ in activation; building GELU as named. For "
+        "weights of %s pass --clip %s",
+        name,
+        ", ".join(quick_tags),
+        _quickgelu_name(name),
+    )
 
 
 def _quickgelu_name(name: str) -> str:
