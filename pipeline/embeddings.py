@@ -64,7 +64,10 @@ class EmbeddingMetadata(BaseModel):
 
     def to_header(self) -> dict[str, str]:
         """safetensors metadata holds strings only: lists go in as JSON."""
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.model_dump().items()}
+        return {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in self.model_dump(exclude_none=True).items()
+        }
 
     @classmethod
     def from_header(cls, header: dict[str, str]) -> EmbeddingMetadata:
