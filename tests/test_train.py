@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -386,3 +387,21 @@ def test_prompts_too_long_for_the_context_stop_the_run_naming_the_class(
     assert code == 2 and err.count("\n") == 1
     assert "class 3 'violet_square': 88 tokens with 16 learned context tokens" in err
     assert not list((tmp_path / "runs").glob("*/last.pt"))
+
+
+def test_predict_walks_subdirectories_and_skips_unreadable_files(straight_run, workspace, tmp_path):
+    low = workspace["root"] / "data" / "images" / "low"
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    shutil.copy(low / "test00000.png", photos / "a.png")
+    shutil.copy(low / "test00001.png", photos / "nested" / "b.png")
+    (photos / "nested" / "broken.png").write_text("not an image")
+    result = cli("intclip-train", "predict", "--run", straight_run, photos, "--format", "json",
+                 env=workspace["env"])  # fmt: skip
+    images = [p["image"] for p in json.loads(result.stdout)]
+    assert images == [str(photos / "a.png"), str(photos / "nested" / "b.png")]
+    assert f"skipped: {photos / 'nested' / 'broken.png'}: cannot read this image" in result.stderr
+    assert "warning: skipped 1 unreadable image(s)" in result.stderr
+    flat = cli("intclip-train", "predict", "--run", straight_run, photos, "--no-recursive",
+               "--format", "json", env=workspace["env"])  # fmt: skip
+    assert [p["image"] for p in json.loads(flat.stdout)] == [str(photos / "a.png")]
