@@ -112,7 +112,7 @@ def _train(
 
     components = build_components(config, context.device)
     _seed_everything(config.seed)  # the new modules' initial weights depend on the seed alone
-    model = IntCLIP(components.clip, components.class_embeddings, config.model)
+    model = IntCLIP(components.clip, components.class_text, config.model)
     trainable = DistributedDataParallel(model) if context.distributed else model
     groups = model.parameter_groups()
     log(", ".join(f"{g.role}: {g.count:,} trained parameters" for g in groups))

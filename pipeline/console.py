@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 import traceback
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -18,6 +20,28 @@ from pipeline.errors import EXIT_INTERNAL, UserError
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 DEBUG_FLAG = "--debug"
+
+
+def package_version() -> str:
+    """The installed intclip's version, as both CLIs report it."""
+    try:
+        return version("intclip")
+    except PackageNotFoundError:
+        return "unknown (not installed; run from a checkout)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"intclip {package_version()}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+    ),
+]
 
 
 def fail(message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import open_clip
 import pytest
 import safetensors
 import safetensors.torch
@@ -13,8 +14,14 @@ from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
 from pipeline.clip import LoadedClip, load_clip
 from pipeline.descriptions import write_descriptions
-from pipeline.embeddings import compute_embeddings, embed_descriptions, load_class_embeddings
+from pipeline.embeddings import (
+    CacheKey,
+    compute_embeddings,
+    embed_descriptions,
+    load_class_embeddings,
+)
 from pipeline.errors import UserError
+from pipeline.files import sha256_json
 
 VIT = str(TINY_CLIP_CONFIGS["vit"])
 TEXTS = {
@@ -98,9 +105,9 @@ def test_loader_accepts_the_matching_dataset_and_clip(cache_path, vit_clip):
 
 
 def test_loader_refuses_rows_in_another_order(cache_path):
-    with pytest.raises(UserError, match=r"labels differ at row 0: the cache has 0, the dataset"):
+    with pytest.raises(UserError, match=r"labels differ at row 0: the file has 0, the dataset"):
         load_class_embeddings(cache_path, expected_labels=[1, 0, 2])
-    with pytest.raises(UserError, match=r"ids differ at row 1: the cache has 'dogs'"):
+    with pytest.raises(UserError, match=r"ids differ at row 1: the file has 'dogs'"):
         load_class_embeddings(cache_path, expected_ids=["cats", "wolves", "birds"])
     with pytest.raises(UserError, match="3 classes, the dataset has 4"):
         load_class_embeddings(cache_path, expected_labels=[0, 1, 2, 3])
@@ -153,3 +160,42 @@ def test_loader_refuses_an_edited_header(cache_path, tmp_path):
     rewrite(cache_path, edited, header={k: v for k, v in header.items() if k != "ids"})
     with pytest.raises(UserError, match="not an intclip embedding cache \\(header ids: Field"):
         load_class_embeddings(edited)
+
+
+def test_the_activation_changes_the_key_only_where_the_old_loader_got_it_wrong(tmp_path):
+    def key(model: str, pretrained: str, activation: str) -> str:
+        return CacheKey("d" * 64, model, pretrained, activation, "mean", 3).path(tmp_path).stem
+
+    def legacy_key(model: str, pretrained: str) -> str:
+        return sha256_json(
+            {
+                "descriptions_sha256": "d" * 64,
+                "model": model,
+                "pretrained": pretrained,
+                "aggregate": "mean",
+                "open_clip": open_clip.__version__,
+            }
+        )
+
+    assert key("RN101", "openai", "quick_gelu") == legacy_key("RN101", "openai")
+    assert key("ViT-B-32", "file-sha256:ab", "gelu") == legacy_key("ViT-B-32", "file-sha256:ab")
+    assert key("RN101", "file-sha256:ab", "quick_gelu") != legacy_key("RN101", "file-sha256:ab")
+
+
+def test_the_header_must_record_the_keys_activation(cache_path, tmp_path):
+    """A header that records no activation (written before it was recorded) stands for the one
+    intclip built then; one that records another activation than the key's is refused."""
+    meta = load_class_embeddings(cache_path).metadata
+    assert meta.activation == "gelu"
+    key = CacheKey(meta.descriptions_sha256, meta.model, meta.pretrained, "gelu", "mean", 3)
+    assert key.path(tmp_path / "c") == cache_path
+    assert load_class_embeddings(cache_path, key=key).metadata == meta
+    with safetensors.safe_open(cache_path, framework="pt") as reader:
+        header = reader.metadata()
+    unrecorded = {k: v for k, v in header.items() if k != "activation"}
+    older = rewrite(cache_path, tmp_path / "older.safetensors", header=unrecorded)
+    assert load_class_embeddings(older, key=key).metadata.activation is None
+    quick = CacheKey(meta.descriptions_sha256, meta.model, meta.pretrained, "quick_gelu", "mean", 3)
+    for path in (cache_path, older):
+        with pytest.raises(UserError, match="activation is 'gelu' in the header, 'quick_gelu'"):
+            load_class_embeddings(path, key=quick)
