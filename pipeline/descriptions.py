@@ -30,7 +30,6 @@ from pipeline.files import atomic_write_text, stable_json
 SCHEMA_VERSION = 1
 CLIP_CONTEXT_LENGTH = 77
 MAX_WORD_CHARS = 30  # a longer "word" is a model running on, not English
-MAX_WORD_CHARS = 30  # a longer "word" is a model running on, not English
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -156,12 +155,18 @@ class TaxonomyRef(BaseModel):
     sha256: Sha256
 
 
+LLMKind = Literal["openai", "local"]
+
+
 class GeneratorInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
     template_sha256: Sha256
     params: dict[str, Any]
+    llm: Literal["local"] | None = None
+    """`local` when `build --llm local` wrote the file, so a later build asks the same kind of
+    server; absent (older files too) for any OpenAI-compatible server."""
 
 
 class DescriptionsFile(BaseModel):

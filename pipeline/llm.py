@@ -119,17 +119,27 @@ class LLMClient:
         self._cache = cache
         self._refresh = refresh
         self._notify = notify
-        self._openai = openai.OpenAI(
-            api_key=settings.client_api_key(),
-            base_url=settings.base_url,
-            max_retries=0,
-            timeout=settings.timeout,
-        )
+        self._openai_client: openai.OpenAI | None = None
+        self._client_lock = threading.Lock()
         self._transport = transport_policy(settings)
         self._mode_lock = threading.Lock()
         self._mode: RequestMode = (
             "json_schema" if settings.response_mode == "auto" else settings.response_mode
         )
+
+    @property
+    def _openai(self) -> openai.OpenAI:
+        """The HTTP client, made at the first request: answering from the cache, or planning,
+        needs no API key."""
+        with self._client_lock:
+            if self._openai_client is None:
+                self._openai_client = openai.OpenAI(
+                    api_key=self.settings.client_api_key(),
+                    base_url=self.settings.base_url,
+                    max_retries=0,
+                    timeout=self.settings.timeout,
+                )
+            return self._openai_client
 
     @property
     def base_url(self) -> str:
@@ -142,7 +152,9 @@ class LLMClient:
 
     def close(self) -> None:
         """Release the HTTP connections (`contextlib.closing` works)."""
-        self._openai.close()
+        with self._client_lock:
+            if self._openai_client is not None:
+                self._openai_client.close()
 
     def request_summary(
         self, messages: list[ChatMessage], response_model: type[BaseModel]
