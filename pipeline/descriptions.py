@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.clip_tokens import clip_token_count
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text, stable_json
 
@@ -103,18 +104,6 @@ class DescriptionRules(BaseModel):
                 f"{self.context_length}: {text!r}"
             )
         return found
-
-
-@cache
-def _clip_tokenizer() -> Any:
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
-def clip_token_count(text: str) -> int:
-    """Tokens CLIP's text tower sees for `text`, start and end tokens included."""
-    return len(_clip_tokenizer().encode(text)) + 2
 
 
 @cache
