@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ENTRY = Path(__file__).parent / "light_entry.py"
 PROMPTS = "pipeline.cli:main"
 TRAIN = "intclip.cli:main"
-LIGHT = 'heavy modules: []'
+LIGHT = "heavy modules: []"
 
 
 def offline_env(root: Path) -> dict[str, str]:
@@ -46,10 +46,7 @@ def run(root: Path, entry: str, *args: str) -> subprocess.CompletedProcess[str]:
         (PROMPTS, ["--help"]),
         (TRAIN, ["--help"]),
         (PROMPTS, ["validate", "--taxonomy", "prompts/intentonomy.yaml"]),
-        (
-            PROMPTS,
-            ["diff", "prompts/intentonomy.descriptions.json"] * 2,
-        ),
+        (PROMPTS, ["diff", *["prompts/intentonomy.descriptions.json"] * 2]),
         (PROMPTS, ["build", "--taxonomy", "prompts/intentonomy.yaml", "--check"]),
     ],
     ids=["prompts-help", "train-help", "validate", "diff", "build-check"],
