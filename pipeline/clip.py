@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, sha256_json
+from pipeline.hub import cached_hub_file, source_url, why_unreachable
 
 RANDOM_INIT = "random-init"
 REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -221,17 +222,27 @@ def _download_tag(spec: _ModelSpec, tag: str) -> _WeightsSpec:
             f"{tag!r} is neither a checkpoint file nor a pretrained tag of "
             f"{spec.builtin_name} ({known})"
         )
-    try:
-        path = Path(open_clip.download_pretrained(tag_config))
-    except Exception as err:  # any hub or network failure: the remedy is the same
-        origin = tag_config.get("hf_hub") or tag_config.get("url")
-        raise UserError(
-            f"cannot download the {spec.builtin_name} {tag!r} weights ({_first_line(err)}); "
-            f"without network, fetch them from {origin} and pass the local .safetensors, .bin "
-            "or .pt file as pretrained (--pretrained PATH)"
-        ) from err
+    origin = tag_config.get("hf_hub") or tag_config.get("url")
+    unreachable = why_unreachable(source_url(tag_config))
+    if unreachable is not None:
+        path = cached_hub_file(tag_config)
+        if path is None:
+            raise _weights_error(spec, tag, origin, unreachable)
+    else:
+        try:
+            path = Path(open_clip.download_pretrained(tag_config))
+        except Exception as err:  # any hub or network failure: the remedy is the same
+            raise _weights_error(spec, tag, origin, _first_line(err)) from err
     return _WeightsSpec(
         tag, path, tag_config["mean"], tag_config["std"], tag_config.get("quick_gelu", False)
+    )
+
+
+def _weights_error(spec: _ModelSpec, tag: str, origin: str, reason: str) -> UserError:
+    return UserError(
+        f"cannot download the {spec.builtin_name} {tag!r} weights ({reason}); without network, "
+        f"fetch them from {origin} and pass the local .safetensors, .bin or .pt file as "
+        "pretrained (--pretrained PATH)"
     )
 
 
