@@ -222,8 +222,8 @@ class LLMClient:
         conversation = list(messages)
         requests = 0
         error = ""
-        for _ in range(self.settings.max_answer_attempts):
-            body, sent = self._send(conversation, response_model)
+        for attempt in range(self.settings.max_answer_attempts):
+            body, sent = self._send(conversation, response_model, self._params(attempt))
             requests += sent
             reply = _reply_of(body)
             try:
@@ -240,8 +240,20 @@ class LLMClient:
             EXIT_LLM_FAILURE,
         )
 
+    def _params(self, attempt: int) -> dict[str, Any]:
+        """The sampling parameters of answer number `attempt` (from 0): a re-ask gets the next
+        seed, else a deterministic server that repeats its answer verbatim (llama.cpp with a
+        fixed seed does) would be shown the same conversation and repeat it again."""
+        params = dict(self.settings.sampling_params)
+        if "seed" in params:
+            params["seed"] += attempt
+        return params
+
     def _send(
-        self, conversation: list[ChatMessage], response_model: type[BaseModel]
+        self,
+        conversation: list[ChatMessage],
+        response_model: type[BaseModel],
+        params: dict[str, Any],
     ) -> tuple[str, int]:
         """One reply body through the retry policy (and the auto fallback), with requests sent."""
         requests = 0
@@ -249,7 +261,7 @@ class LLMClient:
             mode = self._mode
             policy = self._transport.copy()
             try:
-                body = policy(self._post, mode, conversation, response_model)
+                body = policy(self._post, mode, conversation, response_model, params)
             except openai.APIError as error:
                 attempts = policy.statistics["attempt_number"]
                 requests += attempts
@@ -259,7 +271,11 @@ class LLMClient:
             return body, requests + policy.statistics["attempt_number"]
 
     def _post(
-        self, mode: RequestMode, conversation: list[ChatMessage], response_model: type[BaseModel]
+        self,
+        mode: RequestMode,
+        conversation: list[ChatMessage],
+        response_model: type[BaseModel],
+        params: dict[str, Any],
     ) -> str:
         """One HTTP request, returning the raw body.
 
@@ -270,7 +286,7 @@ class LLMClient:
         request: dict[str, Any] = {
             "model": self.settings.model,
             "messages": conversation,
-            **self.settings.sampling_params,
+            **params,
         }
         if mode == "json_schema":
             raw = completions.parse(response_format=response_model, **request)

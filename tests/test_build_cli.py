@@ -172,6 +172,8 @@ def test_invalid_answer_is_sent_back_then_accepted(project, fake_openai, build):
     assert fake_openai.request_count == 2
     resent = fake_openai.bodies[1]["messages"]
     assert "descriptions: List should have at least 5 items" in resent[-1]["content"]
+    # the re-ask samples with the next seed: a deterministic server would repeat itself
+    assert [body["seed"] for body in fake_openai.bodies] == [0, 1]
 
 
 def test_class_fails_after_bounded_attempts_naming_the_class(project, fake_openai, build):
