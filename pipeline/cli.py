@@ -143,7 +143,7 @@ def build(
         LLMKind | None,
         typer.Option(
             help="openai: any OpenAI-compatible server; local: start a llama.cpp server on "
-            "loopback for this build (pip install -e '.[local]') \\[default: the kind that "
+            "loopback for this build (pip install -e '.\\[local]') \\[default: the kind that "
             "built the output file, else openai].",
             show_default=False,
         ),
@@ -157,7 +157,7 @@ def build(
         typer.Option(
             "--review",
             help="Review the result (MiniLM) and ask once more for each flagged class, "
-            "naming the class it was confused with (pip install -e '.[review]').",
+            "naming the class it was confused with (pip install -e '.\\[review]').",
         ),
     ] = False,
 ) -> None:
