@@ -7,8 +7,8 @@ BIN := $(VENV)/bin
 # torch and torchvision are pinned first: those builds lie on this machine's disk, any
 # other version downloads gigabytes. PyPI's Linux torch brings CUDA wheels (about 3 GB); on a
 # machine without a GPU that reaches PyTorch's own index, `make setup TORCH_INDEX=<its cpu
-# index URL>` installs the CPU build instead. pip's cache is on, so a second setup downloads
-# nothing.
+# index URL>` installs the CPU build instead. pip's cache is on, so a second setup neither
+# downloads nor compiles llama-cpp-python again.
 TORCH_INDEX ?=
 setup:
 	$(PYTHON) -m venv $(VENV)

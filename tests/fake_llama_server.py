@@ -1,4 +1,4 @@
-"""A stand-in for `python -m pipeline.llama_server`, started the same way, for lifecycle tests.
+"""A stand-in for `python -m llama_cpp.server`, started the same way, for lifecycle tests.
 
 Takes llama.cpp's `--model --host --port --model_alias --n_ctx` and behaves as
 `FAKE_LLAMA_MODE` says: `ok` serves like a healthy server; `never_healthy` never listens;

