@@ -10,12 +10,13 @@ from dataclasses import dataclass
 
 import torch
 
-from intclip.config import TrainConfig
-from intclip.transforms import train_transform
+from intclip.config import DataConfig, TrainConfig
+from intclip.transforms import eval_transform, train_transform
 from pipeline.clip import LoadedClip, load_clip
+from pipeline.console import stderr
 from pipeline.embeddings import ClassEmbeddings, embedding_cache_file, load_class_embeddings
 from pipeline.files import cache_root
-from pipeline.images import ImageTransform, eval_transform
+from pipeline.images import ImageTransform
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -25,17 +26,19 @@ class Components:
     embeddings: ClassEmbeddings
     taxonomy: Taxonomy | None
     image_size: int
+    data: DataConfig
 
     @property
     def class_embeddings(self) -> torch.Tensor:
         return self.embeddings.class_embeddings
 
     def eval_transform(self) -> ImageTransform:
-        return eval_transform(self.image_size, self.clip.image_mean, self.clip.image_std)
+        mean, std = self.clip.image_mean, self.clip.image_std
+        return eval_transform(self.image_size, mean, std, self.data)
 
     def train_transform(self, config: TrainConfig) -> ImageTransform:
         mean, std = self.clip.image_mean, self.clip.image_std
-        return train_transform(self.image_size, mean, std, config.augment)
+        return train_transform(self.image_size, mean, std, config.augment, self.data)
 
 
 def build_components(config: TrainConfig, device: torch.device) -> Components:
@@ -56,4 +59,10 @@ def build_components(config: TrainConfig, device: torch.device) -> Components:
         clip=clip.identity,
     )
     image_size = config.clip.image_size or clip.image_size[0]
-    return Components(clip, embeddings, taxonomy, image_size)
+    if not config.data.normalize:
+        stderr.print(
+            "warning: data.normalize is false: images reach CLIP without the mean/std "
+            "normalisation it was trained on (the official code's omission, for parity only)",
+            markup=False,
+        )
+    return Components(clip, embeddings, taxonomy, image_size, config.data)
