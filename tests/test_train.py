@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -290,3 +291,21 @@ def test_tensorboard_logs_every_metric(workspace):
 def test_run_refuses_bad_invocations(train_cli, args, expected):
     code, _, err = train_cli("run", *args)
     assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def test_predict_walks_subdirectories_and_skips_unreadable_files(straight_run, workspace, tmp_path):
+    low = workspace["root"] / "data" / "images" / "low"
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    shutil.copy(low / "test00000.png", photos / "a.png")
+    shutil.copy(low / "test00001.png", photos / "nested" / "b.png")
+    (photos / "nested" / "broken.png").write_text("not an image")
+    result = cli("intclip-train", "predict", "--run", straight_run, photos, "--format", "json",
+                 env=workspace["env"])  # fmt: skip
+    images = [p["image"] for p in json.loads(result.stdout)]
+    assert images == [str(photos / "a.png"), str(photos / "nested" / "b.png")]
+    assert f"skipped: {photos / 'nested' / 'broken.png'}: cannot read this image" in result.stderr
+    assert "warning: skipped 1 unreadable image(s)" in result.stderr
+    flat = cli("intclip-train", "predict", "--run", straight_run, photos, "--no-recursive",
+               "--format", "json", env=workspace["env"])  # fmt: skip
+    assert [p["image"] for p in json.loads(flat.stdout)] == [str(photos / "a.png")]
