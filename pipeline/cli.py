@@ -91,8 +91,8 @@ def build(
         str | None,
         typer.Option(
             envvar="INTCLIP_LLM_MODEL",
-            help="Model name \\[default: the output file's generator model; with --llm local, "
-            "the GGUF file's name].",
+            help="Model name \\[default: with --llm local, the GGUF file's name; else the output "
+            "file's generator model, to plan only: asking a server needs --model].",
             show_default=False,
         ),
     ] = None,
@@ -237,10 +237,13 @@ def build(
 
     client = client_for(base_url if kind == "openai" else None)
     cached = cached_labels(plan, client)
+    waiting = len(plan.to_send) - len(cached)
+    if model is None and generator is not None and (waiting or review_classes):
+        asking = f"{waiting} class(es) need asking" if waiting else "--review may ask again"
+        _refuse_recorded_model(generator, out, asking)
     if dry_run:
         _dry_run(plan, cached)
         return
-    waiting = len(plan.to_send) - len(cached)
     server = None
     if waiting or review_classes:
         if kind == "local":
@@ -287,6 +290,24 @@ def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo 
     if model and model != name:
         stderr.print(f"note: --llm local serves {name}; ignoring model {model}", markup=False)
     return name
+
+
+def _refuse_recorded_model(generator: GeneratorInfo, out: Path, asking: str) -> None:
+    """Without `--model`, the file's model only plans the build (what is up to date needs no
+    model): it is never sent to an OpenAI-compatible server, which need not serve it. A local
+    build's model names a GGUF file, meaningless to any other server; and the file does not
+    record which OpenAI-compatible server wrote it, so another may be asked now."""
+    wrote = (
+        "a local llama.cpp server (--llm local)"
+        if generator.llm == "local"
+        else ("an OpenAI-compatible server it does not name")
+    )
+    raise UserError(
+        f"{out} was written by {generator.model} on {wrote}; {asking} "
+        "and the server now asked may not serve that model: pass --model (or set "
+        "INTCLIP_LLM_MODEL)",
+        EXIT_BAD_INPUT,
+    )
 
 
 def _default_gguf_for(model: str, out: Path) -> Path:

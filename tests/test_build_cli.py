@@ -347,3 +347,44 @@ def test_check_and_build_catch_repeats_across_classes_in_the_file(
     assert fake_openai.request_count == 3 and "1 from the LLM cache" in err
     code, _, _ = prompts_cli("build", "--taxonomy", str(project), "--check")
     assert code == 0
+
+
+def test_without_model_a_recorded_model_plans_but_is_not_sent(
+    project, build, prompts_cli, fake_openai, monkeypatch
+):
+    """The file does not record which OpenAI-compatible server wrote it: its model plans the
+    build, and asking needs --model or INTCLIP_LLM_MODEL."""
+    build(project)
+    code, out, err = prompts_cli("build", "--taxonomy", project)
+    assert code == 0 and "3 up to date" in err and "unchanged" in out
+    project.write_text(TOY.replace("name: Beach", "name: Seaside"))
+    for extra in ((), ("--dry-run",)):
+        code, _, err = prompts_cli("build", "--taxonomy", project, *extra)
+        assert code == 2
+        (line,) = err.splitlines()
+        assert "written by toy-llm on an OpenAI-compatible server" in line
+        assert "1 class(es) need asking" in line and "--model" in line
+    assert fake_openai.request_count == 3
+    monkeypatch.setenv("INTCLIP_LLM_MODEL", "toy-llm")
+    code, _, err = prompts_cli("build", "--taxonomy", project)
+    assert code == 0 and "1 asked" in err and fake_openai.request_count == 4
+
+
+def test_a_local_files_model_is_never_sent_to_another_server(
+    project, build, prompts_cli, fake_openai
+):
+    build(project)
+    data = json.loads(output_of(project).read_text())
+    data["generator"].update(model="SmolLM2-135M-Instruct-Q8_0", llm="local")
+    output_of(project).write_text(json.dumps(data))
+    project.write_text(TOY.replace("name: Beach", "name: Seaside"))
+    code, _, err = prompts_cli("build", "--taxonomy", project, "--llm", "openai")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert "written by SmolLM2-135M-Instruct-Q8_0 on a local llama.cpp server" in line
+    assert fake_openai.request_count == 3
+    assert json.loads(output_of(project).read_text()) == data
+    code, _, err = build(project, "--llm", "openai")
+    assert code == 0, err
+    assert fake_openai.request_count == 4 and fake_openai.bodies[3]["model"] == "toy-llm"
+    assert "llm" not in json.loads(output_of(project).read_text())["generator"]

@@ -266,7 +266,9 @@ def test_a_file_built_locally_is_rebuilt_locally(stand_in, prompts_cli, tmp_path
     assert gone(stand_in["pid"]())
     taxonomy.write_text(TOY_TAXONOMY.replace("name: Beach", "name: Shore"))
     code, _, err = prompts_cli("build", "--taxonomy", taxonomy, "--llm", "openai")
-    assert code == 2 and "1 class(es) need asking an LLM" in err
+    assert code == 2 and "written by Tiny-Model.Q4 on a local llama.cpp server" in err
+    code, _, err = prompts_cli("build", "--taxonomy", taxonomy, "--llm", "openai", "--model", "m")
+    assert code == 2 and "3 class(es) need asking an LLM" in err
 
 
 def test_a_file_without_the_llm_key_still_reads_as_any_server(stand_in, prompts_cli, tmp_path):
