@@ -1,28 +1,22 @@
-"""`intclip-prompts embed`, `cache ls`, `cache verify` and `zeroshot`: stage 2 and its checks."""
+"""`intclip-prompts embed`, `cache ls`, `cache verify` and `zeroshot`: stage 2 and its checks.
+
+torch, open_clip and the modules built on them are imported inside the commands: the CLI's
+`--help` and its commands that need no tensor start without them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 
-from pipeline.clip import load_clip
+from pipeline.class_embedding import Aggregate
 from pipeline.console import stderr
 from pipeline.descriptions import read_descriptions
-from pipeline.embeddings import (
-    Aggregate,
-    compute_embeddings,
-    embed_descriptions,
-    embedding_cache_file,
-    load_class_embeddings,
-)
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.files import cache_root, sha256_file
-from pipeline.images import eval_transform, list_images, open_image
-from pipeline.zeroshot import ZeroShotCLIP
 
 app = typer.Typer()
 cache_app = typer.Typer(help="Inspect and verify the embedding cache.", no_args_is_help=True)
@@ -40,6 +34,8 @@ CacheDirOption = Annotated[
 
 
 def _device(name: str) -> str:
+    import torch
+
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
@@ -66,6 +62,9 @@ def embed(
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Embed every description with CLIP's frozen text tower, once; print the cache file."""
+    from pipeline.clip import load_clip
+    from pipeline.embeddings import embed_descriptions, embedding_cache_file
+
     root = cache_root(cache_dir)
     path = embedding_cache_file(descriptions, clip, pretrained, aggregate, root)
     if _intact(path):
@@ -83,6 +82,8 @@ def embed(
 
 def _intact(path: Path) -> bool:
     """Whether a usable cache file is there; a damaged one is said and then recomputed."""
+    from pipeline.embeddings import load_class_embeddings
+
     if not path.is_file():
         return False
     try:
@@ -96,6 +97,8 @@ def _intact(path: Path) -> bool:
 @cache_app.command("ls")
 def cache_ls(cache_dir: CacheDirOption = None) -> None:
     """List cached embeddings with their provenance and size."""
+    from pipeline.embeddings import load_class_embeddings
+
     folder = cache_root(cache_dir) / "embeddings"
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
@@ -126,6 +129,9 @@ def cache_verify(
     atol: Annotated[float, typer.Option(help="Largest allowed absolute difference.")] = 1e-5,
 ) -> None:
     """Recompute a cached file from its recorded sources and compare (exit 1 if it differs)."""
+    from pipeline.clip import load_clip
+    from pipeline.embeddings import compute_embeddings, load_class_embeddings
+
     cached = load_class_embeddings(path)
     meta = cached.metadata
     source = Path(meta.descriptions_path)
@@ -166,6 +172,13 @@ def zeroshot(
 ) -> None:
     """Score images with plain CLIP against the cached class embeddings, no training: a
     sanity check of the descriptions before training."""
+    import torch
+
+    from pipeline.clip import load_clip
+    from pipeline.embeddings import load_class_embeddings
+    from pipeline.images import eval_transform, list_images, open_image
+    from pipeline.zeroshot import ZeroShotCLIP
+
     files = list_images(images)
     cached = load_class_embeddings(embeddings)
     meta = cached.metadata
