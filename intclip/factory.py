@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from intclip.config import TrainConfig
+from intclip.image_pipeline import ImagePipeline, ModelInput, build_image_pipeline
 from intclip.transforms import train_transform
 from pipeline.clip import LoadedClip, load_clip
 from pipeline.embeddings import ClassEmbeddings, embedding_cache_file, load_class_embeddings
@@ -36,6 +37,20 @@ class Components:
     def train_transform(self, config: TrainConfig) -> ImageTransform:
         mean, std = self.clip.image_mean, self.clip.image_std
         return train_transform(self.image_size, mean, std, config.augment)
+
+    def image_pipeline(self, config: TrainConfig) -> ImagePipeline:
+        """The datasets' transforms of opened files, as `data.pipeline` chooses."""
+        mean, std = self.clip.image_mean, self.clip.image_std
+        return build_image_pipeline(
+            config.data.pipeline, self.image_size, mean, std, config.augment
+        )
+
+    def model_input(
+        self, pipeline: ImagePipeline, device: torch.device, channels_last: bool = False
+    ) -> ModelInput:
+        """What turns the pipeline's batches into the model's input on `device`."""
+        mean, std = self.clip.image_mean, self.clip.image_std
+        return ModelInput(device, mean, std, pipeline.normalized_on_device, channels_last)
 
 
 def build_components(config: TrainConfig, device: torch.device) -> Components:
