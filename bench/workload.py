@@ -6,6 +6,7 @@ like photos, unlike pure noise), and CLIPs have random weights (speed does not d
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,22 +20,31 @@ from intclip.model import IntCLIP, ModelConfig
 from pipeline.clip import LoadedClip, load_clip
 
 NUM_CLASSES = 28
+ROOT = Path(__file__).resolve().parents[1]
+TINY_RN = ROOT / "tests" / "fixtures" / "clip" / "tiny-rn.json"  # for --quick runs
+
+
+def write_jpeg(path: Path, width: int, height: int, rng: np.random.Generator) -> Path:
+    """A smooth random colour field with a little grain, as a quality-90 JPEG."""
+    coarse = rng.integers(0, 256, (height // 32 + 2, width // 32 + 2, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
+    grain = rng.integers(-3, 4, (height, width, 3))
+    pixels = np.clip(smooth.astype(np.int16) + grain, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path, quality=90)
+    return path
 
 
 def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` JPEGs of 400-1080 px per side (Unsplash's small and regular sizes), quality 90."""
+    """`count` JPEGs of 400-1080 px per side (Unsplash's small and regular sizes)."""
     rng = np.random.default_rng(seed)
-    paths = []
-    for number in range(count):
-        width, height = (int(v) for v in rng.integers(400, 1081, size=2))
-        coarse = rng.integers(0, 256, (height // 32 + 2, width // 32 + 2, 3), dtype=np.uint8)
-        smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
-        grain = rng.integers(-3, 4, (height, width, 3))
-        pixels = np.clip(smooth.astype(np.int16) + grain, 0, 255).astype(np.uint8)
-        path = folder / f"{number:05d}.jpg"
-        Image.fromarray(pixels).save(path, quality=90)
-        paths.append(path)
-    return paths
+    sizes = [tuple(int(v) for v in rng.integers(400, 1081, size=2)) for _ in range(count)]
+    return [write_jpeg(folder / f"{i:05d}.jpg", w, h, rng) for i, (w, h) in enumerate(sizes)]
+
+
+def prompts_cli(*arguments: str) -> list[str]:
+    """`intclip-prompts ARGUMENTS` from this checkout, in a fresh interpreter."""
+    code = "import sys; from pipeline.cli import main; main(sys.argv[1:])"
+    return [sys.executable, "-c", code, *arguments]
 
 
 def random_intclip(name: str, device: torch.device) -> tuple[IntCLIP, LoadedClip]:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 from tiny_clip import random_class_embeddings
 
+from bench.workload import write_jpeg
 from intclip import distributed
 from intclip.acceleration import compiled, to_channels_last
 from intclip.config import AugmentConfig, OptimConfig
@@ -20,21 +21,12 @@ MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
 SIZE = 64
 
 
-def _photo(path, width: int, height: int, seed: int = 0):
-    """A smooth colour field with a little grain, saved as a quality-90 JPEG."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, (height // 24 + 2, width // 24 + 2, 3), dtype=np.uint8)
-    smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
-    pixels = np.clip(smooth.astype(np.int16) + rng.integers(-3, 4, smooth.shape), 0, 255)
-    Image.fromarray(pixels.astype(np.uint8)).save(path, quality=90)
-    return path
-
-
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
     folder = tmp_path_factory.mktemp("photos")
     shapes = [(600, 400), (300, 500), (256, 256), (48, 80)]  # the last one is upsampled
-    return [_photo(folder / f"{i}.jpg", w, h, i) for i, (w, h) in enumerate(shapes)]
+    rng = np.random.default_rng(0)
+    return [write_jpeg(folder / f"{i}.jpg", w, h, rng) for i, (w, h) in enumerate(shapes)]
 
 
 def _pipelines(augment: AugmentConfig = AugmentConfig()):

@@ -12,12 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bench.registry import Comparison, Settings, Side, Target, measure
+from bench.workload import ROOT, prompts_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake server lives with the tests that define it
-from fake_openai import FakeOpenAI, describing_responder  # noqa: E402
+from fake_openai import FakeOpenAI, describing_responder
 
-from pipeline.cli import main as prompts_main  # noqa: E402
+from pipeline.cli import main as prompts_main
 
 TAXONOMY = ROOT / "prompts" / "intentonomy.yaml"
 
@@ -73,9 +73,8 @@ def _in_process(arguments: list[str]) -> float:
 
 def _command(arguments: list[str]) -> float:
     started = time.perf_counter()
-    code = "import sys; from pipeline.cli import main; main(sys.argv[1:])"
     subprocess.run(
-        [sys.executable, "-c", code, *arguments],
+        prompts_cli(*arguments),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         check=True,

@@ -7,23 +7,18 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from bench.registry import Comparison, Settings, Side, Target, measure
-
-ROOT = Path(__file__).resolve().parents[2]
-PROMPTS_CLI = "import sys; from pipeline.cli import main; main(sys.argv[1:])"
+from bench.workload import ROOT, prompts_cli
 
 
-def _seconds(arguments: list[str], repeats: int) -> float:
-    """The median wall-clock time of a fresh interpreter running `arguments`."""
+def _seconds(command: list[str], repeats: int) -> float:
+    """The median wall-clock time of `command`."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
-        subprocess.run(
-            [sys.executable, *arguments], cwd=ROOT, env=env, check=True, capture_output=True
-        )
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -40,7 +35,9 @@ def _seconds(arguments: list[str], repeats: int) -> float:
 )
 def run(settings: Settings) -> list[Comparison]:
     repeats = settings["repeats"]
-    torch_import = Side("python -c 'import torch'", _seconds(["-c", "import torch"], repeats), "s")
+    torch_import = Side(
+        "python -c 'import torch'", _seconds([sys.executable, "-c", "import torch"], repeats), "s"
+    )
     commands = {
         "intclip-prompts --help": ["--help"],
         "intclip-prompts validate": ["validate", "--taxonomy", "prompts/intentonomy.yaml"],
@@ -48,7 +45,7 @@ def run(settings: Settings) -> list[Comparison]:
     return [
         Comparison(
             label,
-            Side(label, _seconds(["-c", PROMPTS_CLI, *arguments], repeats), "s"),
+            Side(label, _seconds(prompts_cli(*arguments), repeats), "s"),
             torch_import,
             Target("<=", 0.3),
             f"median of {repeats} fresh interpreters each",

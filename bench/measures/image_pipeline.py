@@ -7,15 +7,14 @@ import time
 from pathlib import Path
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN
+from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD
 from PIL import Image
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import write_jpegs
 from intclip.config import AugmentConfig
 from intclip.image_pipeline import ModelInput, build_image_pipeline
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def _per_core_rate(paths: list[Path], transform, finish) -> float:

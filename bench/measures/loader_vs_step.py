@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from bench.registry import Comparison, Settings, Side, Target, measure
-from bench.workload import NUM_CLASSES, random_intclip, timed, training_step, write_jpegs
+from bench.workload import NUM_CLASSES, TINY_RN, random_intclip, timed, training_step, write_jpegs
 from intclip import distributed
 from intclip.config import AugmentConfig
 from intclip.data import ImageDataset, LabelIndex
@@ -71,7 +71,7 @@ def _step_rate(settings: Settings, device: torch.device) -> float:
         "size": 64,
         "steps": 1,
         "workers": 1,
-        "model": str(Path(__file__).resolve().parents[2] / "tests/fixtures/clip/tiny-rn.json"),
+        "model": str(TINY_RN),
     },
     missed="The loader falls behind the step: give it more cores (data.num_workers), or "
     "decode on the GPU.",

@@ -8,18 +8,19 @@ from pathlib import Path
 import torch
 
 from bench.registry import Comparison, Settings, Side, Target, measure
+from bench.workload import ROOT, TINY_RN
 from pipeline.clip import load_clip
 from pipeline.descriptions import read_descriptions
 from pipeline.embeddings import compute_embeddings
 
-DESCRIPTIONS = Path(__file__).resolve().parents[2] / "prompts" / "intentonomy.descriptions.json"
+DESCRIPTIONS = ROOT / "prompts" / "intentonomy.descriptions.json"
 
 
 @measure(
     "text_embedding",
     "Text embedding batched vs one at a time",
     defaults={"model": "RN50", "batch_size": 64},
-    quick={"model": str(Path(__file__).resolve().parents[2] / "tests/fixtures/clip/tiny-rn.json")},
+    quick={"model": str(TINY_RN)},
     missed="With few texts (28 classes x K descriptions + names) a batch of 64 leaves a CPU's "
     "cores partly idle; the gap widens on a GPU, where one text per call is all launch "
     "overhead.",

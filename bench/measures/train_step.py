@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from bench.registry import Comparison, Settings, Side, measure
-from bench.workload import random_intclip, timed, training_step
+from bench.workload import TINY_RN, random_intclip, timed, training_step
 from intclip.acceleration import compiled, to_channels_last
 from intclip.config import OptimConfig
 
@@ -40,7 +40,7 @@ def _rate(settings: Settings, optim: OptimConfig, device: torch.device) -> float
         "size": 64,
         "steps": 1,
         "warmup": 1,
-        "model": str(Path(__file__).resolve().parents[2] / "tests/fixtures/clip/tiny-rn.json"),
+        "model": str(TINY_RN),
     },
     order=7,
 )
