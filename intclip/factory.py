@@ -12,7 +12,6 @@ import torch
 
 from intclip.config import TrainConfig
 from intclip.image_pipeline import ImagePipeline, ModelInput, build_image_pipeline
-from intclip.transforms import train_transform
 from pipeline.clip import LoadedClip, load_clip
 from pipeline.embeddings import ClassEmbeddings, embedding_cache_file, load_class_embeddings
 from pipeline.files import cache_root
@@ -33,10 +32,6 @@ class Components:
 
     def eval_transform(self) -> ImageTransform:
         return eval_transform(self.image_size, self.clip.image_mean, self.clip.image_std)
-
-    def train_transform(self, config: TrainConfig) -> ImageTransform:
-        mean, std = self.clip.image_mean, self.clip.image_std
-        return train_transform(self.image_size, mean, std, config.augment)
 
     def image_pipeline(self, config: TrainConfig) -> ImagePipeline:
         """The datasets' transforms of opened files, as `data.pipeline` chooses."""
