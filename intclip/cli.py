@@ -18,6 +18,7 @@ from rich.table import Table
 from intclip.config import load_config
 from intclip.data import SPLITS, load_split
 from intclip.data_check import check_index, summarize
+from intclip.download_settings import DownloadSettings, download_settings
 from intclip.metrics import ProtocolResult, evaluate_protocol
 from intclip.report import EvaluationReport, report_table
 from intclip.score_inputs import read_score_split
@@ -143,6 +144,70 @@ def check_data(
         raise UserError(
             f"{total} bad entries (see above); fix them, or train with --skip-bad to leave them out"
         )
+
+
+_DOWNLOAD = DownloadSettings.model_fields
+
+
+def _setting(name: str, flag: str, **extra: object) -> typer.models.OptionInfo:
+    return typer.Option(flag, help=str(_DOWNLOAD[name].description).capitalize() + ".", **extra)
+
+
+@app.command()
+def download(
+    annotations: Annotated[
+        list[Path],
+        typer.Option(
+            "--annotations",
+            help="Annotation file: official Intentonomy JSON, or a manifest (.csv/.jsonl) with a"
+            " url column; more may follow it.",
+            show_default=False,
+        ),
+    ],
+    image_root: Annotated[
+        Path, typer.Option("--image-root", help="Where images go: <image-root>/<filename>.")
+    ],
+    more_annotations: Annotated[
+        list[Path] | None,
+        typer.Argument(metavar="[F ...]", help="More annotation files.", show_default=False),
+    ] = None,
+    concurrency: Annotated[int, _setting("concurrency", "--concurrency")] = _DOWNLOAD[
+        "concurrency"
+    ].default,
+    timeout: Annotated[float, _setting("timeout", "--timeout")] = _DOWNLOAD["timeout"].default,
+    max_attempts: Annotated[int, _setting("max_attempts", "--max-attempts")] = _DOWNLOAD[
+        "max_attempts"
+    ].default,
+    rate: Annotated[float, _setting("rate", "--rate")] = _DOWNLOAD["rate"].default,
+    max_bytes: Annotated[int, _setting("max_bytes", "--max-bytes")] = _DOWNLOAD[
+        "max_bytes"
+    ].default,
+    resize_short_side: Annotated[
+        int | None, _setting("resize_short_side", "--resize-short-side", show_default=False)
+    ] = None,
+    only_missing: Annotated[bool, _setting("only_missing", "--only-missing")] = False,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON report; default <image-root>/download-report.json.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Fetch the images of annotation files from their URLs, resumably: present images are
+    skipped, failures are retried politely, then listed in a JSON report (exit 1 if any)."""
+    from intclip.download_command import run_download
+
+    settings = download_settings(
+        concurrency=concurrency,
+        timeout=timeout,
+        max_attempts=max_attempts,
+        rate=rate,
+        max_bytes=max_bytes,
+        resize_short_side=resize_short_side,
+        only_missing=only_missing,
+    )
+    files = [*annotations, *(more_annotations or [])]
+    run_download(files, image_root, settings, report, typer.echo)
 
 
 @app.command()

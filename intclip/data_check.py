@@ -7,17 +7,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
 from intclip.data import EntryProblem, LabelIndex
-
-DECODE_ERRORS = (
-    OSError,
-    UnidentifiedImageError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-)
+from intclip.image_files import decode_problem, outside_root
 
 
 def check_index(index: LabelIndex, decode: bool = True) -> list[EntryProblem]:
@@ -40,31 +31,16 @@ def check_index(index: LabelIndex, decode: bool = True) -> list[EntryProblem]:
 def _file_problem(root: Path, relative: str, decode: bool) -> tuple[str, str] | None:
     if not relative:
         return "missing", "empty image path"
-    if Path(relative).is_absolute():
-        return "outside image root", f"{relative} is an absolute path"
+    escape = outside_root(root, relative)
+    if escape is not None:
+        return "outside image root", escape
     path = root / relative
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        return "outside image root", f"{relative} resolves to {resolved}"
     if not path.is_file():
         return "missing", str(path)
     if not os.access(path, os.R_OK):
         return "unreadable", str(path)
     if decode:
-        return _decode_problem(path)
-    return None
-
-
-def _decode_problem(path: Path) -> tuple[str, str] | None:
-    """Verify the container, then decode every pixel: a cut-off file passes verify() alone."""
-    try:
-        with Image.open(path) as image:
-            image.verify()
-        with Image.open(path) as image:
-            image.load()
-    except DECODE_ERRORS as err:
-        kind = "truncated" if "truncated" in str(err).lower() else "corrupt"
-        return kind, f"{path}: {err}"
+        return decode_problem(path)
     return None
 
 

@@ -6,18 +6,16 @@ retrying cannot fix (a bad key, an unknown model, no quota) is reported at once.
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import openai
 import tenacity
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE
 from pipeline.llm_settings import API_KEY_ENV, LLMSettings, one_line
+from pipeline.retry import backoff_policy, is_transient_status, retry_after_from_headers
 
 QUOTA_EXHAUSTED_CODE = "insufficient_quota"
-TRANSIENT_STATUS_CODES = frozenset({408, 429})
 # llama.cpp's C++ server once answered 500 'response_format type must be one of "text" or
 # "json_object"'; llama-cpp-python answers 422 or 500 with a validation error on
 # response_format.type; others answer 400. Such a refusal is never transient.
@@ -27,28 +25,10 @@ ERROR_DETAIL_MAX_CHARS = 300
 
 
 def retry_after_seconds(error: BaseException) -> float | None:
-    """The delay the server asked for in `retry-after-ms`, or `Retry-After` (seconds or a date)."""
+    """The delay the server asked for, if the error is an HTTP answer that says so."""
     if not isinstance(error, openai.APIStatusError):
         return None
-    headers = error.response.headers
-    try:
-        return max(0.0, float(headers["retry-after-ms"]) / 1000)
-    except (KeyError, ValueError):
-        pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return retry_after_from_headers(error.response.headers)
 
 
 def rejects_response_format(error: BaseException) -> bool:
@@ -73,31 +53,18 @@ def is_transient(error: BaseException) -> bool:
         return False
     if is_quota_exhausted(error) or rejects_response_format(error):
         return False
-    return error.status_code in TRANSIENT_STATUS_CODES or error.status_code >= 500
+    return is_transient_status(error.status_code)
 
 
 def transport_policy(settings: LLMSettings) -> tenacity.Retrying:
-    """The one retry policy for HTTP requests.
-
-    Waits what the server's Retry-After asks, up to `backoff_max`, else a jittered exponential
-    backoff from `backoff_initial` doubling up to `backoff_max`; gives up after
-    `max_transport_attempts` requests and re-raises the last error.
-    """
-    backoff = tenacity.wait_exponential_jitter(
-        multiplier=settings.backoff_initial,
-        max=settings.backoff_max,
-        jitter=settings.backoff_initial,
-    )
-
-    def wait(state: tenacity.RetryCallState) -> float:
-        asked = retry_after_seconds(state.outcome.exception()) if state.outcome else None
-        return backoff(state) if asked is None else min(asked, settings.backoff_max)
-
-    return tenacity.Retrying(
-        retry=tenacity.retry_if_exception(is_transient),
-        wait=wait,
-        stop=tenacity.stop_after_attempt(settings.max_transport_attempts),
-        reraise=True,
+    """The one retry policy (`pipeline.retry`) with the LLM's transient errors and settings:
+    up to `max_transport_attempts` requests, backoff from `backoff_initial` to `backoff_max`."""
+    return backoff_policy(
+        is_transient,
+        retry_after_seconds,
+        initial=settings.backoff_initial,
+        maximum=settings.backoff_max,
+        attempts=settings.max_transport_attempts,
     )
 
 

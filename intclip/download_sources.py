@@ -1,0 +1,121 @@
+"""What `download` fetches: (id, URL, file name) of every image listed in annotation files.
+
+Reads the official COCO-like Intentonomy JSON (`images[].id`, `.filename`, `.unsplash_url`) and
+manifests (`data.format: manifest`) that carry a `url` column (CSV) or key (JSONL) beside `image`.
+The reader is chosen by the file's suffix. Kept apart from `intclip.data` because that module
+needs torch and downloading does not.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import UserError
+
+MANIFEST_IMAGE = "image"  # the manifest column / key that `intclip.data` reads as the image path
+MANIFEST_URL = "url"
+INTENTONOMY_IMAGE_KEYS = ("id", "filename", "unsplash_url")
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One image to fetch: `url` is saved as `<image root>/<filename>`."""
+
+    id: str
+    url: str
+    filename: str
+    where: str  # file: images[i], or file:line
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: annotation file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read annotation file ({err})") from err
+
+
+def _intentonomy_sources(path: Path) -> list[ImageSource]:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{err.lineno}: invalid JSON: {err.msg}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UserError(f"{path}: not an Intentonomy annotation file (needs an images list)")
+    sources = []
+    for position, image in enumerate(data["images"]):
+        where = f"{path}: images[{position}]"
+        values = _strings(image, INTENTONOMY_IMAGE_KEYS, where)
+        sources.append(ImageSource(values[0], values[2], values[1], where))
+    return sources
+
+
+def _strings(entry: Any, keys: Sequence[str], where: str) -> list[str]:
+    """The entry's values for `keys`, each a non-empty string (ids may be numbers)."""
+    if isinstance(entry, dict):
+        values = [entry.get(key) for key in keys]
+        if all(isinstance(v, str | int) and not isinstance(v, bool) and v != "" for v in values):
+            return [str(v) for v in values]
+    raise UserError(f"{where}: needs {', '.join(keys)} (non-empty)")
+
+
+def _csv_sources(path: Path) -> list[ImageSource]:
+    reader = csv.DictReader(_read_text(path).splitlines())
+    if not reader.fieldnames or not {MANIFEST_IMAGE, MANIFEST_URL} <= set(reader.fieldnames):
+        raise UserError(
+            f"{path}:1: the header must name the columns {MANIFEST_IMAGE} and {MANIFEST_URL}"
+        )
+    return [_manifest_source(row, f"{path}:{reader.line_num}") for row in reader]
+
+
+def _jsonl_sources(path: Path) -> list[ImageSource]:
+    sources = []
+    for line, text in enumerate(_read_text(path).splitlines(), start=1):
+        if not text.strip():
+            continue
+        where = f"{path}:{line}"
+        try:
+            entry = json.loads(text)
+        except json.JSONDecodeError:
+            raise UserError(f"{where}: invalid JSON") from None
+        sources.append(_manifest_source(entry, where))
+    return sources
+
+
+def _manifest_source(entry: Any, where: str) -> ImageSource:
+    """A manifest names an image by its path, which is also its id."""
+    image, url = _strings(entry, (MANIFEST_IMAGE, MANIFEST_URL), where)
+    return ImageSource(image, url, image, where)
+
+
+READERS: dict[str, Callable[[Path], list[ImageSource]]] = {
+    ".json": _intentonomy_sources,
+    ".csv": _csv_sources,
+    ".jsonl": _jsonl_sources,
+}
+
+
+def read_sources(paths: Iterable[Path]) -> list[ImageSource]:
+    """Every image of every file, each file name once, in file order.
+
+    The same file name listed twice with the same URL is fetched once; with different URLs it is
+    a mistake in the annotations, reported with both places.
+    """
+    by_name: dict[str, ImageSource] = {}
+    for path in map(Path, paths):
+        reader = READERS.get(path.suffix.lower())
+        if reader is None:
+            raise UserError(f"{path}: an annotation file must end in {', '.join(READERS)}")
+        for source in reader(path):
+            first = by_name.setdefault(source.filename, source)
+            if first.url != source.url:
+                raise UserError(
+                    f"{source.where}: {source.filename} has another URL at {first.where}"
+                )
+    return list(by_name.values())
