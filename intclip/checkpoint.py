@@ -9,7 +9,7 @@ corrupted file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import safetensors
 import safetensors.torch
@@ -20,6 +20,9 @@ from intclip.model import IntCLIP, ModelConfig
 from pipeline.clip import ClipIdentity, LoadedClip, state_dict_sha256, tensor_sha256
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from intclip.config import TrainConfig
 
 CHECKPOINT_FORMAT = "intclip-model-v1"
 HEADER_KEY = "intclip"
@@ -36,10 +39,12 @@ class CheckpointHeader(BaseModel):
     num_classes: int
     class_embeddings_sha256: str
     trained_sha256: str
+    training: dict[str, Any] | None = None
+    """The resolved training config (every switch of the recipe); None outside a training run."""
 
 
-def save_model(model: IntCLIP, path: Path) -> None:
-    """Write the trained tensors and the header atomically."""
+def save_model(model: IntCLIP, path: Path, training: TrainConfig | None = None) -> None:
+    """Write the trained tensors and the header (with the training config) atomically."""
     tensors = {
         name: tensor.detach().to("cpu").contiguous()
         for name, tensor in model.trained_state_dict().items()
@@ -51,6 +56,7 @@ def save_model(model: IntCLIP, path: Path) -> None:
         num_classes=model.num_classes,
         class_embeddings_sha256=model.class_embeddings_sha256,
         trained_sha256=state_dict_sha256(tensors),
+        training=training.model_dump(mode="json") if training is not None else None,
     )
     data = safetensors.torch.save(tensors, metadata={HEADER_KEY: header.model_dump_json()})
     atomic_write_bytes(Path(path), data)

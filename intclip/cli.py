@@ -251,6 +251,16 @@ def evaluate(
     split: SplitOption = "test",
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            show_default=False,
+            help="Also report the split at this fixed threshold, e.g. 0.5 as the official code"
+            " and the paper do; the protocol's threshold is still chosen on val.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a run's best checkpoint under the Intentonomy protocol.
 
@@ -258,7 +268,7 @@ def evaluate(
     """
     from intclip.run_eval import evaluate_run
 
-    _show_report(evaluate_run(run_dir, split, device), as_json)
+    _show_report(evaluate_run(run_dir, split, device, threshold), as_json)
 
 
 @app.command()

@@ -15,12 +15,14 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     model_validator,
 )
 
-from intclip.model import ModelConfig
+from intclip.loss import Reduction
+from intclip.model import ModelConfig, Role
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
 
@@ -50,6 +52,12 @@ class DataConfig(_Section):
     pipeline: Literal["fast", "torchvision"] = "fast"
     """`fast`: JPEGs decoded at reduced scale, uint8 to the device, normalised there;
     `torchvision`: the plain transforms, full decode and float tensors in the workers."""
+    eval_resize: Literal["crop", "squash"] = "crop"
+    """Evaluation images: shorter side resized then centre-cropped, as CLIP was pre-trained
+    (`crop`), or squashed to a square whatever their aspect ratio (`squash`, the official code)."""
+    normalize: bool = True
+    """Normalise images with CLIP's mean and std. `false` reproduces the official code's omission,
+    for parity only: CLIP was trained on normalised images."""
 
 
 class ClipSection(_Section):
@@ -77,19 +85,47 @@ class ClipSection(_Section):
 class AugmentConfig(_Section):
     """Training augmentation, really applied in training (the official code never did)."""
 
+    enabled: bool = True
+    """`false` trains on the evaluation transform, as the official code in effect does."""
     crop_scale: tuple[float, float] = (0.5, 1.0)
     flip: bool = True
     randaugment_ops: int = Field(default=2, ge=0)
     randaugment_magnitude: int = Field(default=9, ge=0, le=30)
 
 
+class ScheduleConfig(_Section):
+    """Warm-up, then cosine decay of every group's learning rate."""
+
+    unit: Literal["step", "epoch"] = "step"
+    """Change the learning rate after every batch, or once per epoch (the official code)."""
+    warmup: Literal["linear", "constant"] = "linear"
+    """Ramp up linearly to each group's learning rate, or hold every group at `warmup_lr`."""
+    warmup_lr: PositiveFloat | None = None
+    """The learning rate of every group during a constant warm-up (official: 1e-5)."""
+    cosine_epochs: PositiveFloat | None = None
+    """Period of the cosine after warm-up, in epochs; default: the epochs left after warm-up,
+    so it reaches zero at the end. The official code uses the total epoch count (T_max = 60)."""
+
+    @model_validator(mode="after")
+    def _warmup_lr_with_constant_warmup(self) -> ScheduleConfig:
+        if (self.warmup == "constant") != (self.warmup_lr is not None):
+            raise ValueError("warmup_lr is set exactly when warmup is 'constant'")
+        return self
+
+
 class OptimConfig(_Section):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(default=0.002, gt=0)
+    lr_multipliers: dict[Role, PositiveFloat] = {}
+    """Per trained part (semantic, aggregation, head), times `lr`; a part not listed gets 1."""
     momentum: float = Field(default=0.9, ge=0, lt=1)
     weight_decay: NonNegativeFloat = 5e-4
+    weight_decay_on: Literal["all", "matrices"] = "matrices"
+    """Decay every trained parameter (the official code), or only weight matrices, not gains,
+    biases and scalars."""
     epochs: PositiveInt = 50
     warmup_epochs: NonNegativeFloat = 1.0
+    schedule: ScheduleConfig = ScheduleConfig()
     batch_size: PositiveInt = 64
     eval_batch_size: PositiveInt = 128
     grad_clip: NonNegativeFloat | None = 1.0
@@ -101,6 +137,12 @@ class OptimConfig(_Section):
     check_finite_every: PositiveInt = 50
     """Steps between checks that the loss is finite: each check waits for the device."""
 
+    @model_validator(mode="after")
+    def _whole_warmup_epochs_per_epoch(self) -> OptimConfig:
+        if self.schedule.unit == "epoch" and not float(self.warmup_epochs).is_integer():
+            raise ValueError("with schedule unit 'epoch', warmup_epochs must be a whole number")
+        return self
+
 
 class LossConfig(_Section):
     """Asymmetric loss (Ridnik et al. 2021)."""
@@ -109,6 +151,10 @@ class LossConfig(_Section):
     gamma_pos: NonNegativeFloat = 1.0
     clip: NonNegativeFloat = 0.05
     eps: float = Field(default=1e-8, gt=0)
+    reduction: Reduction = "mean"
+    """Over all batch elements and classes: `mean`, or `sum` (the official code)."""
+    weight: PositiveFloat = 1.0
+    """Multiplies the loss (the official code's `--loss_w` 0.03)."""
 
 
 class TrainConfig(_Section):

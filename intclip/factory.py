@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 import torch
 
-from intclip.config import TrainConfig
+from intclip.config import DataConfig, TrainConfig
 from intclip.image_pipeline import ImagePipeline, ModelInput, build_image_pipeline
+from intclip.transforms import eval_transform
 from pipeline.clip import LoadedClip, load_clip
+from pipeline.console import stderr
 from pipeline.embeddings import ClassEmbeddings, embedding_cache_file, load_class_embeddings
 from pipeline.files import cache_root
-from pipeline.images import ImageTransform, eval_transform
+from pipeline.images import ImageTransform
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 
 
@@ -25,26 +27,29 @@ class Components:
     embeddings: ClassEmbeddings
     taxonomy: Taxonomy | None
     image_size: int
+    data: DataConfig
 
     @property
     def class_embeddings(self) -> torch.Tensor:
         return self.embeddings.class_embeddings
 
     def eval_transform(self) -> ImageTransform:
-        return eval_transform(self.image_size, self.clip.image_mean, self.clip.image_std)
+        mean, std = self.clip.image_mean, self.clip.image_std
+        return eval_transform(self.image_size, mean, std, self.data)
 
     def image_pipeline(self, config: TrainConfig) -> ImagePipeline:
         """The datasets' transforms of opened files, as `data.pipeline` chooses."""
         mean, std = self.clip.image_mean, self.clip.image_std
-        return build_image_pipeline(
-            config.data.pipeline, self.image_size, mean, std, config.augment
-        )
+        return build_image_pipeline(self.image_size, mean, std, config.augment, config.data)
 
     def model_input(
         self, pipeline: ImagePipeline, device: torch.device, channels_last: bool = False
     ) -> ModelInput:
-        """What turns the pipeline's batches into the model's input on `device`."""
+        """What turns the pipeline's batches into the model's input on `device`: scaled to
+        [0, 1] and, unless `data.normalize` is off, normalised with CLIP's mean and std."""
         mean, std = self.clip.image_mean, self.clip.image_std
+        if not self.data.normalize:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
         return ModelInput(device, mean, std, pipeline.normalized_on_device, channels_last)
 
 
@@ -66,4 +71,10 @@ def build_components(config: TrainConfig, device: torch.device) -> Components:
         clip=clip.identity,
     )
     image_size = config.clip.image_size or clip.image_size[0]
-    return Components(clip, embeddings, taxonomy, image_size)
+    if not config.data.normalize:
+        stderr.print(
+            "warning: data.normalize is false: images reach CLIP without the mean/std "
+            "normalisation it was trained on (the official code's omission, for parity only)",
+            markup=False,
+        )
+    return Components(clip, embeddings, taxonomy, image_size, config.data)

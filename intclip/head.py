@@ -1,80 +1,180 @@
-"""The class head: image features scored against the frozen class text embeddings."""
+"""The class head: image features scored against class text features.
+
+Every form pools a per-class similarity, multiplies it by a logit scale and adds a per-class
+bias. The pooling temperature, the logit scale and the bias are separate settings, each either
+learned or fixed (`ScalarSetting`), so the official head (fixed 20 and 100, no bias) and ours
+(learned) are one config apart.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, PositiveFloat
 from torch import nn
 
 from pipeline.errors import UserError
 
-HeadMode = Literal["global", "regional", "both"]
-Similarity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+HeadMode = Literal["global", "regional", "both", "official"]
+
+
+class ScalarSetting(BaseModel):
+    """A head scalar: its starting value, and whether training changes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+    initial: float
+    learn: bool = True
+
+
+class PositiveScalarSetting(ScalarSetting):
+    """A scale or temperature: positive, learned in log space."""
+
+    initial: PositiveFloat
+
+
+class ClassFeatures(NamedTuple):
+    """Class text features [N, D]: what each class looks like, and optionally what it does not
+    (the negative prompts of DualCoOp), whose pooled similarity is subtracted."""
+
+    positive: torch.Tensor
+    negative: torch.Tensor | None = None
+
+
+Similarity = Callable[[ClassFeatures, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _positive_only(classes: ClassFeatures) -> torch.Tensor:
+    if classes.negative is not None:
+        raise ValueError("only the 'official' head scores negative class features")
+    return classes.positive
+
+
+def _cosine(classes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [B, N, P] of unit class features [N, D] with positions [B, D, P]."""
+    return torch.einsum("nd,bdp->bnp", classes, F.normalize(positions, dim=1))
 
 
 def global_similarity(
-    classes: torch.Tensor, dense: torch.Tensor, global_token: torch.Tensor, scale: torch.Tensor
+    classes: ClassFeatures,
+    dense: torch.Tensor,
+    global_token: torch.Tensor,
+    temperature: torch.Tensor,
 ) -> torch.Tensor:
     """Cosine similarity [B, N] of the global token with each class."""
-    return F.normalize(global_token, dim=-1) @ classes.T
+    return F.normalize(global_token, dim=-1) @ _positive_only(classes).T
 
 
 def regional_similarity(
-    classes: torch.Tensor, dense: torch.Tensor, global_token: torch.Tensor, scale: torch.Tensor
+    classes: ClassFeatures,
+    dense: torch.Tensor,
+    global_token: torch.Tensor,
+    temperature: torch.Tensor,
 ) -> torch.Tensor:
     """Class-specific spatial softmax pooling [B, N] of the per-position cosine similarities.
 
     Each class looks at the positions that resemble it most, so a small object or region that
     carries an intent is not averaged away.
     """
-    positions = F.normalize(dense.flatten(2), dim=1)
-    similarity = torch.einsum("nd,bdp->bnp", classes, positions)
-    weights = torch.softmax(scale * similarity, dim=-1)
+    similarity = _cosine(_positive_only(classes), dense.flatten(2))
+    weights = torch.softmax(temperature * similarity, dim=-1)
     return (weights * similarity).sum(dim=-1)
 
 
 def combined_similarity(
-    classes: torch.Tensor, dense: torch.Tensor, global_token: torch.Tensor, scale: torch.Tensor
+    classes: ClassFeatures,
+    dense: torch.Tensor,
+    global_token: torch.Tensor,
+    temperature: torch.Tensor,
 ) -> torch.Tensor:
     """The mean of the global and the regional similarity."""
-    global_part = global_similarity(classes, dense, global_token, scale)
-    return (global_part + regional_similarity(classes, dense, global_token, scale)) / 2
+    global_part = global_similarity(classes, dense, global_token, temperature)
+    return (global_part + regional_similarity(classes, dense, global_token, temperature)) / 2
+
+
+def official_similarity(
+    classes: ClassFeatures,
+    dense: torch.Tensor,
+    global_token: torch.Tensor,
+    temperature: torch.Tensor,
+) -> torch.Tensor:
+    """The official form: the global token is one more position in the spatial softmax pooling.
+
+    With negative class features, their similarity is pooled with the positive features'
+    weights and subtracted, as the official code does (its softmax over negative and positive
+    logits is a sigmoid of their difference).
+    """
+    positions = torch.cat([global_token[:, :, None], dense.flatten(2)], dim=2)
+    positive = _cosine(classes.positive, positions)
+    weights = torch.softmax(temperature * positive, dim=-1)
+    pooled = (weights * positive).sum(dim=-1)
+    if classes.negative is None:
+        return pooled
+    return pooled - (weights * _cosine(classes.negative, positions)).sum(dim=-1)
 
 
 SIMILARITY_BY_HEAD: dict[str, Similarity] = {
     "global": global_similarity,
     "regional": regional_similarity,
     "both": combined_similarity,
+    "official": official_similarity,
 }
 
 
 class ClassHead(nn.Module):
-    """Logits [B, N]: temperature * similarity + per-class bias, against frozen class texts."""
+    """Logits [B, N]: logit scale * pooled similarity + per-class bias."""
 
     def __init__(
         self,
         class_embeddings: torch.Tensor,
         embed_dim: int,
         mode: HeadMode,
-        initial_logit_scale: float,
-        initial_class_bias: float,
+        pooling_temperature: PositiveScalarSetting,
+        logit_scale: PositiveScalarSetting,
+        class_bias: ScalarSetting,
     ) -> None:
         super().__init__()
         _check_class_embeddings(class_embeddings, embed_dim)
         normalized = F.normalize(class_embeddings.detach().float(), dim=-1)
         self.register_buffer("class_embeddings", normalized, persistent=False)
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(initial_logit_scale)))
-        self.class_bias = nn.Parameter(torch.full((len(normalized),), float(initial_class_bias)))
+        self._scalar(
+            "log_pooling_temperature",
+            math.log(pooling_temperature.initial),
+            (),
+            pooling_temperature,
+        )
+        self._scalar("log_logit_scale", math.log(logit_scale.initial), (), logit_scale)
+        self._scalar("class_bias", class_bias.initial, (len(normalized),), class_bias)
         self.similarity = SIMILARITY_BY_HEAD[mode]
 
-    def forward(self, dense: torch.Tensor, global_token: torch.Tensor) -> torch.Tensor:
-        scale = self.log_logit_scale.exp()
-        similarity = self.similarity(self.class_embeddings, dense, global_token, scale)
-        return scale * similarity + self.class_bias
+    def _scalar(
+        self, name: str, value: float, shape: tuple[int, ...], setting: ScalarSetting
+    ) -> None:
+        """A parameter when learned; otherwise a constant rebuilt from the config, not stored."""
+        tensor = torch.full(shape, float(value))
+        if setting.learn:
+            self.register_parameter(name, nn.Parameter(tensor))
+        else:
+            self.register_buffer(name, tensor, persistent=False)
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        global_token: torch.Tensor,
+        classes: ClassFeatures | None = None,
+    ) -> torch.Tensor:
+        """`classes` replaces the frozen class embeddings, e.g. by learned prompt features."""
+        if classes is None:
+            classes = ClassFeatures(self.class_embeddings)
+        else:
+            classes = ClassFeatures(*(f if f is None else F.normalize(f, dim=-1) for f in classes))
+        temperature = self.log_pooling_temperature.exp()
+        similarity = self.similarity(classes, dense, global_token, temperature)
+        return self.log_logit_scale.exp() * similarity + self.class_bias
 
 
 def _check_class_embeddings(embeddings: torch.Tensor, embed_dim: int) -> None:

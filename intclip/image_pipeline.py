@@ -18,18 +18,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-from intclip.config import AugmentConfig
-from intclip.transforms import train_transform
-from pipeline.images import eval_transform
+from intclip.config import AugmentConfig, DataConfig
+from intclip.transforms import eval_transform, train_transform
 
-PipelineName = Literal["fast", "torchvision"]
 Box = tuple[float, float, float, float]  # left, top, right, bottom in full-size pixels
 FileTransform = Callable[[Image.Image], torch.Tensor]
 
@@ -57,19 +54,31 @@ def center_crop_box(width: int, height: int, size: int) -> Box:
     return left * fx, top * fy, (left + size) * fx, (top + size) * fy
 
 
+def squash_box(width: int, height: int, size: int) -> Box:
+    """The whole image, squashed to a square (`data.eval_resize: squash`)."""
+    return 0.0, 0.0, float(width), float(height)
+
+
+EVAL_BOXES: dict[str, Callable[[int, int, int], Box]] = {
+    "crop": center_crop_box,
+    "squash": squash_box,
+}
+
+
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """[3, H, W] uint8: what workers send; `ModelInput` makes floats of it on the device."""
     return F.pil_to_tensor(image)
 
 
 class FastEval:
-    """CLIP's evaluation view (resize the short side, center crop) as uint8, decoded small."""
+    """The evaluation view (`data.eval_resize`: crop or squash) as uint8, decoded small."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, resize: str = "crop") -> None:
         self.size = size
+        self.box = EVAL_BOXES[resize]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        box = center_crop_box(*image.size, self.size)
+        box = self.box(*image.size, self.size)
         return to_uint8_tensor(draft_resize(image, box, self.size))
 
 
@@ -111,17 +120,20 @@ class ImagePipeline:
 
 
 def build_image_pipeline(
-    name: PipelineName,
     size: int,
     mean: Sequence[float],
     std: Sequence[float],
     augment: AugmentConfig,
+    data: DataConfig,
 ) -> ImagePipeline:
-    """`fast` (uint8 out, normalised on the device) or `torchvision` (floats out, as before)."""
-    if name == "fast":
-        return ImagePipeline(FastTrain(size, augment), FastEval(size), True)
-    plain_train = train_transform(size, mean, std, augment)
-    plain_eval = eval_transform(size, mean, std)
+    """`data.pipeline`: `fast` (uint8 out, finished on the device) or `torchvision` (floats
+    out, as before); both honour `augment.enabled`, `data.eval_resize` and `data.normalize`."""
+    if data.pipeline == "fast":
+        fast_eval = FastEval(size, data.eval_resize)
+        fast_train = FastTrain(size, augment) if augment.enabled else fast_eval
+        return ImagePipeline(fast_train, fast_eval, True)
+    plain_train = train_transform(size, mean, std, augment, data)
+    plain_eval = eval_transform(size, mean, std, data)
     return ImagePipeline(
         T.Compose([_rgb, plain_train]), T.Compose([_rgb, plain_eval]), normalized_on_device=False
     )

@@ -10,39 +10,43 @@ Where this implementation departs from the official code (github.com/yan9qu/IntC
   takes the first remaining position as its "global" token, i.e. the top-left image region. Here
   the global token is what CLIP itself uses as the image embedding: the attention-pool output
   (ResNet) or the projected class token (ViT), computed on the semantic branch.
-- Frozen BatchNorm. The official trainer switches the image encoder to train mode as a whole
-  (`image_encoder.train()` when it fine-tunes the tower), so the running statistics of the frozen
-  CLIP layers move with every batch. Here the trunk, the sight branch and the joint-space
-  projection stay in eval mode even in `model.train()`; only the trained semantic copy updates
-  its own statistics.
+- BatchNorm. The official trainer calls `model.eval()` and puts only the prompt learner back in
+  train mode (`utils/trainers.py`, `train_coop`), so in its published config the whole image
+  tower, the trained semantic copy included, normalises with CLIP's running statistics, which
+  never move. Here the trunk, the sight branch and the joint-space projection always stay in
+  eval mode; `semantic_batchnorm` chooses the same for the semantic copy (`frozen`, the default)
+  or lets it update its own statistics (`train`).
 - Any backbone, any input size. The official code works only for RN101 at 224 px (a hard-coded
   7x7 grid). Here any open_clip ModifiedResNet or class-token VisionTransformer is split (see
   `intclip.backbone`) at any input size the tower takes; position embeddings are resampled to the
   actual grid. Any other tower is refused with a clear error.
 - Class embeddings. The official head learns positive and negative prompt contexts (DualCoOp);
   here the class embeddings are CLIP text embeddings of class descriptions, computed once by the
-  embedding stage and kept as a frozen buffer, with a learned temperature and per-class bias.
+  embedding stage and kept as a frozen buffer. The head's pooling temperature, logit scale and
+  per-class bias are learned by default; `head: official` with all three fixed is the official
+  form (see `intclip.head`).
 
 The official code also picks its best checkpoint on the test set, never applies its training
 augmentation (its train split is named "trainval", the augmentation is keyed on "train") and feeds
 images without CLIP's mean/std normalisation. Those are matters of the data and training code
-(`intclip-train`), not of this module; this model expects images normalised with the
-`image_mean` / `image_std` of the `LoadedClip` it was built from.
+(`augment.enabled`, `data.normalize` in the training config), not of this module; it expects
+images normalised with the `image_mean` / `image_std` of the `LoadedClip` it was built from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from intclip.aggregation import SightAssistedAggregation
 from intclip.backbone import build_sight_semantic_encoder
-from intclip.head import ClassHead, HeadMode
+from intclip.head import ClassHead, HeadMode, PositiveScalarSetting, ScalarSetting
 from pipeline.clip import LoadedClip, tensor_sha256
 from pipeline.errors import UserError
 
@@ -58,13 +62,19 @@ class ModelConfig(BaseModel):
     aggregation: bool = True
     """Sight-assisted aggregation on, or off (the head then sees the semantic map alone)."""
     head: HeadMode = "both"
-    """Score the global token, the regions (spatial softmax pooling), or the mean of both."""
+    """Score the global token, the regions (spatial softmax pooling), the mean of both, or
+    `official`: the global token as one more position of the spatial softmax pooling."""
     aggregation_reduction: PositiveInt = 8
     """Query/key width of the aggregation: C // aggregation_reduction."""
-    initial_logit_scale: PositiveFloat = 20.0
-    """Starting temperature of the head (learned), applied to cosine similarities."""
-    initial_class_bias: float = 0.0
-    """Starting per-class bias of the head (learned)."""
+    pooling_temperature: PositiveScalarSetting = PositiveScalarSetting(initial=20.0)
+    """Temperature of the spatial softmax over cosine similarities (official: 20, fixed)."""
+    logit_scale: PositiveScalarSetting = PositiveScalarSetting(initial=20.0)
+    """Multiplier from pooled cosine similarity to logit (official: 100, fixed)."""
+    class_bias: ScalarSetting = ScalarSetting(initial=0.0)
+    """Per-class bias added to the logits (official: none, i.e. 0 and fixed)."""
+    semantic_batchnorm: Literal["frozen", "train"] = "frozen"
+    """The semantic copy's BatchNorm: eval mode with CLIP's statistics (`frozen`, as the
+    official code runs), or train mode, updating its own statistics."""
 
     @model_validator(mode="after")
     def _aggregation_feeds_a_regional_head(self) -> ModelConfig:
@@ -74,6 +84,10 @@ class ModelConfig(BaseModel):
                 "set aggregation off"
             )
         return self
+
+
+Role = Literal["semantic", "aggregation", "head"]
+"""The trained parts of the model; each is one optimiser group with its own lr multiplier."""
 
 
 class IntentFeatures(NamedTuple):
@@ -89,7 +103,7 @@ class IntentFeatures(NamedTuple):
 class ParameterGroup:
     """The trained parameters of one role, for an optimiser parameter group."""
 
-    role: str
+    role: Role
     parameters: list[nn.Parameter]
 
     @property
@@ -116,8 +130,9 @@ class IntCLIP(nn.Module):
             class_embeddings,
             clip.embed_dim,
             config.head,
-            config.initial_logit_scale,
-            config.initial_class_bias,
+            config.pooling_temperature,
+            config.logit_scale,
+            config.class_bias,
         )
         self.class_embeddings_sha256 = tensor_sha256(class_embeddings.float())
         self.to(next(clip.module.parameters()).device)
@@ -138,13 +153,22 @@ class IntCLIP(nn.Module):
             encoded.sight_map, encoded.semantic_map, fused, encoded.semantic_global
         )
 
+    def train(self, mode: bool = True) -> IntCLIP:
+        """`semantic_batchnorm: frozen` keeps the semantic copy's BatchNorm in eval mode too."""
+        super().train(mode)
+        if self.config.semantic_batchnorm == "frozen":
+            for module in self.encoder.semantic.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.encode(images)
         return self.head(features.fused_map, features.global_token)
 
-    def trained_modules(self) -> dict[str, nn.Module]:
+    def trained_modules(self) -> dict[Role, nn.Module]:
         """The modules that training changes, by role; everything else is CLIP, frozen."""
-        modules = {
+        modules: dict[Role, nn.Module | None] = {
             "semantic": self.encoder.semantic,
             "aggregation": self.aggregation,
             "head": self.head,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
 from intclip.hierarchy import levels_above_fine
-from intclip.metrics import INTENTONOMY_SUBSETS, SplitMetrics, evaluate_protocol
+from intclip.metrics import INTENTONOMY_SUBSETS, SplitMetrics, evaluate_protocol, evaluate_split
 from pipeline.files import atomic_write_bytes
 from pipeline.taxonomy import Taxonomy
 
@@ -43,6 +43,10 @@ class EvaluationReport(BaseModel):
     val: SplitMetrics
     class_ids: list[str]
     levels: dict[str, LevelReport]
+    fixed_threshold: float | None = None
+    """A threshold asked for besides val's (`--threshold`), e.g. the official code's 0.5."""
+    at_fixed_threshold: SplitMetrics | None = None
+    """The split's fine-level metrics at `fixed_threshold`."""
 
 
 def build_report(
@@ -51,8 +55,10 @@ def build_report(
     evaluated: tuple[np.ndarray, np.ndarray],
     class_ids: Sequence[str],
     taxonomy: Taxonomy | None,
+    fixed_threshold: float | None = None,
 ) -> EvaluationReport:
-    """`val` and `evaluated` are (labels, scores); they are the same arrays for `--split val`."""
+    """`val` and `evaluated` are (labels, scores); they are the same arrays for `--split val`.
+    `fixed_threshold` adds the split's metrics at that threshold too, chosen on nothing."""
     subsets = INTENTONOMY_SUBSETS if len(class_ids) == INTENTONOMY_CLASSES else None
     result = evaluate_protocol(*val, *evaluated, subsets=subsets)
     levels = {}
@@ -71,6 +77,12 @@ def build_report(
         val=result.val,
         class_ids=list(class_ids),
         levels=levels,
+        fixed_threshold=fixed_threshold,
+        at_fixed_threshold=(
+            evaluate_split(*evaluated, fixed_threshold, subsets)
+            if fixed_threshold is not None
+            else None
+        ),
     )
 
 
@@ -82,6 +94,8 @@ def report_table(report: EvaluationReport) -> Table:
     for column in ("level", "macro F1", "micro F1", "samples F1", "mAP"):
         table.add_column(column, justify="left" if column == "level" else "right")
     rows = [("fine", report.fine)] + [(n, lv.metrics) for n, lv in report.levels.items()]
+    if report.at_fixed_threshold is not None:
+        rows.append((f"fine @ {report.fixed_threshold:g}", report.at_fixed_threshold))
     for name, metrics in rows:
         table.add_row(
             name,

@@ -31,8 +31,11 @@ from pipeline.zeroshot import ZeroShotCLIP
 Scored = tuple[np.ndarray, np.ndarray]  # (0/1 labels, scores), images x classes
 
 
-def evaluate_run(run_dir: Path, split: str, device: str) -> EvaluationReport | None:
-    """The run's best checkpoint; writes eval-<split>.json, the chart and the score matrices."""
+def evaluate_run(
+    run_dir: Path, split: str, device: str, fixed_threshold: float | None = None
+) -> EvaluationReport | None:
+    """The run's best checkpoint; writes eval-<split>.json, the chart and the score matrices.
+    `fixed_threshold` reports the split at that threshold as well as at val's."""
     run_dir = Path(run_dir)
     if not (run_dir / BEST_MODEL).is_file():
         raise UserError(f"{run_dir}: no {BEST_MODEL}; is it a run directory of intclip-train run?")
@@ -48,7 +51,7 @@ def evaluate_run(run_dir: Path, split: str, device: str) -> EvaluationReport | N
         return None
     for name, (_, scores) in scored.items():
         _save_npy(run_dir / f"{name}_scores.npy", scores)
-    report = _report(split, scored, components)
+    report = _report(split, scored, components, fixed_threshold)
     atomic_write_text(run_dir / f"eval-{split}.json", stable_json(report.model_dump(mode="json")))
     per_class_chart(report, run_dir / f"eval-{split}-per-class-f1.png")
     return report
@@ -96,9 +99,19 @@ def _score_splits(
     return scored
 
 
-def _report(split: str, scored: dict[str, Scored], components: Components) -> EvaluationReport:
+def _report(
+    split: str,
+    scored: dict[str, Scored],
+    components: Components,
+    fixed_threshold: float | None = None,
+) -> EvaluationReport:
     return build_report(
-        split, scored["val"], scored[split], components.embeddings.ids, components.taxonomy
+        split,
+        scored["val"],
+        scored[split],
+        components.embeddings.ids,
+        components.taxonomy,
+        fixed_threshold,
     )
 
 

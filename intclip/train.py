@@ -12,7 +12,7 @@ import io
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from intclip import distributed
 from intclip.acceleration import compiled, fused_optimizer, to_channels_last
 from intclip.checkpoint import save_model
-from intclip.config import TrainConfig, save_config
+from intclip.config import OptimConfig, TrainConfig, save_config
 from intclip.data import ImageDataset, LabelIndex, load_split
 from intclip.data_check import check_index, summarize
 from intclip.evaluation import predict_scores
@@ -35,7 +35,7 @@ from intclip.factory import build_components
 from intclip.loader import LoaderOptions, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
-from intclip.model import IntCLIP
+from intclip.model import IntCLIP, ParameterGroup
 from pipeline.console import stderr
 from pipeline.errors import EXIT_FAILED, UserError
 from pipeline.files import atomic_write_bytes, atomic_write_text, stable_json
@@ -130,13 +130,10 @@ def _train(
             f"optim.batch_size {config.optim.batch_size} is smaller than the world size"
         )
     steps_per_epoch = math.ceil(len(train_set) / (batch_size * context.world_size))
-    total_steps = steps_per_epoch * config.optim.epochs
 
-    optimizer = _optimizer(config, groups, context.device)
-    scheduler = _scheduler(config, optimizer, steps_per_epoch, total_steps)
-    criterion = AsymmetricLoss(
-        config.loss.gamma_neg, config.loss.gamma_pos, config.loss.clip, config.loss.eps
-    )
+    optimizer = _optimizer(config.optim, groups, context.device)
+    scheduler = _scheduler(config.optim, optimizer, steps_per_epoch)
+    criterion = AsymmetricLoss(**config.loss.model_dump())
     progress = TrainingProgress()
     if resume is not None:
         progress = _restore(run_dir / LAST_STATE, model, optimizer, scheduler)
@@ -192,7 +189,7 @@ def _train(
                     writer.add_scalar(key, value, progress.step)
             if row["val_mAP"] > progress.best_val_map:
                 progress.best_val_map = row["val_mAP"]
-                save_model(model, run_dir / BEST_MODEL)
+                save_model(model, run_dir / BEST_MODEL, config)
                 atomic_write_text(run_dir / BEST_SUMMARY, stable_json(row))
             _save_state(run_dir / LAST_STATE, model, optimizer, scheduler, progress)
             log(
@@ -261,40 +258,61 @@ def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, run_dir: Path) 
         )
 
 
-def _optimizer(config: TrainConfig, groups, device: torch.device) -> torch.optim.Optimizer:
-    """One parameter group per role; no weight decay on gains, biases and scalars."""
+def _optimizer(
+    config: OptimConfig, groups: list[ParameterGroup], device: torch.device
+) -> torch.optim.Optimizer:
+    """One parameter group per role at `lr` times its multiplier; under `weight_decay_on:
+    matrices` gains, biases and scalars go to a second group of that role without decay."""
     param_groups = []
     for group in groups:
-        decayed = [p for p in group.parameters if p.ndim > 1]
-        plain = [p for p in group.parameters if p.ndim <= 1]
+        lr = config.lr * config.lr_multipliers.get(group.role, 1.0)
+        if config.weight_decay_on == "all":
+            split = [(group.role, group.parameters, config.weight_decay)]
+        else:
+            split = [
+                (group.role, [p for p in group.parameters if p.ndim > 1], config.weight_decay),
+                (f"{group.role}.no_decay", [p for p in group.parameters if p.ndim <= 1], 0.0),
+            ]
         param_groups += [
-            {"params": decayed, "weight_decay": config.optim.weight_decay, "name": group.role},
-            {"params": plain, "weight_decay": 0.0, "name": f"{group.role}.no_decay"},
+            {"params": params, "weight_decay": decay, "name": name, "lr": lr}
+            for name, params, decay in split
+            if params
         ]
-    param_groups = [g for g in param_groups if g["params"]]
-    if config.optim.optimizer == "sgd":
-        return torch.optim.SGD(
-            param_groups,
-            lr=config.optim.lr,
-            momentum=config.optim.momentum,
-            **fused_optimizer(device),
-        )
-    return torch.optim.AdamW(param_groups, lr=config.optim.lr, **fused_optimizer(device))
+    fused = fused_optimizer(device)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, **fused)
+    return torch.optim.AdamW(param_groups, lr=config.lr, **fused)
 
 
 def _scheduler(
-    config: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int
+    config: OptimConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up, then cosine decay to zero, stepped every batch."""
-    warmup = round(config.optim.warmup_epochs * steps_per_epoch)
+    """Warm-up, then cosine decay, per group; stepped every batch, changing as `schedule.unit`
+    says. A constant warm-up holds every group at `warmup_lr`, whatever its multiplier."""
+    schedule = config.schedule
+    per_epoch = steps_per_epoch if schedule.unit == "step" else 1
+    warmup = round(config.warmup_epochs * per_epoch)
+    total = config.epochs * per_epoch
+    period = round(schedule.cosine_epochs * per_epoch) if schedule.cosine_epochs else total - warmup
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    def position(step: int) -> int:
+        return step if schedule.unit == "step" else step // steps_per_epoch
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    def factor_for(base_lr: float) -> Callable[[int], float]:
+        def factor(step: int) -> float:
+            at = position(step)
+            if at < warmup:
+                if schedule.warmup_lr is not None:
+                    return schedule.warmup_lr / base_lr
+                return (at + 1) / warmup
+            progress = (at - warmup) / max(1, period)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        return factor
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [factor_for(group["lr"]) for group in optimizer.param_groups]
+    )
 
 
 def _seed_everything(seed: int) -> None:

@@ -11,7 +11,7 @@ from tiny_clip import random_class_embeddings
 from bench.workload import write_jpeg
 from intclip import distributed
 from intclip.acceleration import compiled, to_channels_last
-from intclip.config import AugmentConfig, OptimConfig
+from intclip.config import AugmentConfig, DataConfig, OptimConfig
 from intclip.data import ImageDataset, LabelIndex
 from intclip.image_pipeline import ModelInput, build_image_pipeline, draft_resize
 from intclip.loader import LoaderOptions, train_loader
@@ -29,10 +29,12 @@ def photos(tmp_path_factory):
     return [write_jpeg(folder / f"{i}.jpg", w, h, rng) for i, (w, h) in enumerate(shapes)]
 
 
-def _pipelines(augment: AugmentConfig = AugmentConfig()):
-    return (
-        build_image_pipeline("fast", SIZE, MEAN, STD, augment),
-        build_image_pipeline("torchvision", SIZE, MEAN, STD, augment),
+def _pipelines(augment: AugmentConfig = AugmentConfig(), **data):
+    return tuple(
+        build_image_pipeline(
+            SIZE, MEAN, STD, augment, DataConfig(image_root=".", train="t", val="v", **data)
+        )
+        for data in ({**data, "pipeline": "fast"}, {**data, "pipeline": "torchvision"})
     )
 
 
@@ -43,8 +45,9 @@ def _apply(transform, path, seed: int | None = None) -> torch.Tensor:
         return transform(image)
 
 
-def test_fast_eval_tensors_match_the_plain_path(photos):
-    fast, plain = _pipelines()
+@pytest.mark.parametrize("eval_resize", ["crop", "squash"])
+def test_fast_eval_tensors_match_the_plain_path(photos, eval_resize):
+    fast, plain = _pipelines(eval_resize=eval_resize)
     model_input = ModelInput(torch.device("cpu"), MEAN, STD, normalize=fast.normalized_on_device)
     for path in photos:
         new = _apply(fast.eval, path)
@@ -66,6 +69,14 @@ def test_fast_train_draws_the_same_crops_and_statistics(photos):
     assert per_draw.median() < 0.05
     for stat in (torch.mean, torch.std):
         assert torch.allclose(stat(new, dim=(0, 2, 3)), stat(old, dim=(0, 2, 3)), atol=0.05)
+
+
+def test_switches_off_augmentation_and_normalisation_on_both_paths(photos):
+    fast, plain = _pipelines(AugmentConfig(enabled=False), normalize=False)
+    assert fast.train is fast.eval
+    unscaled = ModelInput(torch.device("cpu"), (0, 0, 0), (1, 1, 1), normalize=True)
+    new, old = unscaled(_apply(fast.train, photos[0])[None])[0], _apply(plain.train, photos[0])
+    assert old.min() >= 0 and (new - old).abs().mean() < 0.01
 
 
 def test_plain_pipeline_still_normalises_in_the_worker(photos):
@@ -125,8 +136,6 @@ def test_augmentation_depends_on_seed_and_epoch_not_on_the_workers(photos):
 
 
 def test_loader_options_default_to_the_machines_cores(monkeypatch):
-    from intclip.config import DataConfig
-
     monkeypatch.setattr("os.cpu_count", lambda: 6)
     data = DataConfig(image_root=".", train="t.json", val="v.json")
     options = LoaderOptions.from_config(data, torch.device("cuda"))

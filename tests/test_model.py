@@ -161,12 +161,12 @@ def test_frozen_parameters_and_buffers_stay_bit_identical_while_training(
     ]
     assert any(name.startswith("semantic.") for name in changed)
     assert "aggregation.alpha" in changed
-    assert "head.log_logit_scale" in changed
+    assert {"head.log_logit_scale", "head.log_pooling_temperature"} <= set(changed)
 
 
 def test_frozen_batchnorm_statistics_do_not_move_in_train_mode(tiny_clip_files: dict) -> None:
     clip = load_clip(str(TINY_CLIP_CONFIGS["resnet"]), tiny_clip_files["resnet"])
-    model = build(clip).train()
+    model = build(clip, semantic_batchnorm="train").train()
     frozen_norms = [
         module
         for frozen in model.encoder.frozen_modules()
@@ -231,7 +231,7 @@ def test_head_switch_selects_what_is_scored(tiny_clip: LoadedClip) -> None:
     assert not torch.allclose(heads["regional"](other_dense, global_token), logits["regional"])
     torch.testing.assert_close(logits["both"], (logits["global"] + logits["regional"]) / 2)
 
-    scale = ModelConfig().initial_logit_scale
+    scale = ModelConfig().logit_scale.initial
     classes = heads["global"].class_embeddings
     expected_global = scale * F.normalize(global_token, dim=-1) @ classes.T
     torch.testing.assert_close(logits["global"], expected_global)
@@ -242,7 +242,7 @@ def test_head_switch_selects_what_is_scored(tiny_clip: LoadedClip) -> None:
 
 
 def test_class_bias_shifts_each_class_logit(tiny_clip: LoadedClip) -> None:
-    model = build(tiny_clip, initial_class_bias=-3.0).eval()
+    model = build(tiny_clip, class_bias={"initial": -3.0}).eval()
     reference = build(tiny_clip).eval()
     images = images_for(tiny_clip)
     torch.testing.assert_close(model(images), reference(images) - 3.0)
@@ -260,7 +260,7 @@ def test_parameter_groups_partition_the_trained_parameters(tiny_clip: LoadedClip
     assert counts["semantic"] == sum(p.numel() for p in model.encoder.sight.parameters())
     channels, reduced = TINY_EMBED_DIM, TINY_EMBED_DIM // 8
     assert counts["aggregation"] == 2 * (channels * reduced + reduced) + channels**2 + channels + 1
-    assert counts["head"] == NUM_CLASSES + 1
+    assert counts["head"] == NUM_CLASSES + 2
 
 
 def test_trained_state_round_trips_and_refuses_another_layout(tiny_clip: LoadedClip) -> None:

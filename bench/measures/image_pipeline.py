@@ -13,7 +13,7 @@ from PIL import Image
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import write_jpegs
-from intclip.config import AugmentConfig
+from intclip.config import AugmentConfig, DataConfig
 from intclip.image_pipeline import ModelInput, build_image_pipeline
 
 
@@ -55,10 +55,17 @@ def run(settings: Settings) -> list[Comparison]:
         torch.set_num_threads(threads)
 
 
+def _data(pipeline: str) -> DataConfig:
+    """The default data settings with this pipeline (the paths are never read)."""
+    return DataConfig(image_root=".", train="train.json", val="val.json", pipeline=pipeline)
+
+
 def _compare(paths: list[Path], size: int) -> list[Comparison]:
     augment = AugmentConfig()
-    fast = build_image_pipeline("fast", size, CLIP_MEAN, CLIP_STD, augment)
-    plain = build_image_pipeline("torchvision", size, CLIP_MEAN, CLIP_STD, augment)
+    fast, plain = (
+        build_image_pipeline(size, CLIP_MEAN, CLIP_STD, augment, _data(name))
+        for name in ("fast", "torchvision")
+    )
     on_cpu = ModelInput(torch.device("cpu"), CLIP_MEAN, CLIP_STD, normalize=True)
     unchanged = ModelInput(torch.device("cpu"), CLIP_MEAN, CLIP_STD, normalize=False)
     note = (
