@@ -1,9 +1,10 @@
 """IntCLIP checkpoints: only the trained tensors and a JSON header, in safetensors.
 
 The frozen CLIP is not stored: loading rebuilds the model on the CLIP it was trained on and
-refuses any other (model name and weights checksum), and refuses class embeddings other than the
-ones it was trained with. Nothing is unpickled, and a checksum over the stored tensors catches a
-corrupted file.
+refuses any other (model name and weights checksum), and refuses class embeddings (or, with
+`model.text: prompts`, a descriptions file) other than the ones it was trained with. The learned
+prompt contexts are trained tensors like any other. Nothing is unpickled, and a checksum over
+the stored tensors catches a corrupted file.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import safetensors
 import safetensors.torch
-import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from intclip.class_text import ClassTextSource, text_mode_of
 from intclip.model import IntCLIP, ModelConfig
-from pipeline.clip import ClipIdentity, LoadedClip, state_dict_sha256, tensor_sha256
+from pipeline.clip import ClipIdentity, LoadedClip, state_dict_sha256
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes
 
@@ -37,7 +38,10 @@ class CheckpointHeader(BaseModel):
     config: ModelConfig
     clip: ClipIdentity
     num_classes: int
-    class_embeddings_sha256: str
+    class_embeddings_sha256: str | None = None
+    """`model.text: cached`: checksum of the class embeddings."""
+    descriptions_sha256: str | None = None
+    """`model.text: prompts`: sha256 of the descriptions file the prompts were built on."""
     trained_sha256: str
     training: dict[str, Any] | None = None
     """The resolved training config (every switch of the recipe); None outside a training run."""
@@ -54,7 +58,7 @@ def save_model(model: IntCLIP, path: Path, training: TrainConfig | None = None) 
         config=model.config,
         clip=model.clip_identity,
         num_classes=model.num_classes,
-        class_embeddings_sha256=model.class_embeddings_sha256,
+        **{_TEXT_CHECKSUM[model.config.text]: model.text_sha256},
         trained_sha256=state_dict_sha256(tensors),
         training=training.model_dump(mode="json") if training is not None else None,
     )
@@ -82,23 +86,36 @@ def read_checkpoint_header(path: Path) -> CheckpointHeader:
         raise UserError(f"{path}: invalid checkpoint header ({where}: {reason['msg']})") from err
 
 
-def load_model(path: Path, clip: LoadedClip, class_embeddings: torch.Tensor) -> IntCLIP:
-    """Rebuild the model on `clip` and `class_embeddings`, refusing any that differ."""
+_TEXT_CHECKSUM = {"cached": "class_embeddings_sha256", "prompts": "descriptions_sha256"}
+_TEXT_SOURCE = {"cached": "class embeddings", "prompts": "class texts"}
+
+
+def load_model(path: Path, clip: LoadedClip, class_text: ClassTextSource) -> IntCLIP:
+    """Rebuild the model on `clip` and `class_text` (class embeddings, or the class texts of
+    `model.text: prompts`), refusing any that differ from what it was trained with."""
     path = Path(path)
     header = read_checkpoint_header(path)
     differences = header.clip.differences(clip.identity)
     if differences:
         raise UserError(f"{path} was trained on another CLIP: {'; '.join(differences)}")
-    if len(class_embeddings) != header.num_classes:
+    mode = header.config.text
+    if text_mode_of(class_text) != mode:
         raise UserError(
-            f"{path} was trained for {header.num_classes} classes; "
-            f"the class embeddings given have {len(class_embeddings)}"
+            f"{path} was trained with model.text: {mode}; it cannot load as "
+            f"model.text: {text_mode_of(class_text)}"
         )
-    if tensor_sha256(class_embeddings.float()) != header.class_embeddings_sha256:
-        raise UserError(f"{path} was trained with other class embeddings (sha256 differs)")
     tensors = safetensors.torch.load_file(path, device="cpu")
     if state_dict_sha256(tensors) != header.trained_sha256:
         raise UserError(f"{path} is corrupted: its tensors do not match their recorded checksum")
-    model = IntCLIP(clip, class_embeddings, header.config)
+    model = IntCLIP(clip, class_text, header.config)
+    if model.num_classes != header.num_classes:
+        raise UserError(
+            f"{path} was trained for {header.num_classes} classes; "
+            f"the {_TEXT_SOURCE[mode]} given have {model.num_classes}"
+        )
+    if model.text_sha256 != getattr(header, _TEXT_CHECKSUM[mode]):
+        raise UserError(
+            f"{path} was trained with other {_TEXT_SOURCE[mode]} ({_TEXT_CHECKSUM[mode]} differs)"
+        )
     model.load_trained_state_dict(tensors, str(path))
     return model

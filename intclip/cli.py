@@ -22,7 +22,7 @@ from intclip.download_settings import DownloadSettings, download_settings
 from intclip.metrics import ProtocolResult, evaluate_protocol
 from intclip.report import EvaluationReport, report_table
 from intclip.score_inputs import read_score_split
-from pipeline.console import run_app, stderr
+from pipeline.console import VersionOption, run_app, stderr
 from pipeline.errors import UserError
 from pipeline.files import stable_json
 
@@ -37,7 +37,7 @@ _TABLE_ROWS = {
 
 
 @app.callback()
-def _root() -> None:
+def _root(version: VersionOption = None) -> None:
     """Train, evaluate and score multi-label visual intent models."""
 
 
@@ -294,14 +294,24 @@ def predict(
     ] = "table",
     top: Annotated[int, typer.Option(min=1, help="Intents listed per level.")] = 5,
     device: DeviceOption = "auto",
+    recursive: Annotated[
+        bool, typer.Option(help="Also walk the subdirectories of directories named.")
+    ] = True,
 ) -> None:
     """The most probable intents of each image, marked when above the run's val-tuned
     threshold, rolled up to the middle and coarse levels of the taxonomy."""
     from intclip.predict import FORMATTERS, predict_images
     from pipeline.images import list_images
 
-    predictions = predict_images(run_dir, list_images(images), device, top)
+    skipped: list[str] = []
+    predictions = predict_images(
+        run_dir, list_images(images, recursive), device, top, on_skip=skipped.append
+    )
     typer.echo(FORMATTERS[output_format](predictions), nl=False)
+    for reason in skipped:
+        stderr.print(f"skipped: {reason}", markup=False)
+    if skipped:
+        stderr.print(f"warning: skipped {len(skipped)} unreadable image(s)", markup=False)
 
 
 def _show_report(report: EvaluationReport | None, as_json: bool) -> None:

@@ -70,7 +70,8 @@ class ClipSection(_Section):
     image_size: PositiveInt | None = None
     """Input size; default: the tower's own. Position embeddings are resampled to it."""
     descriptions: Path | None = None
-    """Descriptions file whose cached embeddings (for this CLIP and `aggregate`) are used."""
+    """Descriptions file whose cached embeddings (for this CLIP and `aggregate`) are used;
+    with `model.text: prompts`, the file the prompts' class texts are read from."""
     aggregate: Literal["mean", "mean+name"] = "mean"
     embeddings: Path | None = None
     """An embedding cache file, instead of `descriptions` + `aggregate`."""
@@ -171,6 +172,22 @@ class TrainConfig(_Section):
     run_name: str | None = None
     """Run directory name under `output_dir`; default: config name and a timestamp."""
     tensorboard: bool = False
+
+    @model_validator(mode="after")
+    def _prompts_read_the_descriptions(self) -> TrainConfig:
+        if self.model.text != "prompts":
+            return self
+        if self.clip.descriptions is None:
+            raise ValueError(
+                "model.text: prompts reads the class texts from clip.descriptions; "
+                "set it instead of clip.embeddings"
+            )
+        if self.clip.aggregate != "mean":
+            raise ValueError(
+                "clip.aggregate applies to cached embeddings; with model.text: prompts "
+                "choose the class text with model.prompts.class_text"
+            )
+        return self
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:

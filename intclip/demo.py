@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -37,13 +38,22 @@ TEMPLATES = (
 )
 
 
+def asked_colour(messages: list[dict[str, str]]) -> str:
+    """The colour of the class asked about, from the request's `Intent class:` line: the prompt
+    also names the sibling classes, and any of their colours would describe the wrong class."""
+    prompt = next(m["content"] for m in messages if m["role"] == "user")
+    found = re.search(r"^Intent class: A (.+) square$", prompt, re.MULTILINE)
+    if found is None or found.group(1) not in COLOURS:
+        raise ValueError("the demo LLM understands only the demo's taxonomy")
+    return found.group(1)
+
+
 class _TemplateLLM(BaseHTTPRequestHandler):
-    """Answers chat completions by filling TEMPLATES with the colour named in the prompt."""
+    """Answers chat completions by filling TEMPLATES with the colour of the class asked about."""
 
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        prompt = request["messages"][-1]["content"]
-        colour = next((c for c in COLOURS if f"A {c} square" in prompt), "plain")
+        colour = asked_colour(request["messages"])
         texts = [template.format(colour=colour) for template in TEMPLATES]
         content = json.dumps({"descriptions": [{"text": text} for text in texts]})
         body = json.dumps(
@@ -71,7 +81,14 @@ class _TemplateLLM(BaseHTTPRequestHandler):
         """Quiet: the demo prints its own steps."""
 
 
-def _taxonomy() -> str:
+def start_template_llm() -> ThreadingHTTPServer:
+    """The stand-in LLM, serving on a free loopback port until `shutdown()`."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _TemplateLLM)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def demo_taxonomy() -> str:
     """Two coarse groups of two colours each."""
     fine = [
         {"id": f"{colour.replace('-', '_')}_square", "name": f"A {colour} square", "label": label}
@@ -102,12 +119,11 @@ def main(workdir: str = "demo-run") -> None:
     dataset = make_synthetic_intentonomy(root / "data", sizes=(192, 48, 48), image_size=32)
     taxonomy = root / "prompts" / "squares.yaml"
     taxonomy.parent.mkdir(parents=True, exist_ok=True)
-    taxonomy.write_text(_taxonomy())
+    taxonomy.write_text(demo_taxonomy())
     env = {**os.environ, "INTCLIP_CACHE_DIR": str(root / "cache")}
     env.pop("OPENAI_API_KEY", None)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _TemplateLLM)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = start_template_llm()
     try:
         _step(
             "stage 1: descriptions (template LLM on loopback)",

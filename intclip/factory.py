@@ -1,21 +1,24 @@
-"""Building what a config describes: its CLIP, its class embeddings, its datasets' transforms.
+"""Building what a config describes: its CLIP, its class text, its datasets' transforms.
 
 Training, evaluation, prediction and the zero-shot baseline all start here, so they cannot
-disagree on which CLIP, which embeddings or which normalisation they use.
+disagree on which CLIP, which class embeddings or texts, or which normalisation they use.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from intclip.class_text import ClassTextSource, plain_class_embeddings
 from intclip.config import DataConfig, TrainConfig
 from intclip.image_pipeline import ImagePipeline, ModelInput, build_image_pipeline
+from intclip.prompts import ClassTexts, read_class_texts
 from intclip.transforms import eval_transform
 from pipeline.clip import LoadedClip, load_clip
 from pipeline.console import stderr
-from pipeline.embeddings import ClassEmbeddings, embedding_cache_file, load_class_embeddings
+from pipeline.embeddings import check_class_rows, embedding_cache_file, load_class_embeddings
 from pipeline.files import cache_root
 from pipeline.images import ImageTransform
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -24,14 +27,20 @@ from pipeline.taxonomy import Taxonomy, load_taxonomy
 @dataclass(frozen=True)
 class Components:
     clip: LoadedClip
-    embeddings: ClassEmbeddings
+    class_text: ClassTextSource
+    """Cached class embeddings [N, D] (`model.text: cached`) or class texts (`prompts`)."""
+    ids: list[str]
+    """Class ids in label order."""
     taxonomy: Taxonomy | None
     image_size: int
     data: DataConfig
 
-    @property
-    def class_embeddings(self) -> torch.Tensor:
-        return self.embeddings.class_embeddings
+    def zero_shot_embeddings(self) -> torch.Tensor:
+        """Plain CLIP's class embeddings: the cached ones, or those of the prompts' class texts
+        without any learned context."""
+        if isinstance(self.class_text, ClassTexts):
+            return plain_class_embeddings(self.clip, self.class_text)
+        return self.class_text
 
     def eval_transform(self) -> ImageTransform:
         mean, std = self.clip.image_mean, self.clip.image_std
@@ -53,10 +62,10 @@ class Components:
         return ModelInput(device, mean, std, pipeline.normalized_on_device, channels_last)
 
 
-def build_components(config: TrainConfig, device: torch.device) -> Components:
-    """Load the CLIP and the class embeddings made with it, checked against the dataset."""
-    clip = load_clip(config.clip.name, config.clip.pretrained, device)
-    taxonomy = load_taxonomy(config.data.taxonomy) if config.data.taxonomy else None
+def _cached_embeddings(
+    config: TrainConfig, clip: LoadedClip, expected_ids: list[str] | None
+) -> tuple[ClassTextSource, list[str]]:
+    """The embedding cache file the config names (directly, or by its descriptions)."""
     path = config.clip.embeddings or embedding_cache_file(
         config.clip.descriptions,
         config.clip.name,
@@ -67,9 +76,38 @@ def build_components(config: TrainConfig, device: torch.device) -> Components:
     embeddings = load_class_embeddings(
         path,
         expected_labels=list(range(config.data.num_classes)),
-        expected_ids=[c.id for c in taxonomy.classes] if taxonomy else None,
+        expected_ids=expected_ids,
         clip=clip.identity,
     )
+    return embeddings.class_embeddings, embeddings.ids
+
+
+def _prompt_texts(
+    config: TrainConfig, clip: LoadedClip, expected_ids: list[str] | None
+) -> tuple[ClassTextSource, list[str]]:
+    """The class texts of the descriptions file, read directly: no cache is involved."""
+    texts = read_class_texts(config.clip.descriptions, config.model.prompts.class_text)
+    check_class_rows(
+        config.clip.descriptions,
+        texts.labels,
+        texts.ids,
+        list(range(config.data.num_classes)),
+        expected_ids,
+    )
+    return texts, texts.ids
+
+
+CLASS_TEXT_LOADERS: dict[
+    str, Callable[[TrainConfig, LoadedClip, list[str] | None], tuple[ClassTextSource, list[str]]]
+] = {"cached": _cached_embeddings, "prompts": _prompt_texts}
+
+
+def build_components(config: TrainConfig, device: torch.device) -> Components:
+    """Load the CLIP and the class text made for it, checked against the dataset."""
+    clip = load_clip(config.clip.name, config.clip.pretrained, device)
+    taxonomy = load_taxonomy(config.data.taxonomy) if config.data.taxonomy else None
+    expected_ids = [c.id for c in taxonomy.classes] if taxonomy else None
+    class_text, ids = CLASS_TEXT_LOADERS[config.model.text](config, clip, expected_ids)
     image_size = config.clip.image_size or clip.image_size[0]
     if not config.data.normalize:
         stderr.print(
@@ -77,4 +115,4 @@ def build_components(config: TrainConfig, device: torch.device) -> Components:
             "normalisation it was trained on (the official code's omission, for parity only)",
             markup=False,
         )
-    return Components(clip, embeddings, taxonomy, image_size, config.data)
+    return Components(clip, class_text, ids, taxonomy, image_size, config.data)

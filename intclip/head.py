@@ -17,8 +17,6 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat
 from torch import nn
 
-from pipeline.errors import UserError
-
 HeadMode = Literal["global", "regional", "both", "official"]
 
 
@@ -48,12 +46,6 @@ class ClassFeatures(NamedTuple):
 Similarity = Callable[[ClassFeatures, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _positive_only(classes: ClassFeatures) -> torch.Tensor:
-    if classes.negative is not None:
-        raise ValueError("only the 'official' head scores negative class features")
-    return classes.positive
-
-
 def _cosine(classes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Cosine similarity [B, N, P] of unit class features [N, D] with positions [B, D, P]."""
     return torch.einsum("nd,bdp->bnp", classes, F.normalize(positions, dim=1))
@@ -66,7 +58,20 @@ def global_similarity(
     temperature: torch.Tensor,
 ) -> torch.Tensor:
     """Cosine similarity [B, N] of the global token with each class."""
-    return F.normalize(global_token, dim=-1) @ _positive_only(classes).T
+    token = F.normalize(global_token, dim=-1)
+    similarity = token @ classes.positive.T
+    return similarity if classes.negative is None else similarity - token @ classes.negative.T
+
+
+def _pooled(classes: ClassFeatures, positions: torch.Tensor, temperature: torch.Tensor):
+    """Spatial softmax pooling [B, N] over positions [B, D, P], the weights from the positive
+    features; negative features are pooled with the same weights and subtracted (DualCoOp)."""
+    positive = _cosine(classes.positive, positions)
+    weights = torch.softmax(temperature * positive, dim=-1)
+    pooled = (weights * positive).sum(dim=-1)
+    if classes.negative is None:
+        return pooled
+    return pooled - (weights * _cosine(classes.negative, positions)).sum(dim=-1)
 
 
 def regional_similarity(
@@ -80,9 +85,7 @@ def regional_similarity(
     Each class looks at the positions that resemble it most, so a small object or region that
     carries an intent is not averaged away.
     """
-    similarity = _cosine(_positive_only(classes), dense.flatten(2))
-    weights = torch.softmax(temperature * similarity, dim=-1)
-    return (weights * similarity).sum(dim=-1)
+    return _pooled(classes, dense.flatten(2), temperature)
 
 
 def combined_similarity(
@@ -109,12 +112,7 @@ def official_similarity(
     logits is a sigmoid of their difference).
     """
     positions = torch.cat([global_token[:, :, None], dense.flatten(2)], dim=2)
-    positive = _cosine(classes.positive, positions)
-    weights = torch.softmax(temperature * positive, dim=-1)
-    pooled = (weights * positive).sum(dim=-1)
-    if classes.negative is None:
-        return pooled
-    return pooled - (weights * _cosine(classes.negative, positions)).sum(dim=-1)
+    return _pooled(classes, positions, temperature)
 
 
 SIMILARITY_BY_HEAD: dict[str, Similarity] = {
@@ -130,17 +128,13 @@ class ClassHead(nn.Module):
 
     def __init__(
         self,
-        class_embeddings: torch.Tensor,
-        embed_dim: int,
+        num_classes: int,
         mode: HeadMode,
         pooling_temperature: PositiveScalarSetting,
         logit_scale: PositiveScalarSetting,
         class_bias: ScalarSetting,
     ) -> None:
         super().__init__()
-        _check_class_embeddings(class_embeddings, embed_dim)
-        normalized = F.normalize(class_embeddings.detach().float(), dim=-1)
-        self.register_buffer("class_embeddings", normalized, persistent=False)
         self._scalar(
             "log_pooling_temperature",
             math.log(pooling_temperature.initial),
@@ -148,7 +142,7 @@ class ClassHead(nn.Module):
             pooling_temperature,
         )
         self._scalar("log_logit_scale", math.log(logit_scale.initial), (), logit_scale)
-        self._scalar("class_bias", class_bias.initial, (len(normalized),), class_bias)
+        self._scalar("class_bias", class_bias.initial, (num_classes,), class_bias)
         self.similarity = SIMILARITY_BY_HEAD[mode]
 
     def _scalar(
@@ -162,28 +156,10 @@ class ClassHead(nn.Module):
             self.register_buffer(name, tensor, persistent=False)
 
     def forward(
-        self,
-        dense: torch.Tensor,
-        global_token: torch.Tensor,
-        classes: ClassFeatures | None = None,
+        self, dense: torch.Tensor, global_token: torch.Tensor, classes: ClassFeatures
     ) -> torch.Tensor:
-        """`classes` replaces the frozen class embeddings, e.g. by learned prompt features."""
-        if classes is None:
-            classes = ClassFeatures(self.class_embeddings)
-        else:
-            classes = ClassFeatures(*(f if f is None else F.normalize(f, dim=-1) for f in classes))
+        """Logits against `classes`: frozen cached embeddings or learned prompt features."""
+        classes = ClassFeatures(*(f if f is None else F.normalize(f, dim=-1) for f in classes))
         temperature = self.log_pooling_temperature.exp()
         similarity = self.similarity(classes, dense, global_token, temperature)
         return self.log_logit_scale.exp() * similarity + self.class_bias
-
-
-def _check_class_embeddings(embeddings: torch.Tensor, embed_dim: int) -> None:
-    if not isinstance(embeddings, torch.Tensor) or not embeddings.is_floating_point():
-        raise UserError("class embeddings must be a float tensor [num_classes, embed_dim]")
-    if embeddings.ndim != 2 or embeddings.shape[0] == 0 or embeddings.shape[1] != embed_dim:
-        raise UserError(
-            f"class embeddings have shape {tuple(embeddings.shape)}; this CLIP needs "
-            f"[num_classes, {embed_dim}]"
-        )
-    if not torch.isfinite(embeddings).all() or (embeddings.norm(dim=-1) == 0).any():
-        raise UserError("class embeddings contain non-finite values or all-zero rows")

@@ -20,11 +20,13 @@ Where this implementation departs from the official code (github.com/yan9qu/IntC
   7x7 grid). Here any open_clip ModifiedResNet or class-token VisionTransformer is split (see
   `intclip.backbone`) at any input size the tower takes; position embeddings are resampled to the
   actual grid. Any other tower is refused with a clear error.
-- Class embeddings. The official head learns positive and negative prompt contexts (DualCoOp);
-  here the class embeddings are CLIP text embeddings of class descriptions, computed once by the
-  embedding stage and kept as a frozen buffer. The head's pooling temperature, logit scale and
-  per-class bias are learned by default; `head: official` with all three fixed is the official
-  form (see `intclip.head`).
+- Class texts. The official head learns positive and negative prompt contexts (DualCoOp) around
+  the class name. Here `text: cached` (the default) scores against CLIP text embeddings of the
+  class descriptions, computed once by the embedding stage and kept as a frozen buffer;
+  `text: prompts` learns the official contexts, placed before each of the class's descriptions
+  (or its name) and averaged per class (`intclip.prompts`). The head's pooling temperature,
+  logit scale and per-class bias are learned by default; `head: official` with all three fixed
+  is the official form (see `intclip.head`).
 
 The official code also picks its best checkpoint on the test set, never applies its training
 augmentation (its train split is named "trainval", the augmentation is keyed on "train") and feeds
@@ -46,8 +48,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from intclip.aggregation import SightAssistedAggregation
 from intclip.backbone import build_sight_semantic_encoder
+from intclip.class_text import ClassTextSource, TextMode, build_class_text
 from intclip.head import ClassHead, HeadMode, PositiveScalarSetting, ScalarSetting
-from pipeline.clip import LoadedClip, tensor_sha256
+from intclip.prompts import PromptConfig
+from pipeline.clip import LoadedClip
 from pipeline.errors import UserError
 
 
@@ -75,6 +79,11 @@ class ModelConfig(BaseModel):
     semantic_batchnorm: Literal["frozen", "train"] = "frozen"
     """The semantic copy's BatchNorm: eval mode with CLIP's statistics (`frozen`, as the
     official code runs), or train mode, updating its own statistics."""
+    text: TextMode = "cached"
+    """Class features from the cached embeddings (frozen), or from learned prompt contexts run
+    through CLIP's frozen text tower at every step (DualCoOp, as the official code)."""
+    prompts: PromptConfig = PromptConfig()
+    """The learned contexts of `text: prompts`."""
 
     @model_validator(mode="after")
     def _aggregation_feeds_a_regional_head(self) -> ModelConfig:
@@ -86,7 +95,7 @@ class ModelConfig(BaseModel):
         return self
 
 
-Role = Literal["semantic", "aggregation", "head"]
+Role = Literal["semantic", "aggregation", "head", "prompts"]
 """The trained parts of the model; each is one optimiser group with its own lr multiplier."""
 
 
@@ -112,11 +121,13 @@ class ParameterGroup:
 
 
 class IntCLIP(nn.Module):
-    """Multi-label intent logits [B, num_classes] from images normalised for `clip`."""
+    """Multi-label intent logits [B, num_classes] from images normalised for `clip`.
 
-    def __init__(
-        self, clip: LoadedClip, class_embeddings: torch.Tensor, config: ModelConfig
-    ) -> None:
+    `class_text` is what `config.text` needs: cached class embeddings [N, D] for `cached`, the
+    `ClassTexts` of a descriptions file for `prompts`.
+    """
+
+    def __init__(self, clip: LoadedClip, class_text: ClassTextSource, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.clip_identity = clip.identity
@@ -126,20 +137,25 @@ class IntCLIP(nn.Module):
             if config.aggregation
             else None
         )
+        self.text = build_class_text(clip, class_text, config.text, config.prompts)
         self.head = ClassHead(
-            class_embeddings,
-            clip.embed_dim,
+            self.text.num_classes,
             config.head,
             config.pooling_temperature,
             config.logit_scale,
             config.class_bias,
         )
-        self.class_embeddings_sha256 = tensor_sha256(class_embeddings.float())
         self.to(next(clip.module.parameters()).device)
 
     @property
     def num_classes(self) -> int:
-        return len(self.head.class_embeddings)
+        return self.text.num_classes
+
+    @property
+    def text_sha256(self) -> str:
+        """Checksum of what the class features come from: the cached class embeddings, or the
+        descriptions file of the prompts."""
+        return self.text.source_sha256
 
     def encode(self, images: torch.Tensor) -> IntentFeatures:
         """Both branches and their fusion, in CLIP's joint space."""
@@ -164,7 +180,7 @@ class IntCLIP(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = self.encode(images)
-        return self.head(features.fused_map, features.global_token)
+        return self.head(features.fused_map, features.global_token, self.text())
 
     def trained_modules(self) -> dict[Role, nn.Module]:
         """The modules that training changes, by role; everything else is CLIP, frozen."""
@@ -172,6 +188,7 @@ class IntCLIP(nn.Module):
             "semantic": self.encoder.semantic,
             "aggregation": self.aggregation,
             "head": self.head,
+            "prompts": self.text.trained,
         }
         return {role: module for role, module in modules.items() if module is not None}
 

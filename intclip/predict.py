@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,9 +41,14 @@ class ImagePrediction:
 
 
 def predict_images(
-    run_dir: Path, images: Sequence[Path], device: str, top: int
+    run_dir: Path,
+    images: Sequence[Path],
+    device: str,
+    top: int,
+    on_skip: Callable[[str], None] = lambda reason: None,
 ) -> list[ImagePrediction]:
-    """The `top` most probable intents per level for each image."""
+    """The `top` most probable intents per level for each readable image; an unreadable one is
+    told to `on_skip` and left out, so one bad file does not cost a whole batch."""
     run_dir = Path(run_dir)
     if not (run_dir / BEST_MODEL).is_file():
         raise UserError(f"{run_dir}: no {BEST_MODEL}; is it a run directory of intclip-train run?")
@@ -51,24 +56,36 @@ def predict_images(
     threshold = float(json.loads((run_dir / BEST_SUMMARY).read_text())["val_threshold"])
     target = distributed.resolve_device(device)
     components = build_components(config, target)
-    model = load_model(run_dir / BEST_MODEL, components.clip, components.class_embeddings).eval()
+    model = load_model(run_dir / BEST_MODEL, components.clip, components.class_text).eval()
     transform = components.eval_transform()
     step = config.optim.eval_batch_size
-    chunks = []
+    chunks, readable, problems = [], [], []
     for start in range(0, len(images), step):
-        batch = torch.stack([transform(open_image(path)) for path in images[start : start + step]])
-        with torch.no_grad():
-            chunks.append(torch.sigmoid(model(batch.to(target)).float()).cpu().numpy())
+        tensors = []
+        for path in images[start : start + step]:
+            try:
+                tensors.append(transform(open_image(path)))
+            except UserError as err:
+                problems.append(str(err))
+                on_skip(str(err))
+                continue
+            readable.append(path)
+        if tensors:
+            with torch.no_grad():
+                logits = model(torch.stack(tensors).to(target))
+            chunks.append(torch.sigmoid(logits.float()).cpu().numpy())
+    if not readable:
+        raise UserError(f"none of the {len(images)} image(s) could be read; {problems[0]}")
     scores = np.concatenate(chunks)
 
     taxonomy = components.taxonomy
     names = names_by_id(taxonomy) if taxonomy else {}
-    ids = components.embeddings.ids
+    ids = components.ids
     levels = [(FINE_LEVEL, tuple(ids), scores)]
     if taxonomy:
         levels += [(lv.name, lv.node_ids, lv.roll_up(scores)) for lv in levels_above_fine(taxonomy)]
     predictions = []
-    for row, path in enumerate(images):
+    for row, path in enumerate(readable):
         intents = []
         for level, node_ids, matrix in levels:
             order = np.argsort(-matrix[row], kind="stable")[:top]

@@ -43,7 +43,7 @@ def evaluate_run(
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
-        model = load_model(run_dir / BEST_MODEL, components.clip, components.class_embeddings)
+        model = load_model(run_dir / BEST_MODEL, components.clip, components.class_text)
         scored = _score_splits(config, components, model, split, context, torch.sigmoid)
     finally:
         distributed.teardown()
@@ -62,7 +62,7 @@ def evaluate_zero_shot(config: TrainConfig, split: str, device: str) -> Evaluati
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
-        model = ZeroShotCLIP(components.clip, components.class_embeddings)
+        model = ZeroShotCLIP(components.clip, components.zero_shot_embeddings())
         scored = _score_splits(config, components, model, split, context, ZeroShotCLIP.scores)
     finally:
         distributed.teardown()
@@ -106,12 +106,7 @@ def _report(
     fixed_threshold: float | None = None,
 ) -> EvaluationReport:
     return build_report(
-        split,
-        scored["val"],
-        scored[split],
-        components.embeddings.ids,
-        components.taxonomy,
-        fixed_threshold,
+        split, scored["val"], scored[split], components.ids, components.taxonomy, fixed_threshold
     )
 
 

@@ -111,7 +111,7 @@ def _train(
 
     components = build_components(config, context.device)
     _seed_everything(config.seed)  # the new modules' initial weights depend on the seed alone
-    model = IntCLIP(components.clip, components.class_embeddings, config.model)
+    model = IntCLIP(components.clip, components.class_text, config.model)
     channels_last = to_channels_last(model, components.clip.module.visual, config.optim)
     trainable = DistributedDataParallel(model) if context.distributed else model
     trainable = compiled(trainable, config.optim)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,7 @@ from pipeline.descriptions import (
     GeneratorInfo,
     TaxonomyRef,
     answer_model,
+    normalised,
 )
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
 from pipeline.files import sha256_json
@@ -69,6 +71,44 @@ class BuildSettings(BaseModel):
         }
 
 
+class DistinctAcrossClasses:
+    """The cross-class rule: no description may repeat one of another class, up to case,
+    punctuation and spacing; such descriptions cannot tell the two classes apart.
+
+    The first class to hold a sentence keeps it: `claim` checks and records an answer in one
+    step, so of two classes answered at once with the same sentence, the later is asked again.
+    """
+
+    def __init__(self, entries: Iterable[ClassDescriptions] = ()) -> None:
+        self._owners: dict[str, str] = {}
+        self._lock = threading.Lock()
+        for entry in entries:  # kept as they are, even if two of them clash (--only)
+            for text in entry.descriptions:
+                self._owners.setdefault(normalised(text), entry.id)
+
+    def problems(self, class_id: str, texts: Sequence[str]) -> list[str]:
+        """One line per other class that already holds some of `texts`."""
+        repeated: dict[str, list[str]] = {}
+        for text in texts:
+            owner = self._owners.get(normalised(text), class_id)
+            if owner != class_id:
+                repeated.setdefault(owner, []).append(repr(text))
+        return [
+            f"{', '.join(quoted)} repeat(s) class '{owner}'; write descriptions that fit this "
+            "class and no other"
+            for owner, quoted in repeated.items()
+        ]
+
+    def claim(self, class_id: str, texts: Sequence[str]) -> None:
+        """Record `texts` as `class_id`'s, or raise ValueError (sent back to the LLM)."""
+        with self._lock:
+            found = self.problems(class_id, texts)
+            if found:
+                raise ValueError("; ".join(found))
+            for text in texts:
+                self._owners[normalised(text)] = class_id
+
+
 @dataclass(frozen=True)
 class ClassJob:
     """One fine class: its request, the hash of its inputs, and the entry that still answers it."""
@@ -104,8 +144,32 @@ class BuildPlan:
 
     @property
     def to_send(self) -> list[ClassJob]:
-        """Selected classes whose committed entry is missing or stale (all of them on refresh)."""
-        return [j for j in self.jobs if j.selected and (self.refresh or not j.up_to_date)]
+        """Selected classes whose committed entry is missing, stale or repeats another class's
+        description (all of them on refresh)."""
+        return [
+            j
+            for j in self.jobs
+            if j.selected
+            and (self.refresh or not j.up_to_date or j.fine.label in self.repeated_across_classes)
+        ]
+
+    @cached_property
+    def repeated_across_classes(self) -> dict[int, list[str]]:
+        """Previous entries, by label, that repeat a description of a class with a lower label."""
+        entries = sorted(self.previous.classes if self.previous else [], key=lambda e: e.label)
+        rule = DistinctAcrossClasses()
+        found = {}
+        for entry in entries:
+            try:
+                rule.claim(entry.id, entry.descriptions)
+            except ValueError:
+                found[entry.label] = rule.problems(entry.id, entry.descriptions)
+        return found
+
+    def kept_entries(self) -> list[ClassDescriptions]:
+        """The previous entries this build keeps as they are."""
+        sending = {job.fine.label for job in self.to_send}
+        return [j.previous for j in self.jobs if j.previous and j.fine.label not in sending]
 
     def document(self, answers: dict[int, list[str]]) -> DescriptionsFile:
         """The output: new answers, else the previous entry; classes never built are left out."""
@@ -140,10 +204,9 @@ class BuildPlan:
                     "changed)"
                 )
             else:
-                reasons += [
-                    f"{job.name}: {p}"
-                    for p in self.settings.rules.problems(job.previous.descriptions)
-                ]
+                problems = self.settings.rules.problems(job.previous.descriptions)
+                problems += self.repeated_across_classes.get(job.fine.label, [])
+                reasons += [f"{job.name}: {p}" for p in problems]
         known = {job.fine.label for job in self.jobs}
         reasons += [
             f"class {entry.label} '{entry.id}': not in the taxonomy"
@@ -225,22 +288,29 @@ def _texts(answer: Any) -> list[str]:
     return [description.text for description in answer.descriptions]
 
 
-def _answer_contract(rules: DescriptionRules) -> tuple[type[BaseModel], Callable[[Any], None]]:
-    """The response model and the rule check every answer must pass."""
+def _answer_check(
+    rules: DescriptionRules, distinct: DistinctAcrossClasses, class_id: str
+) -> Callable[[Any], None]:
+    """The rules every answer for `class_id` must pass; a passing answer claims its sentences."""
 
     def check(answer: Any) -> None:
         rules.check(_texts(answer))
+        distinct.claim(class_id, _texts(answer))
 
-    return answer_model(rules), check
+    return check
 
 
 def cached_labels(plan: BuildPlan, client: LLMClient) -> set[int]:
     """Labels among `plan.to_send` that the LLM cache answers, found without sending anything."""
-    response_model, check = _answer_contract(plan.settings.rules)
+    rules = plan.settings.rules
+    distinct = DistinctAcrossClasses(plan.kept_entries())
     return {
         job.fine.label
         for job in plan.to_send
-        if client.cached(job.messages, response_model, check) is not None
+        if client.cached(
+            job.messages, answer_model(rules), _answer_check(rules, distinct, job.fine.id)
+        )
+        is not None
     }
 
 
@@ -256,7 +326,8 @@ def run_build(
     invalid answer fails its class only: the others still finish and land in the LLM cache, so a
     rerun asks only for the failed ones. Any failure raises, and nothing is returned to be written.
     """
-    response_model, check = _answer_contract(plan.settings.rules)
+    rules = plan.settings.rules
+    distinct = DistinctAcrossClasses(plan.kept_entries())
     answers: dict[int, list[str]] = {}
     failed: list[tuple[ClassJob, UserError]] = []
     fatal: list[UserError] = []
@@ -266,7 +337,9 @@ def run_build(
         if stop.is_set():
             return
         try:
-            answer = client.ask(job.messages, response_model, check)
+            answer = client.ask(
+                job.messages, answer_model(rules), _answer_check(rules, distinct, job.fine.id)
+            )
         except LLMError as err:
             on_outcome(job, "failed")
             error = UserError(f"{job.name}: {err}", err.exit_code)
@@ -315,7 +388,7 @@ def revise_flagged(
     The model sees its own descriptions and the review's finding; the request is cached like
     any other, and the entry remembers the revision, so a rerun asks nothing again.
     """
-    response_model, check = _answer_contract(plan.settings.rules)
+    rules = plan.settings.rules
     entries = document.by_label()
     by_id = {entry.id: entry for entry in document.classes}
     jobs = {job.fine.label: job for job in plan.jobs}
@@ -335,8 +408,11 @@ def revise_flagged(
             {"role": "assistant", "content": json.dumps(previous)},
             {"role": "user", "content": feedback},
         ]
+        others = DistinctAcrossClasses(e for k, e in entries.items() if k != review.label)
         try:
-            answer = client.ask(messages, response_model, check)
+            answer = client.ask(
+                messages, answer_model(rules), _answer_check(rules, others, entry.id)
+            )
         except LLMError as err:
             raise UserError(f"{jobs[review.label].name}: revision: {err}", err.exit_code) from err
         entries[review.label] = entry.model_copy(

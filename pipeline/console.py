@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,6 +13,28 @@ from rich.console import Console
 from pipeline.errors import UserError
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def package_version() -> str:
+    """The installed intclip's version, as both CLIs report it."""
+    try:
+        return version("intclip")
+    except PackageNotFoundError:
+        return "unknown (not installed; run from a checkout)"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"intclip {package_version()}")
+        raise typer.Exit()
+
+
+VersionOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
+    ),
+]
 
 
 def fail(message: str) -> None:

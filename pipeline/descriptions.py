@@ -30,7 +30,6 @@ from pipeline.files import atomic_write_text, stable_json
 SCHEMA_VERSION = 1
 CLIP_CONTEXT_LENGTH = 77
 MAX_WORD_CHARS = 30  # a longer "word" is a model running on, not English
-MAX_WORD_CHARS = 30  # a longer "word" is a model running on, not English
 
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
@@ -67,7 +66,7 @@ class DescriptionRules(BaseModel):
         seen: set[str] = set()
         for number, text in enumerate(texts, start=1):
             found += [f"description {number}: {p}" for p in self._text_problems(text)]
-            key = " ".join(text.lower().split())
+            key = normalised(text)
             if key in seen:
                 found.append(f"description {number} repeats an earlier one: {text!r}")
             seen.add(key)
@@ -104,6 +103,12 @@ class DescriptionRules(BaseModel):
                 f"{self.context_length}: {text!r}"
             )
         return found
+
+
+def normalised(text: str) -> str:
+    """`text` without case, punctuation or spacing differences: two descriptions that are equal
+    after this say the same thing to CLIP's text tower, near enough."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
 
 
 @cache

@@ -31,7 +31,11 @@ stdout = Console(highlight=False, soft_wrap=True)
 
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (auto: CUDA if any).")]
 CacheDirOption = Annotated[
-    Path | None, typer.Option(help="Cache root (default: $INTCLIP_CACHE_DIR, else cache/).")
+    Path | None,
+    typer.Option(
+        help="Cache root (default: $INTCLIP_CACHE_DIR, else cache/ of the intclip checkout "
+        "you are in, else ./cache)."
+    ),
 ]
 
 

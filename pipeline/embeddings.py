@@ -25,7 +25,13 @@ import torch
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.clip import ClipIdentity, LoadedClip, describe_clip_source
+from pipeline.clip import (
+    Activation,
+    ClipIdentity,
+    LoadedClip,
+    describe_clip_source,
+    legacy_activation,
+)
 from pipeline.descriptions import DescriptionsFile, read_descriptions
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, sha256_file, sha256_json
@@ -50,6 +56,7 @@ class EmbeddingMetadata(BaseModel):
     pretrained: str  # tag, file-sha256:<hex>, or random-init
     pretrained_source: str  # the tag, or the checkpoint file's path
     weights_sha256: str
+    activation: Activation | None = None  # None in files written before it was recorded
     aggregate: Aggregate
     open_clip_version: str
     labels: list[int]
@@ -57,7 +64,10 @@ class EmbeddingMetadata(BaseModel):
 
     def to_header(self) -> dict[str, str]:
         """safetensors metadata holds strings only: lists go in as JSON."""
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.model_dump().items()}
+        return {
+            k: v if isinstance(v, str) else json.dumps(v)
+            for k, v in self.model_dump(exclude_none=True).items()
+        }
 
     @classmethod
     def from_header(cls, header: dict[str, str]) -> EmbeddingMetadata:
@@ -70,7 +80,10 @@ class EmbeddingMetadata(BaseModel):
     @property
     def clip(self) -> ClipIdentity:
         return ClipIdentity(
-            model=self.model, pretrained=self.pretrained, weights_sha256=self.weights_sha256
+            model=self.model,
+            pretrained=self.pretrained,
+            weights_sha256=self.weights_sha256,
+            activation=self.activation,
         )
 
 
@@ -104,18 +117,22 @@ def keyed_cache_file(
     descriptions_sha256: str,
     model_identity: str,
     pretrained_identity: str,
+    activation: Activation,
     aggregate: Aggregate,
 ) -> Path:
-    """`<cache root>/embeddings/<key>.safetensors`, the key a hash of every input."""
-    key = sha256_json(
-        {
-            "descriptions_sha256": descriptions_sha256,
-            "model": model_identity,
-            "pretrained": pretrained_identity,
-            "aggregate": aggregate,
-            "open_clip": open_clip.__version__,
-        }
-    )
+    """`<cache root>/embeddings/<key>.safetensors`, the key a hash of every input. The activation
+    enters the key only where it differs from what intclip built before recording it, so caches
+    that were right keep their keys and the ones made with the wrong activation are not found."""
+    inputs = {
+        "descriptions_sha256": descriptions_sha256,
+        "model": model_identity,
+        "pretrained": pretrained_identity,
+        "aggregate": aggregate,
+        "open_clip": open_clip.__version__,
+    }
+    if activation != legacy_activation(model_identity, pretrained_identity):
+        inputs["activation"] = activation
+    key = sha256_json(inputs)
     return Path(cache_root) / "embeddings" / f"{key}.safetensors"
 
 
@@ -130,9 +147,14 @@ def embedding_cache_file(
     descriptions = Path(descriptions)
     if not descriptions.is_file():
         raise UserError(f"{descriptions}: descriptions file not found")
-    model_identity, pretrained_identity = describe_clip_source(model, pretrained)
+    model_identity, pretrained_identity, activation = describe_clip_source(model, pretrained)
     return keyed_cache_file(
-        cache_root, sha256_file(descriptions), model_identity, pretrained_identity, aggregate
+        cache_root,
+        sha256_file(descriptions),
+        model_identity,
+        pretrained_identity,
+        activation,
+        aggregate,
     )
 
 
@@ -239,12 +261,15 @@ def embed_descriptions(
         pretrained=clip.identity.pretrained,
         pretrained_source=pretrained_source,
         weights_sha256=clip.identity.weights_sha256,
+        activation=clip.identity.activation,
         aggregate=aggregate,
         open_clip_version=open_clip.__version__,
         labels=[entry.label for entry in document.classes],
         ids=[entry.id for entry in document.classes],
     )
-    path = keyed_cache_file(cache_root, digest, metadata.model, metadata.pretrained, aggregate)
+    path = keyed_cache_file(
+        cache_root, digest, metadata.model, metadata.pretrained, clip.identity.activation, aggregate
+    )
     write_embeddings(path, class_embeddings, description_embeddings, metadata)
     return ClassEmbeddings(path, class_embeddings, description_embeddings, metadata)
 
@@ -271,7 +296,7 @@ def load_class_embeddings(
         raise UserError(f"{path}: missing the {' and '.join(missing)} tensor")
     loaded = ClassEmbeddings(path, tensors[CLASS_TENSOR], tensors[DESCRIPTION_TENSOR], metadata)
     _check_intact(loaded)
-    _check_rows(loaded, expected_labels, expected_ids)
+    check_class_rows(loaded.path, loaded.labels, loaded.ids, expected_labels, expected_ids)
     if clip is not None:
         loaded.require_clip(clip)
     return loaded
@@ -317,22 +342,22 @@ def _check_intact(loaded: ClassEmbeddings) -> None:
         raise UserError(f"{path}: row {row} of {CLASS_TENSOR} has norm {norms[row]:.6f}, not 1")
 
 
-def _check_rows(
-    loaded: ClassEmbeddings,
+def check_class_rows(
+    source: Path | str,
+    labels: Sequence[int],
+    ids: Sequence[str],
     expected_labels: Sequence[int] | None,
     expected_ids: Sequence[str] | None,
 ) -> None:
-    """The rows must be the dataset's classes in the dataset's order."""
-    for what, have, want in (
-        ("labels", loaded.labels, expected_labels),
-        ("ids", loaded.ids, expected_ids),
-    ):
+    """The rows of `source` (a cache or descriptions file) must be the dataset's classes in the
+    dataset's order."""
+    for what, have, want in (("labels", labels, expected_labels), ("ids", ids, expected_ids)):
         if want is None or list(want) == list(have):
             continue
         if len(want) != len(have):
-            raise UserError(f"{loaded.path}: {len(have)} classes, the dataset has {len(want)}")
+            raise UserError(f"{source}: {len(have)} classes, the dataset has {len(want)}")
         row = next(i for i, (a, b) in enumerate(zip(have, want, strict=True)) if a != b)
         raise UserError(
-            f"{loaded.path}: {what} differ at row {row}: the cache has {have[row]!r}, "
+            f"{source}: {what} differ at row {row}: the file has {have[row]!r}, "
             f"the dataset has {want[row]!r}"
         )

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +57,24 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 
 def cache_root(override: Path | None = None) -> Path:
-    """`--cache-dir`, else `$INTCLIP_CACHE_DIR`, else `cache/` in the project."""
+    """`--cache-dir`, else `$INTCLIP_CACHE_DIR`, else `cache/` of the intclip checkout the
+    working directory is in, else `./cache`; never the installed package's directory, which
+    may be read-only or shared by every user."""
     if override is not None:
         return Path(override)
     env = os.environ.get(CACHE_DIR_ENV)
     if env:
         return Path(env)
-    # An editable install keeps its cache in the checkout; an installed package uses the cwd.
-    if (PROJECT_ROOT / "pyproject.toml").is_file():
-        return PROJECT_ROOT / "cache"
-    return Path.cwd() / "cache"
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if _is_intclip_checkout(folder):
+            return folder / "cache"
+    return here / "cache"
+
+
+def _is_intclip_checkout(folder: Path) -> bool:
+    try:
+        project = tomllib.loads((folder / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return False
+    return project.get("project", {}).get("name") == "intclip"

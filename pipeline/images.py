@@ -20,13 +20,14 @@ BICUBIC = T.InterpolationMode.BICUBIC
 ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
-def list_images(paths: Sequence[Path]) -> list[Path]:
+def list_images(paths: Sequence[Path], recursive: bool = False) -> list[Path]:
     """Image files named directly, in argument order, and the images in named directories,
-    sorted by name within each."""
+    sorted by name within each; `recursive` also walks their subdirectories (not symlinked
+    ones, which could loop), each after its parent's own images."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found += _images_in(path)
+            found += _images_in(path, recursive)
         elif path.is_file():
             found.append(path)
         else:
@@ -37,11 +38,17 @@ def list_images(paths: Sequence[Path]) -> list[Path]:
     return found
 
 
-def _images_in(folder: Path) -> list[Path]:
+def _images_in(folder: Path, recursive: bool) -> list[Path]:
     try:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        entries = sorted(folder.iterdir())
     except OSError as err:
         raise UserError(f"{folder}: cannot list this directory ({err.strerror})") from err
+    found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
+    if recursive:
+        for sub in entries:
+            if sub.is_dir() and not sub.is_symlink():
+                found += _images_in(sub, recursive)
+    return found
 
 
 def open_image(path: Path) -> Image.Image:

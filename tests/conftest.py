@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fake_openai import FakeOpenAI
 
 import intclip.cli
 import pipeline.cli
-from pipeline.descriptions import ClassDescriptions, DescriptionsFile, GeneratorInfo, TaxonomyRef
+import pipeline.review_cli
+from pipeline.descriptions import (
+    ClassDescriptions,
+    DescriptionsFile,
+    GeneratorInfo,
+    TaxonomyRef,
+    normalised,
+)
 
 TOY_TAXONOMY = (Path(__file__).parent / "fixtures" / "taxonomies" / "toy.yaml").read_text()
 """Two coarse nodes, three fine classes (cats, dogs | beach): every line number is known."""
@@ -48,6 +57,21 @@ def invoke(
         main([str(arg) for arg in args])
     captured = capsys.readouterr()
     return stopped.value.code, captured.out, captured.err
+
+
+def word_embedder(texts: list[str]) -> np.ndarray:
+    """A bag of hashed words, unit rows: what `build` reviews with in tests, so that not every
+    build test loads sentence-transformers."""
+    rows = np.full((len(texts), 65), 0.1)
+    for row, text in enumerate(texts):
+        for word in normalised(text).split():
+            rows[row, int(hashlib.sha256(word.encode()).hexdigest(), 16) % 64] += 1.0
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture(autouse=True)
+def light_review(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline.review_cli, "minilm_embedder", lambda: word_embedder)
 
 
 @pytest.fixture

@@ -269,3 +269,46 @@ def test_sigkill_mid_build_resumes_without_asking_again(project, tmp_path):
         asked = [body["messages"][-1]["content"] for body in server.bodies[2:]]
     assert len(asked) == 2
     assert all("Intent class: Cats" not in content for content in asked)
+
+
+def five(prefix: str) -> list[str]:
+    return [f"{prefix} number {n} shows people smiling together." for n in range(1, 6)]
+
+
+def test_a_class_repeating_another_class_is_asked_again(project, fake_openai, build):
+    fake_openai.enqueue(
+        Content(descriptions_json(five("Photo"))),
+        Content(descriptions_json([t.title().replace(" Shows", ", Shows") for t in five("Photo")])),
+    )
+    code, _, err = build(project, "--concurrency", "1")
+    assert code == 0, err
+    assert fake_openai.request_count == 4  # cats, dogs twice (a repeat of cats), beach
+    resent = fake_openai.bodies[2]["messages"][-1]["content"]
+    assert "repeat(s) class 'cats'" in resent
+    data = json.loads(output_of(project).read_text())
+    assert data["classes"][0]["descriptions"] == five("Photo")
+    assert data["classes"][1]["descriptions"] != data["classes"][0]["descriptions"]
+
+
+def test_repeats_across_classes_fail_after_bounded_attempts(project, fake_openai, build):
+    fake_openai.enqueue(*[Content(descriptions_json(five("Photo")))] * 4)
+    code, _, err = build(project, "--only", "cats", "dogs", "--concurrency", "1")
+    assert code == 3
+    assert "class 1 'dogs'" in err and "repeat(s) class 'cats'" in err
+    assert not output_of(project).exists()
+
+
+def test_check_and_build_catch_repeats_across_classes_in_the_file(
+    project, fake_openai, build, prompts_cli
+):
+    build(project)
+    data = json.loads(output_of(project).read_text())
+    data["classes"][2]["descriptions"][4] = data["classes"][0]["descriptions"][1].lower()
+    output_of(project).write_text(json.dumps(data))
+    code, _, err = prompts_cli("build", "--taxonomy", str(project), "--check")
+    assert code == 1 and "class 2 'beach': 'photo" in err and "repeat(s) class 'cats'" in err
+    code, _, err = build(project)
+    assert code == 0, err
+    assert fake_openai.request_count == 3 and "1 from the LLM cache" in err
+    code, _, _ = prompts_cli("build", "--taxonomy", str(project), "--check")
+    assert code == 0

@@ -7,11 +7,19 @@ from pathlib import Path
 
 import open_clip
 import pytest
+import safetensors.torch
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
+from tiny_clip import TINY_CLIP_CONFIGS, save_openai_clip, save_random_clip
 
-from pipeline.clip import RANDOM_INIT, load_clip, state_dict_sha256, tensor_sha256
+from pipeline.clip import (
+    RANDOM_INIT,
+    ClipIdentity,
+    describe_clip_source,
+    load_clip,
+    state_dict_sha256,
+    tensor_sha256,
+)
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, sha256_json
 
@@ -143,7 +151,7 @@ def test_unreachable_hub_explains_how_to_pass_a_local_file(
     assert "cannot download the RN50 'openai' weights (" in message
     assert "Name or service not known" in message
     assert "timm/resnet50_clip.openai" in message
-    assert "--pretrained PATH" in message
+    assert "--clip RN50-quickgelu --pretrained PATH" in message
     assert "\n" not in message
 
 
@@ -237,3 +245,67 @@ def test_loads_onto_cuda_with_the_same_identity(tiny_clip_files: dict) -> None:
     on_gpu = load_clip(str(RESNET_CONFIG), tiny_clip_files["resnet"], device="cuda")
     assert next(on_gpu.module.parameters()).is_cuda
     assert on_gpu.identity == on_cpu.identity
+
+
+@pytest.mark.parametrize("torchscript", [True, False], ids=["torchscript", "state-dict"])
+def test_openai_format_weights_build_a_quickgelu_model(tmp_path: Path, torchscript: bool) -> None:
+    weights = tmp_path / "ViT-tiny.pt"
+    reference = save_openai_clip(VIT_CONFIG, weights, seed=5, torchscript=torchscript)
+
+    clip = load_clip(str(VIT_CONFIG), weights)
+
+    assert clip.identity.activation == "quick_gelu"
+    assert describe_clip_source(str(VIT_CONFIG), weights)[2] == "quick_gelu"
+    tokens = clip.tokenizer(["friends laughing at a party"])
+    images = torch.rand(2, 3, *clip.image_size)
+    as_gelu = load_clip(str(VIT_CONFIG), None)
+    as_gelu.module.load_state_dict(clip.module.state_dict())
+    assert as_gelu.identity.activation == "gelu"
+    with torch.no_grad():
+        expected = reference.encode_text(tokens)
+        torch.testing.assert_close(clip.module.encode_text(tokens), expected)
+        torch.testing.assert_close(clip.module.encode_image(images), reference.encode_image(images))
+        assert not torch.allclose(as_gelu.module.encode_text(tokens), expected, atol=1e-3)
+
+
+def test_openai_weights_with_a_config_that_refuses_quickgelu_name_the_fix(tmp_path: Path) -> None:
+    weights = tmp_path / "openai.pt"
+    save_openai_clip(VIT_CONFIG, weights, seed=5, torchscript=False)
+    config = tmp_path / "gelu.json"
+    config.write_text(json.dumps({**json.loads(VIT_CONFIG.read_text()), "quick_gelu": False}))
+
+    with pytest.raises(UserError) as raised:
+        load_clip(str(config), weights)
+
+    message = str(raised.value)
+    assert "OpenAI-format CLIP weights, trained with QuickGELU" in message
+    assert f"{config} sets quick_gelu false: remove that key" in message
+    assert "\n" not in message
+
+
+def test_a_plain_model_name_takes_the_activation_its_known_weights_were_trained_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weights = tmp_path / "weights.safetensors"
+    safetensors.torch.save_file({"visual.proj": torch.zeros(2, 2)}, weights)
+
+    assert describe_clip_source("RN101", weights)[2] == "quick_gelu"  # openai and yfcc15m
+    assert describe_clip_source("RN101-quickgelu", weights)[2] == "quick_gelu"
+    assert not caplog.records
+    assert describe_clip_source("ViT-B-32", weights)[2] == "gelu"  # tags differ: as named
+    assert "For weights of openai, laion400m_e31" in caplog.text
+    assert "pass --clip ViT-B-32-quickgelu" in caplog.text
+
+
+def test_identities_recorded_before_the_activation_get_the_one_then_built() -> None:
+    def legacy(model: str, pretrained: str) -> ClipIdentity:
+        return ClipIdentity.model_validate(
+            {"model": model, "pretrained": pretrained, "weights_sha256": "0" * 64}
+        )
+
+    assert legacy("RN101", "openai").activation == "quick_gelu"
+    assert legacy("RN101-quickgelu", "file-sha256:ab").activation == "quick_gelu"
+    assert legacy("RN101", "file-sha256:ab").activation == "gelu"
+    assert legacy("config-sha256:ab", RANDOM_INIT).activation == "gelu"
+    now = legacy("RN101", "file-sha256:ab").model_copy(update={"activation": "quick_gelu"})
+    assert legacy("RN101", "file-sha256:ab").differences(now) == ["activation gelu vs quick_gelu"]

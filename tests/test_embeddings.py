@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import open_clip
 import pytest
 import safetensors
 import safetensors.torch
@@ -13,8 +14,14 @@ from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
 from pipeline.clip import LoadedClip, load_clip
 from pipeline.descriptions import write_descriptions
-from pipeline.embeddings import compute_embeddings, embed_descriptions, load_class_embeddings
+from pipeline.embeddings import (
+    compute_embeddings,
+    embed_descriptions,
+    keyed_cache_file,
+    load_class_embeddings,
+)
 from pipeline.errors import UserError
+from pipeline.files import sha256_json
 
 VIT = str(TINY_CLIP_CONFIGS["vit"])
 TEXTS = {
@@ -98,9 +105,9 @@ def test_loader_accepts_the_matching_dataset_and_clip(cache_path, vit_clip):
 
 
 def test_loader_refuses_rows_in_another_order(cache_path):
-    with pytest.raises(UserError, match=r"labels differ at row 0: the cache has 0, the dataset"):
+    with pytest.raises(UserError, match=r"labels differ at row 0: the file has 0, the dataset"):
         load_class_embeddings(cache_path, expected_labels=[1, 0, 2])
-    with pytest.raises(UserError, match=r"ids differ at row 1: the cache has 'dogs'"):
+    with pytest.raises(UserError, match=r"ids differ at row 1: the file has 'dogs'"):
         load_class_embeddings(cache_path, expected_ids=["cats", "wolves", "birds"])
     with pytest.raises(UserError, match="3 classes, the dataset has 4"):
         load_class_embeddings(cache_path, expected_labels=[0, 1, 2, 3])
@@ -153,3 +160,23 @@ def test_loader_refuses_an_edited_header(cache_path, tmp_path):
     rewrite(cache_path, edited, header={k: v for k, v in header.items() if k != "ids"})
     with pytest.raises(UserError, match="not an intclip embedding cache \\(header ids: Field"):
         load_class_embeddings(edited)
+
+
+def test_the_activation_changes_the_key_only_where_the_old_loader_got_it_wrong(tmp_path):
+    def key(model: str, pretrained: str, activation: str) -> str:
+        return keyed_cache_file(tmp_path, "d" * 64, model, pretrained, activation, "mean").stem
+
+    def legacy_key(model: str, pretrained: str) -> str:
+        return sha256_json(
+            {
+                "descriptions_sha256": "d" * 64,
+                "model": model,
+                "pretrained": pretrained,
+                "aggregate": "mean",
+                "open_clip": open_clip.__version__,
+            }
+        )
+
+    assert key("RN101", "openai", "quick_gelu") == legacy_key("RN101", "openai")
+    assert key("ViT-B-32", "file-sha256:ab", "gelu") == legacy_key("ViT-B-32", "file-sha256:ab")
+    assert key("RN101", "file-sha256:ab", "quick_gelu") != legacy_key("RN101", "file-sha256:ab")

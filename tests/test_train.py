@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,14 +18,18 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import descriptions_document
 from fake_openai import FakeOpenAI
 from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
+from intclip.checkpoint import read_checkpoint_header
 from intclip.config import load_config
 from intclip.loss import AsymmetricLoss
 from intclip.synthetic import make_synthetic_intentonomy
 from intclip.train import NonFiniteLoss
 from intclip.train import train as train_run
+from pipeline.descriptions import write_descriptions
+from pipeline.files import sha256_file
 
 TAXONOMY = """\
 name: squares
@@ -292,3 +297,113 @@ def test_tensorboard_logs_every_metric(workspace):
 def test_run_refuses_bad_invocations(train_cli, args, expected):
     code, _, err = train_cli("run", *args)
     assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def prompt_settings(workspace) -> list[str]:
+    """`--set` arguments for a short `model.text: prompts` run on the workspace's data."""
+    descriptions = workspace["root"] / "squares.descriptions.json"
+    pairs = {
+        "model.text": "prompts",
+        "model.prompts.n_ctx": 4,
+        "clip.embeddings": "null",
+        "clip.descriptions": descriptions,
+        "optim.epochs": 2,
+    }
+    return [arg for key, value in pairs.items() for arg in ("--set", f"{key}={value}")]
+
+
+@pytest.mark.slow
+def test_prompts_run_resumes_evaluates_predicts_and_refuses_cached(workspace, tmp_path):
+    settings = prompt_settings(workspace)
+    straight = train(workspace, "prompts", *settings)
+    half = train(workspace, "prompts-halves", *settings, "--stop-after", 1)
+    cli("intclip-train", "run", "--resume", half, env=workspace["env"])
+    straight_tensors, half_tensors = trained_tensors(straight), trained_tensors(half)
+    assert {"prompts.positive", "prompts.negative"} <= straight_tensors.keys()
+    for name in straight_tensors:
+        assert torch.equal(straight_tensors[name], half_tensors[name]), name
+    header = read_checkpoint_header(straight / "best.safetensors")
+    descriptions = workspace["root"] / "squares.descriptions.json"
+    assert header.descriptions_sha256 == sha256_file(descriptions)
+
+    report = json.loads(
+        cli("intclip-train", "eval", "--run", straight, "--json", env=workspace["env"]).stdout
+    )
+    assert report["class_ids"] == ["red_square", "green_square", "cyan_square", "violet_square"]
+    image = workspace["root"] / "data" / "images" / "low" / "test00000.png"
+    predicted = cli("intclip-train", "predict", "--run", straight, image, "--format", "json",
+                    env=workspace["env"])  # fmt: skip
+    assert len(json.loads(predicted.stdout)[0]["intents"]) == 4 + 2
+    baseline = cli("intclip-train", "zeroshot", "--config", workspace["config"], *settings,
+                   "--json", env=workspace["env"])  # fmt: skip
+    assert json.loads(baseline.stdout)["class_ids"] == report["class_ids"]
+
+    config = yaml.safe_load((straight / "config.yaml").read_text())
+    config["model"]["text"] = "cached"
+    config["clip"]["descriptions"] = None
+    config["clip"]["embeddings"] = load_config(workspace["config"]).clip.embeddings.as_posix()
+    (straight / "config.yaml").write_text(yaml.safe_dump(config))
+    refused = subprocess.run(
+        [str(BIN / "intclip-train"), "eval", "--run", str(straight)],
+        capture_output=True, text=True, env=workspace["env"], check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "was trained with model.text: prompts; it cannot load as model.text: cached" in (
+        refused.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.text=prompts"], "model.text: prompts reads the class texts from clip"),
+        (
+            ["model.text=prompts", "clip.embeddings=null", "clip.descriptions=d.json",
+             "clip.aggregate=mean+name"],
+            "clip.aggregate applies to cached embeddings",
+        ),
+    ],
+)  # fmt: skip
+def test_prompts_config_needs_the_descriptions_file(train_cli, workspace, overrides, expected):
+    code, _, err = train_cli(
+        "run", "--config", workspace["config"], *(a for o in overrides for a in ("--set", o))
+    )
+    assert code == 2 and expected in err and err.count("\n") == 1
+
+
+def test_prompts_too_long_for_the_context_stop_the_run_naming_the_class(
+    train_cli, workspace, tmp_path
+):
+    texts = {name: ["A square."] for name in ("red_square", "green_square", "cyan_square")}
+    texts["violet_square"] = [" ".join(["violet"] * 70)]  # fits alone, not after 16 contexts
+    descriptions = tmp_path / "long.descriptions.json"
+    write_descriptions(descriptions, descriptions_document(texts))
+    overrides = {
+        "model.text": "prompts",
+        "clip.embeddings": "null",
+        "clip.descriptions": descriptions,
+        "output_dir": tmp_path / "runs",
+    }
+    args = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
+    code, _, err = train_cli("run", "--config", workspace["config"], *args)
+    assert code == 2 and err.count("\n") == 1
+    assert "class 3 'violet_square': 88 tokens with 16 learned context tokens" in err
+    assert not list((tmp_path / "runs").glob("*/last.pt"))
+
+
+def test_predict_walks_subdirectories_and_skips_unreadable_files(straight_run, workspace, tmp_path):
+    low = workspace["root"] / "data" / "images" / "low"
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    shutil.copy(low / "test00000.png", photos / "a.png")
+    shutil.copy(low / "test00001.png", photos / "nested" / "b.png")
+    (photos / "nested" / "broken.png").write_text("not an image")
+    result = cli("intclip-train", "predict", "--run", straight_run, photos, "--format", "json",
+                 env=workspace["env"])  # fmt: skip
+    images = [p["image"] for p in json.loads(result.stdout)]
+    assert images == [str(photos / "a.png"), str(photos / "nested" / "b.png")]
+    assert f"skipped: {photos / 'nested' / 'broken.png'}: cannot read this image" in result.stderr
+    assert "warning: skipped 1 unreadable image(s)" in result.stderr
+    flat = cli("intclip-train", "predict", "--run", straight_run, photos, "--no-recursive",
+               "--format", "json", env=workspace["env"])  # fmt: skip
+    assert [p["image"] for p in json.loads(flat.stdout)] == [str(photos / "a.png")]

@@ -7,8 +7,11 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
+import open_clip
 import safetensors.torch
 import torch
 
@@ -36,3 +39,29 @@ def random_class_embeddings(num_classes: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     embeddings = torch.randn(num_classes, TINY_EMBED_DIM, generator=generator)
     return torch.nn.functional.normalize(embeddings, dim=-1)
+
+
+def save_openai_clip(config: Path, path: Path, seed: int, torchscript: bool) -> torch.nn.Module:
+    """A random QuickGELU CLIP saved the way OpenAI ships theirs: a TorchScript archive (or its
+    state dict) with the `input_resolution`, `context_length` and `vocab_size` constants among
+    the weights and most tensors in float16. Returns the float32 model it was made from."""
+    settings = json.loads(config.read_text())
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = open_clip.CLIP(**settings, quick_gelu=True).eval()
+    open_clip.model.convert_weights_to_fp16(model)
+    reference = copy.deepcopy(model).float()
+    del model.attn_mask  # open_clip's own buffer, absent from OpenAI's archives
+    size = settings["vision_cfg"]["image_size"]
+    constants = {"input_resolution": size, "context_length": 77, "vocab_size": 49408}
+    for name, value in constants.items():
+        if hasattr(model, name):
+            delattr(model, name)
+        model.register_buffer(name, torch.tensor(value))
+    if torchscript:
+        image = torch.zeros(1, 3, size, size, dtype=torch.float16)
+        traced = torch.jit.trace_module(model, {"encode_image": (image,)}, check_trace=False)
+        torch.jit.save(traced, str(path))
+    else:
+        torch.save(model.state_dict(), path)
+    return reference
