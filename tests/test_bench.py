@@ -29,12 +29,12 @@ def test_one_tiny_measure_prints_both_sides_and_writes_the_report(tmp_path, caps
     assert "'images': 50" in text
 
 
-def test_list_names_every_measure_of_the_issue(capsys):
+def test_list_names_every_measure_of_the_issues(capsys):
     code, out, _ = run_bench(capsys, "--list")
     names = [line.split(":")[0] for line in out.splitlines()]
     assert code == 0 and names == [
         "image_pipeline", "loader_vs_step", "cli_start", "build_concurrency",
-        "annotation_index", "text_embedding", "train_step",
+        "annotation_index", "text_embedding", "train_step", "prompts_step",
     ]  # fmt: skip
 
 
@@ -52,3 +52,11 @@ def test_bad_selection_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     code, _, err = run_bench(capsys, *args, "--out", report)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
     assert not report.exists()
+
+
+def test_prompts_step_compares_both_text_modes_on_the_same_model(capsys, tmp_path):
+    code, out, _ = run_bench(
+        capsys, "--only", "prompts_step", "--quick", "--out", str(tmp_path / "b.md")
+    )
+    assert code == 0 and "168 prompts of 16 contexts" in out
+    assert "prompts " in out and "cached " in out and "ratio" in out
