@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint format demo
+.PHONY: setup test test-fast lint format demo bench
 
 # torch and torchvision are pinned first: those builds lie on this machine's disk, any
 # other version downloads gigabytes. PyPI's Linux torch brings CUDA wheels (about 3 GB); on a
@@ -35,3 +35,7 @@ format:
 # All three stages on generated data with a random tiny CLIP and a template LLM: a smoke run.
 demo:
 	$(BIN)/python -m intclip.demo demo-run
+
+# Speed measures, both sides in one run; writes BENCHMARKS.md (about 10 minutes on 2 cores).
+bench:
+	$(BIN)/python -m bench
