@@ -9,22 +9,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from intclip.config import load_config
-from intclip.data import SPLITS, load_split
-from intclip.data_check import check_index, summarize
 from intclip.download_settings import DownloadSettings, download_settings
-from intclip.metrics import ProtocolResult, evaluate_protocol
-from intclip.report import EvaluationReport, report_table
-from intclip.score_inputs import read_score_split
 from pipeline.console import VersionOption, run_app, stderr
 from pipeline.errors import UserError
 from pipeline.files import stable_json
+
+if TYPE_CHECKING:
+    from intclip.metrics import ProtocolResult
+    from intclip.report import EvaluationReport
+
+# torch, numpy and scikit-learn are imported inside the commands that use them, so that
+# `--help` starts at once.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 
@@ -80,6 +81,9 @@ def score(
     The threshold (0.05 to 0.95, step 0.05) that maximises val macro F1 is applied to test.
     Scores must be probabilities in [0, 1], or logits with --sigmoid. Values are in percent.
     """
+    from intclip.metrics import evaluate_protocol
+    from intclip.score_inputs import read_score_split
+
     val_probabilities, val_truth = read_score_split(val_scores, val_labels, sigmoid)
     test_probabilities, test_truth = read_score_split(test_scores, test_labels, sigmoid)
     val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
@@ -128,6 +132,10 @@ def check_data(
 ) -> None:
     """Preflight the data: missing, unreadable, corrupt or truncated images, paths outside the
     image root, labels out of range, duplicates and images with no label (exit 2 if any)."""
+    from intclip.config import load_config
+    from intclip.data import SPLITS, load_split
+    from intclip.data_check import check_index, summarize
+
     settings = load_config(config, overrides)
     total = 0
     for split in SPLITS:
@@ -232,6 +240,7 @@ def run(
 
     Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
     """
+    from intclip.config import load_config
     from intclip.train import resumable_config, train
 
     if (config is None) == (resume is None):
@@ -280,6 +289,7 @@ def zeroshot(
     as_json: JsonOption = False,
 ) -> None:
     """Evaluate plain CLIP with the cached class embeddings, nothing trained: the baseline."""
+    from intclip.config import load_config
     from intclip.run_eval import evaluate_zero_shot
 
     _show_report(evaluate_zero_shot(load_config(config, overrides), split, device), as_json)
@@ -316,6 +326,8 @@ def predict(
 
 def _show_report(report: EvaluationReport | None, as_json: bool) -> None:
     """Rank 0 prints; other torchrun ranks get no report and print nothing."""
+    from intclip.report import report_table
+
     if report is None:
         return
     if as_json:

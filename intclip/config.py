@@ -70,7 +70,13 @@ class DataConfig(_Section):
     label_mode: Literal["binary", "soft"] = "binary"
     taxonomy: Path | None = None
     """Taxonomy whose labels must match the dataset's classes (and the embeddings' ids)."""
-    num_workers: int = Field(default=4, ge=0)
+    num_workers: int | None = Field(default=None, ge=0)
+    """Loader worker processes; default: the machine's cores."""
+    prefetch_factor: PositiveInt = 4
+    """Batches each worker prepares ahead."""
+    pipeline: Literal["fast", "torchvision"] = "fast"
+    """`fast`: JPEGs decoded at reduced scale, uint8 to the device, normalised there;
+    `torchvision`: the plain transforms, full decode and float tensors in the workers."""
     eval_resize: Literal["crop", "squash"] = "crop"
     """Evaluation images: shorter side resized then centre-cropped, as CLIP was pre-trained
     (`crop`), or squashed to a square whatever their aspect ratio (`squash`, the official code)."""
@@ -150,6 +156,12 @@ class OptimConfig(_Section):
     eval_batch_size: PositiveInt = 128
     grad_clip: NonNegativeFloat | None = 1.0
     """Max gradient norm; None turns clipping off."""
+    compile: bool = False
+    """Compile the model with torch.compile (slow first steps, faster after)."""
+    channels_last: bool = True
+    """Channels-last memory format for ResNet towers (faster convolutions on GPUs)."""
+    check_finite_every: PositiveInt = 50
+    """Steps between checks that the loss is finite: each check waits for the device."""
 
     @model_validator(mode="after")
     def _whole_warmup_epochs_per_epoch(self) -> OptimConfig:

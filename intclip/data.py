@@ -237,7 +237,10 @@ def load_split(data: DataConfig, split: Split) -> LabelIndex | None:
 
 
 class ImageDataset(Dataset):
-    """Images of a `LabelIndex` through a transform; yields (image tensor, target, row)."""
+    """Images of a `LabelIndex` through a transform; yields (image tensor, target, row).
+
+    The transform gets the opened file before decoding, so that it can decode at a reduced
+    JPEG scale (see `intclip.image_pipeline`)."""
 
     def __init__(self, index: LabelIndex, transform: Callable[[Image.Image], torch.Tensor]):
         self.index = index
@@ -249,5 +252,5 @@ class ImageDataset(Dataset):
     def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         path = self.index.image_root / self.index.paths[row]
         with Image.open(path) as image:
-            tensor = self.transform(image.convert("RGB"))
+            tensor = self.transform(image)
         return tensor, torch.from_numpy(self.index.targets[row]), row

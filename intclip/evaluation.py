@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from intclip import distributed
 from intclip.data import ImageDataset
+from intclip.loader import LoaderOptions
 
 
 @torch.no_grad()
@@ -25,14 +26,18 @@ def predict_scores(
     dataset: ImageDataset,
     batch_size: int,
     context: distributed.Context,
+    model_input: Callable[[torch.Tensor], torch.Tensor],
     activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
-    num_workers: int = 0,
+    options: LoaderOptions = LoaderOptions(),
 ) -> np.ndarray:
-    """Scores [images, classes] (`activation` of the logits) in dataset order, on every rank."""
+    """Scores [images, classes] (`activation` of the logits) in dataset order, on every rank;
+    `model_input` moves each batch to the device and finishes it there."""
     was_training = model.training
     model.eval()
     shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(
+        shard, batch_size=batch_size, shuffle=False, **options.kwargs(persistent=False)
+    )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if context.device.type == "cuda"
@@ -41,7 +46,7 @@ def predict_scores(
     rows, scores = [], []
     for images, _, row in loader:
         with autocast:
-            logits = model(images.to(context.device, non_blocking=True))
+            logits = model(model_input(images))
         scores.append(activation(logits.float()).cpu().numpy())
         rows.append(row.numpy())
     model.train(was_training)

@@ -13,8 +13,9 @@ import torch
 
 from intclip.class_text import ClassTextSource, plain_class_embeddings
 from intclip.config import DataConfig, TrainConfig
+from intclip.image_pipeline import ImagePipeline, ModelInput, build_image_pipeline
 from intclip.prompts import ClassTexts, read_class_texts
-from intclip.transforms import eval_transform, train_transform
+from intclip.transforms import eval_transform
 from pipeline.clip import LoadedClip, load_clip
 from pipeline.console import stderr
 from pipeline.embeddings import check_class_rows, embedding_cache_key, load_class_embeddings
@@ -45,9 +46,20 @@ class Components:
         mean, std = self.clip.image_mean, self.clip.image_std
         return eval_transform(self.image_size, mean, std, self.data)
 
-    def train_transform(self, config: TrainConfig) -> ImageTransform:
+    def image_pipeline(self, config: TrainConfig) -> ImagePipeline:
+        """The datasets' transforms of opened files, as `data.pipeline` chooses."""
         mean, std = self.clip.image_mean, self.clip.image_std
-        return train_transform(self.image_size, mean, std, config.augment, self.data)
+        return build_image_pipeline(self.image_size, mean, std, config.augment, config.data)
+
+    def model_input(
+        self, pipeline: ImagePipeline, device: torch.device, channels_last: bool = False
+    ) -> ModelInput:
+        """What turns the pipeline's batches into the model's input on `device`: scaled to
+        [0, 1] and, unless `data.normalize` is off, normalised with CLIP's mean and std."""
+        mean, std = self.clip.image_mean, self.clip.image_std
+        if not self.data.normalize:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        return ModelInput(device, mean, std, pipeline.normalized_on_device, channels_last)
 
 
 def _cached_embeddings(

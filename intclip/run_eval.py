@@ -21,6 +21,7 @@ from intclip.config import TrainConfig, load_config
 from intclip.data import ImageDataset, load_split
 from intclip.evaluation import predict_scores
 from intclip.factory import Components, build_components
+from intclip.loader import LoaderOptions
 from intclip.report import EvaluationReport, build_report, per_class_chart
 from intclip.train import BEST_MODEL, CONFIG_FILE
 from pipeline.errors import UserError
@@ -78,18 +79,21 @@ def _score_splits(
 ) -> dict[str, Scored]:
     """Val (which chooses the threshold) and `split`, each scored once."""
     scored = {}
+    pipeline = components.image_pipeline(config)
+    model_input = components.model_input(pipeline, context.device)
+    options = LoaderOptions.from_config(config.data, context.device)
     for name in dict.fromkeys(("val", split)):
         index = load_split(config.data, name)
         if index is None:
             raise UserError(f"the config sets no data.{name} split")
-        dataset = ImageDataset(index, components.eval_transform())
         scores = predict_scores(
             model,
-            dataset,
+            ImageDataset(index, pipeline.eval),
             config.optim.eval_batch_size,
             context,
+            model_input,
             activation,
-            config.data.num_workers,
+            options,
         )
         scored[name] = ((index.targets > 0).astype(np.int64), scores)
     return scored

@@ -22,15 +22,17 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader
 
 from intclip import distributed
+from intclip.acceleration import compiled, fused_optimizer, to_channels_last
 from intclip.checkpoint import save_model
 from intclip.config import OptimConfig, TrainConfig, config_leaves, save_config
 from intclip.data import ImageDataset, LabelIndex, load_split
 from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
 from intclip.factory import build_components
+from intclip.loader import LoaderOptions, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP, ParameterGroup
@@ -113,12 +115,18 @@ def _train(
     components = build_components(config, context.device)
     _seed_everything(config.seed)  # the new modules' initial weights depend on the seed alone
     model = IntCLIP(components.clip, components.class_text, config.model)
+    channels_last = to_channels_last(model, components.clip.module.visual, config.optim)
     trainable = DistributedDataParallel(model) if context.distributed else model
+    trainable = compiled(trainable, config.optim)
     groups = model.parameter_groups()
     log(", ".join(f"{g.role}: {g.count:,} trained parameters" for g in groups))
 
-    train_set = ImageDataset(train_index, components.train_transform(config))
-    val_set = ImageDataset(val_index, components.eval_transform())
+    # Workers decode and crop; the device converts and normalises (see image_pipeline).
+    pipeline = components.image_pipeline(config)
+    model_input = components.model_input(pipeline, context.device, channels_last)
+    options = LoaderOptions.from_config(config.data, context.device)
+    train_set = ImageDataset(train_index, pipeline.train)
+    val_set = ImageDataset(val_index, pipeline.eval)
     batch_size = config.optim.batch_size // context.world_size
     if batch_size < 1:
         raise UserError(
@@ -126,7 +134,7 @@ def _train(
         )
     steps_per_epoch = math.ceil(len(train_set) / (batch_size * context.world_size))
 
-    optimizer = _optimizer(config.optim, groups)
+    optimizer = _optimizer(config.optim, groups, context.device)
     scheduler = _scheduler(config.optim, optimizer, steps_per_epoch)
     criterion = AsymmetricLoss(**config.loss.model_dump())
     progress = TrainingProgress()
@@ -144,23 +152,20 @@ def _train(
         else nullcontext()
     )
 
+    loader, seeds = train_loader(train_set, batch_size, config.seed, context, options)
     last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
     for epoch in range(progress.epoch, last_epoch):
         _seed_epoch(config.seed, epoch, context.rank)
-        loader = _train_loader(train_set, batch_size, config, epoch, context)
+        seeds.set_epoch(epoch)
         model.train()
-        started, seen, loss_sum, batches = time.perf_counter(), 0, 0.0, 0
+        started, seen, batches = time.perf_counter(), 0, 0
+        loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
         for images, targets, _ in _progress_bar(loader, epoch, context):
-            images = images.to(context.device, non_blocking=True)
+            images = model_input(images)
             targets = targets.to(context.device, non_blocking=True)
             with autocast:
                 logits = trainable(images)
             loss = criterion(logits.float(), targets)
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {progress.step + 1}; "
-                    f"stopped, {state_note()}"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.optim.grad_clip:
@@ -171,17 +176,16 @@ def _train(
             scheduler.step()
             progress.step += 1
             seen += len(images) * context.world_size
-            loss_sum += loss.item()
+            loss_sum += loss.detach()  # a nan or inf stays in the sum until it is checked
             batches += 1
+            if batches % config.optim.check_finite_every == 0:
+                _check_finite(loss_sum, epoch, progress.step, state_note)
+        _check_finite(loss_sum, epoch, progress.step, state_note)
         images_per_s = seen / max(time.perf_counter() - started, 1e-9)
-        train_loss = distributed.mean_across(loss_sum / max(batches, 1), context)
+        train_loss = distributed.mean_across(loss_sum.item() / max(batches, 1), context)
 
         scores = predict_scores(
-            model,
-            val_set,
-            config.optim.eval_batch_size,
-            context,
-            num_workers=config.data.num_workers,
+            model, val_set, config.optim.eval_batch_size, context, model_input, options=options
         )
         if not (np.isfinite(scores).all() and math.isfinite(train_loss)):
             raise NonFiniteLoss(
@@ -292,7 +296,21 @@ def _checked_split(config: TrainConfig, split: str, skip_bad: bool, log) -> Labe
     return index.without([p.row for p in problems])
 
 
-def _optimizer(config: OptimConfig, groups: list[ParameterGroup]) -> torch.optim.Optimizer:
+def _check_finite(
+    loss_sum: torch.Tensor, epoch: int, step: int, state_note: Callable[[], str]
+) -> None:
+    """Exit 3 once a loss was nan or inf: checked every few steps, since each check waits for
+    the device. Nothing is saved before the check, so the last good epoch stays on disk."""
+    if not torch.isfinite(loss_sum):
+        raise NonFiniteLoss(
+            f"loss is {loss_sum.item()} at epoch {epoch + 1}, step {step} or before; "
+            f"stopped, {state_note()}"
+        )
+
+
+def _optimizer(
+    config: OptimConfig, groups: list[ParameterGroup], device: torch.device
+) -> torch.optim.Optimizer:
     """One parameter group per role at `lr` times its multiplier; under `weight_decay_on:
     matrices` gains, biases and scalars go to a second group of that role without decay."""
     param_groups = []
@@ -310,9 +328,10 @@ def _optimizer(config: OptimConfig, groups: list[ParameterGroup]) -> torch.optim
             for name, params, decay in split
             if params
         ]
+    fused = fused_optimizer(device)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum)
-    return torch.optim.AdamW(param_groups, lr=config.lr)
+        return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, **fused)
+    return torch.optim.AdamW(param_groups, lr=config.lr, **fused)
 
 
 def _scheduler(
@@ -355,30 +374,6 @@ def _seed_everything(seed: int) -> None:
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """Augmentation and shuffling depend on (seed, epoch, rank) only, so resuming is exact."""
     _seed_everything((seed * 100_003 + epoch * 1_009 + rank) % 2**31)
-
-
-def _train_loader(
-    dataset: ImageDataset,
-    batch_size: int,
-    config: TrainConfig,
-    epoch: int,
-    context: distributed.Context,
-) -> DataLoader:
-    if context.distributed:
-        sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed, drop_last=False)
-        sampler.set_epoch(epoch)
-    else:
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        sampler = RandomSampler(dataset, generator=generator)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=config.data.num_workers,
-        pin_memory=context.device.type == "cuda",
-        drop_last=False,
-        persistent_workers=False,
-    )
 
 
 def _progress_bar(loader: DataLoader, epoch: int, context: distributed.Context) -> Iterator:

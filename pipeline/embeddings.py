@@ -25,6 +25,7 @@ import torch
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipeline.class_embedding import Aggregate
 from pipeline.clip import (
     Activation,
     ClipIdentity,
@@ -40,7 +41,6 @@ FORMAT = "intclip-embeddings-v1"
 CLASS_TENSOR = "class_embeddings"
 DESCRIPTION_TENSOR = "description_embeddings"
 UNIT_NORM_TOLERANCE = 1e-4
-Aggregate = Literal["mean", "mean+name"]
 
 
 class EmbeddingMetadata(BaseModel):

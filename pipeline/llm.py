@@ -120,18 +120,28 @@ class LLMClient:
         self._cache = cache
         self._refresh = refresh
         self._notify = notify
-        self._openai = openai.OpenAI(
-            api_key=settings.client_api_key(),
-            base_url=settings.base_url,
-            max_retries=0,
-            timeout=settings.timeout,
-        )
+        self._openai_client: openai.OpenAI | None = None
+        self._client_lock = threading.Lock()
         self._cancelled = threading.Event()
         self._transport = transport_policy(settings, self._cancelled)
         self._mode_lock = threading.Lock()
         self._mode: RequestMode = (
             "json_schema" if settings.response_mode == "auto" else settings.response_mode
         )
+
+    @property
+    def _openai(self) -> openai.OpenAI:
+        """The HTTP client, made at the first request: answering from the cache, or planning,
+        needs no API key."""
+        with self._client_lock:
+            if self._openai_client is None:
+                self._openai_client = openai.OpenAI(
+                    api_key=self.settings.client_api_key(),
+                    base_url=self.settings.base_url,
+                    max_retries=0,
+                    timeout=self.settings.timeout,
+                )
+            return self._openai_client
 
     @property
     def base_url(self) -> str:
@@ -148,7 +158,9 @@ class LLMClient:
 
     def close(self) -> None:
         """Release the HTTP connections (`contextlib.closing` works)."""
-        self._openai.close()
+        with self._client_lock:
+            if self._openai_client is not None:
+                self._openai_client.close()
 
     def request_summary(
         self, messages: list[ChatMessage], response_model: type[BaseModel]
@@ -216,8 +228,8 @@ class LLMClient:
         conversation = list(messages)
         requests = 0
         error = ""
-        for _ in range(self.settings.max_answer_attempts):
-            body, sent = self._send(conversation, response_model)
+        for attempt in range(self.settings.max_answer_attempts):
+            body, sent = self._send(conversation, response_model, self._params(attempt))
             requests += sent
             reply = _reply_of(body)
             try:
@@ -234,8 +246,20 @@ class LLMClient:
             EXIT_LLM_FAILURE,
         )
 
+    def _params(self, attempt: int) -> dict[str, Any]:
+        """The sampling parameters of answer number `attempt` (from 0): a re-ask gets the next
+        seed, else a deterministic server that repeats its answer verbatim (llama.cpp with a
+        fixed seed does) would be shown the same conversation and repeat it again."""
+        params = dict(self.settings.sampling_params)
+        if "seed" in params:
+            params["seed"] += attempt
+        return params
+
     def _send(
-        self, conversation: list[ChatMessage], response_model: type[BaseModel]
+        self,
+        conversation: list[ChatMessage],
+        response_model: type[BaseModel],
+        params: dict[str, Any],
     ) -> tuple[str, int]:
         """One reply body through the retry policy (and the auto fallback), with requests sent."""
         requests = 0
@@ -243,7 +267,7 @@ class LLMClient:
             mode = self._mode
             policy = self._transport.copy()
             try:
-                body = policy(self._post, mode, conversation, response_model)
+                body = policy(self._post, mode, conversation, response_model, params)
             except openai.APIError as error:
                 attempts = policy.statistics["attempt_number"]
                 requests += attempts
@@ -253,7 +277,11 @@ class LLMClient:
             return body, requests + policy.statistics["attempt_number"]
 
     def _post(
-        self, mode: RequestMode, conversation: list[ChatMessage], response_model: type[BaseModel]
+        self,
+        mode: RequestMode,
+        conversation: list[ChatMessage],
+        response_model: type[BaseModel],
+        params: dict[str, Any],
     ) -> str:
         """One HTTP request, returning the raw body.
 
@@ -266,7 +294,7 @@ class LLMClient:
         request: dict[str, Any] = {
             "model": self.settings.model,
             "messages": conversation,
-            **self.settings.sampling_params,
+            **params,
         }
         if mode == "json_schema":
             raw = completions.parse(response_format=response_model, **request)

@@ -6,7 +6,7 @@ reported as `file:line: node 'id': what is wrong`, all mistakes at once, before 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -212,10 +212,10 @@ def _tree_problems(document: TaxonomyDocument, locator: _Locator) -> list[str]:
     leaf_depth = len(document.levels) - 1
     first_seen: dict[str, TaxonomyNode | None] = {}
     labels: dict[int, str] = {}
-    leaves = 0
+    leaves: list[tuple[tuple[Any, ...], TaxonomyNode]] = []
 
-    def report(loc: tuple[Any, ...], node: TaxonomyNode, message: str) -> None:
-        problems.append(f"{locator.source}:{locator.line(loc)}: node '{node.id}': {message}")
+    def report(loc: tuple[Any, ...], node: TaxonomyNode, message: str) -> str:
+        return f"{locator.source}:{locator.line(loc)}: node '{node.id}': {message}"
 
     for depth, node, (loc, parent) in _walk(document.nodes):
         level = document.levels[depth] if depth < len(document.levels) else None
@@ -223,42 +223,76 @@ def _tree_problems(document: TaxonomyDocument, locator: _Locator) -> list[str]:
             first = first_seen[node.id]
             parents = [p.id if p else "the root" for p in (first, parent)]
             where = "twice under one parent" if parents[0] == parents[1] else "under two parents"
-            report(loc, node, f"id appears {where}: '{parents[0]}' and '{parents[1]}'")
+            problems.append(
+                report(loc, node, f"id appears {where}: '{parents[0]}' and '{parents[1]}'")
+            )
         first_seen.setdefault(node.id, parent)
         if depth > leaf_depth:
-            report(loc, node, f"is deeper than the last level '{document.levels[-1]}'")
+            problems.append(
+                report(loc, node, f"is deeper than the last level '{document.levels[-1]}'")
+            )
         elif depth < leaf_depth and not node.children:
-            report(
-                loc, node, f"is a '{level}' node and needs children down to '{document.levels[-1]}'"
+            problems.append(
+                report(
+                    loc,
+                    node,
+                    f"is a '{level}' node and needs children down to '{document.levels[-1]}'",
+                )
             )
         if depth == leaf_depth:
-            leaves += 1
-            if node.label is None:
-                report(loc, node, f"'label' is required on '{level}' nodes")
-            elif node.label in labels:
-                report(loc, node, f"label {node.label} is already used by '{labels[node.label]}'")
-            else:
-                labels[node.label] = node.id
+            leaves.append((loc, node))
+            if node.label is not None:
+                labels.setdefault(node.label, node.id)
         else:
             if node.label is not None:
+                problems.append(
+                    report(
+                        (*loc, "label"),
+                        node,
+                        f"'label' is only allowed on '{document.levels[-1]}' nodes",
+                    )
+                )
+            if node.dataset_name is not None:
+                problems.append(
+                    report(
+                        (*loc, "dataset_name"),
+                        node,
+                        f"'dataset_name' is only allowed on '{document.levels[-1]}' nodes",
+                    )
+                )
+    problems += _label_problems(leaves, labels, document.levels[-1], report)
+    return problems
+
+
+def _label_problems(
+    leaves: list[tuple[tuple[Any, ...], TaxonomyNode]],
+    first_owner: dict[int, str],
+    leaf_level: str,
+    report: Callable[[tuple[Any, ...], TaxonomyNode, str], str],
+) -> list[str]:
+    """Labels must be exactly 0..N-1 over the N leaves. A gap always has a cause at some leaf
+    (no label, a label used twice, or one out of range), so each problem names that leaf and its
+    line, and says which labels are missing."""
+    count = len(leaves)
+    missing = sorted(set(range(count)) - set(first_owner))
+    gap = f"; labels must be exactly 0..{count - 1}, missing {missing}" if missing else ""
+    problems = []
+    for loc, node in leaves:
+        if node.label is None:
+            problems.append(report(loc, node, f"'label' is required on '{leaf_level}' nodes{gap}"))
+        elif first_owner[node.label] != node.id:
+            used_by = first_owner[node.label]
+            problems.append(
+                report(loc, node, f"label {node.label} is already used by '{used_by}'{gap}")
+            )
+        elif node.label >= count:
+            problems.append(
                 report(
                     (*loc, "label"),
                     node,
-                    f"'label' is only allowed on '{document.levels[-1]}' nodes",
+                    f"label {node.label} is out of range for {count} leaves{gap}",
                 )
-            if node.dataset_name is not None:
-                report(
-                    (*loc, "dataset_name"),
-                    node,
-                    f"'dataset_name' is only allowed on '{document.levels[-1]}' nodes",
-                )
-    missing = sorted(set(range(leaves)) - set(labels))
-    if labels and missing:
-        out_of_range = sorted(label for label in labels if label >= leaves)
-        problems.append(
-            f"{locator.source}: labels must be exactly 0..{leaves - 1}: missing {missing}"
-            + (f", out of range {out_of_range}" if out_of_range else "")
-        )
+            )
     return problems
 
 

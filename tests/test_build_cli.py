@@ -172,6 +172,8 @@ def test_invalid_answer_is_sent_back_then_accepted(project, fake_openai, build):
     assert fake_openai.request_count == 2
     resent = fake_openai.bodies[1]["messages"]
     assert "descriptions: List should have at least 5 items" in resent[-1]["content"]
+    # the re-ask samples with the next seed: a deterministic server would repeat itself
+    assert [body["seed"] for body in fake_openai.bodies] == [0, 1]
 
 
 def test_class_fails_after_bounded_attempts_naming_the_class(project, fake_openai, build):
@@ -271,6 +273,39 @@ def test_sigkill_mid_build_resumes_without_asking_again(project, tmp_path):
     assert all("Intent class: Cats" not in content for content in asked)
 
 
+def test_no_key_needed_when_nothing_must_be_asked(project, build, monkeypatch, fake_openai):
+    build(project)
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    code, out, err = build(project)
+    assert code == 0, err
+    assert "3 classes: 3 up to date, 0 from the LLM cache, 0 asked, 0 failed" in err
+    assert "unchanged" in out and fake_openai.request_count == 3
+
+
+def test_no_key_with_a_class_to_ask_names_the_count_and_both_remedies(
+    project, build, monkeypatch, fake_openai
+):
+    build(project)
+    project.write_text(TOY.replace("name: Beach", "name: Seaside"))
+    monkeypatch.delenv("OPENAI_API_KEY")
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    code, _, err = build(project)
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line.startswith("error: 1 class(es) need asking an LLM and no API key is set")
+    assert "OPENAI_API_KEY" in line and "--base-url" in line and "--llm local" in line
+    assert fake_openai.request_count == 3
+    code, out, _ = build(project, "--dry-run")  # planning still needs no key
+    assert code == 0 and "1 request(s) would be sent; nothing was sent" in out
+
+
+def test_a_remote_server_without_a_key_is_refused_before_asking(project, build, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY")
+    code, _, err = build(project, "--base-url", "https://llm.example.org/v1")
+    assert code == 2 and "3 class(es) need asking an LLM" in err
+
+
 def five(prefix: str) -> list[str]:
     return [f"{prefix} number {n} shows people smiling together." for n in range(1, 6)]
 
@@ -312,3 +347,44 @@ def test_check_and_build_catch_repeats_across_classes_in_the_file(
     assert fake_openai.request_count == 3 and "1 from the LLM cache" in err
     code, _, _ = prompts_cli("build", "--taxonomy", str(project), "--check")
     assert code == 0
+
+
+def test_without_model_a_recorded_model_plans_but_is_not_sent(
+    project, build, prompts_cli, fake_openai, monkeypatch
+):
+    """The file does not record which OpenAI-compatible server wrote it: its model plans the
+    build, and asking needs --model or INTCLIP_LLM_MODEL."""
+    build(project)
+    code, out, err = prompts_cli("build", "--taxonomy", project)
+    assert code == 0 and "3 up to date" in err and "unchanged" in out
+    project.write_text(TOY.replace("name: Beach", "name: Seaside"))
+    for extra in ((), ("--dry-run",)):
+        code, _, err = prompts_cli("build", "--taxonomy", project, *extra)
+        assert code == 2
+        (line,) = err.splitlines()
+        assert "written by toy-llm on an OpenAI-compatible server" in line
+        assert "1 class(es) need asking" in line and "--model" in line
+    assert fake_openai.request_count == 3
+    monkeypatch.setenv("INTCLIP_LLM_MODEL", "toy-llm")
+    code, _, err = prompts_cli("build", "--taxonomy", project)
+    assert code == 0 and "1 asked" in err and fake_openai.request_count == 4
+
+
+def test_a_local_files_model_is_never_sent_to_another_server(
+    project, build, prompts_cli, fake_openai
+):
+    build(project)
+    data = json.loads(output_of(project).read_text())
+    data["generator"].update(model="SmolLM2-135M-Instruct-Q8_0", llm="local")
+    output_of(project).write_text(json.dumps(data))
+    project.write_text(TOY.replace("name: Beach", "name: Seaside"))
+    code, _, err = prompts_cli("build", "--taxonomy", project, "--llm", "openai")
+    assert code == 2
+    (line,) = err.splitlines()
+    assert "written by SmolLM2-135M-Instruct-Q8_0 on a local llama.cpp server" in line
+    assert fake_openai.request_count == 3
+    assert json.loads(output_of(project).read_text()) == data
+    code, _, err = build(project, "--llm", "openai")
+    assert code == 0, err
+    assert fake_openai.request_count == 4 and fake_openai.bodies[3]["model"] == "toy-llm"
+    assert "llm" not in json.loads(output_of(project).read_text())["generator"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
+import huggingface_hub
 import open_clip
 import pytest
 import safetensors.torch
@@ -12,6 +14,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from tiny_clip import TINY_CLIP_CONFIGS, save_openai_clip, save_random_clip
 
+import pipeline.clip
 from pipeline.clip import (
     RANDOM_INIT,
     ClipIdentity,
@@ -138,12 +141,61 @@ def test_tag_without_a_builtin_model_asks_for_a_file() -> None:
         load_clip(str(RESNET_CONFIG), "openai")
 
 
-def test_unreachable_hub_explains_how_to_pass_a_local_file(
+def never_download(*args: object, **kwargs: object) -> str:
+    raise AssertionError("an offline machine must not try to download")
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_unreachable_hub_fails_at_once_and_says_how_to_pass_a_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(open_clip, "download_pretrained", never_download)
+    with pytest.raises(UserError) as raised:
+        load_clip("RN50", "openai")
+    message = str(raised.value)
+    assert "cannot download the RN50 'openai' weights (127.0.0.1 is unreachable: " in message
+    assert "timm/resnet50_clip.openai" in message and "--pretrained PATH" in message
+    assert "\n" not in message
+
+
+def test_hf_hub_offline_is_honoured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(open_clip, "download_pretrained", never_download)
+    with pytest.raises(UserError, match=r"weights \(HF_HUB_OFFLINE is set\); without network"):
+        load_clip("RN101", "openai")
+
+
+def test_offline_uses_the_hugging_face_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """A copy already in the hub cache is used offline (here a broken one, to see it read)."""
+    snapshot = tmp_path / "models--timm--resnet50_clip.openai" / "snapshots" / "abc"
+    snapshot.mkdir(parents=True)
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc")
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"not weights")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(open_clip, "download_pretrained", never_download)
+    with pytest.raises(UserError, match="cannot read checkpoint") as raised:
+        load_clip("RN50", "openai")
+    assert str(snapshot / "open_clip_model.safetensors") in str(raised.value)
+
+
+def test_a_failed_download_explains_how_to_pass_a_local_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def unreachable(*args: object, **kwargs: object) -> str:
         raise OSError("[Errno -2] Name or service not known\nRetrying...")
 
+    monkeypatch.setattr(pipeline.clip, "why_unreachable", lambda url: None)  # the probe passed
     monkeypatch.setattr(open_clip, "download_pretrained", unreachable)
     with pytest.raises(UserError) as raised:
         load_clip("RN50", "openai")

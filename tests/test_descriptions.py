@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from pipeline.clip_tokens import clip_token_count
 from pipeline.descriptions import (
     ClassDescriptions,
     DescriptionRules,
@@ -13,7 +14,6 @@ from pipeline.descriptions import (
     GeneratorInfo,
     TaxonomyRef,
     answer_model,
-    clip_token_count,
     read_descriptions,
     write_descriptions,
 )

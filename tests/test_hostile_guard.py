@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import intclip.cli
+import intclip.config
 import pipeline.cli
 from pipeline.errors import EXIT_INTERNAL
 
@@ -25,7 +25,7 @@ def test_prompts_bug_is_one_line_naming_the_command(prompts_cli, monkeypatch, tm
 
 
 def test_train_bug_is_one_line_naming_the_command(train_cli, monkeypatch, tmp_path):
-    monkeypatch.setattr(intclip.cli, "load_config", _explode)
+    monkeypatch.setattr(intclip.config, "load_config", _explode)
     code, _, err = train_cli("check-data", "--config", tmp_path / "c.yaml")
     assert code == 70
     assert err.count("\n") == 1
@@ -34,7 +34,7 @@ def test_train_bug_is_one_line_naming_the_command(train_cli, monkeypatch, tmp_pa
 
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_debug_shows_the_traceback(train_cli, monkeypatch, tmp_path, where):
-    monkeypatch.setattr(intclip.cli, "load_config", _explode)
+    monkeypatch.setattr(intclip.config, "load_config", _explode)
     args = ["check-data", "--config", tmp_path / "c.yaml"]
     code, _, err = train_cli(*(["--debug", *args] if where == "first" else [*args, "--debug"]))
     assert code == 70

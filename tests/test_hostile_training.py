@@ -8,6 +8,7 @@ checks the exit code, the one error line and what is (not) left on disk.
 from __future__ import annotations
 
 import csv
+import re
 import shutil
 from pathlib import Path
 
@@ -153,9 +154,11 @@ def test_non_finite_loss_in_the_first_epoch_says_there_is_no_last_pt(
         AsymmetricLoss, "forward", lambda self, *a: original(self, *a) * float("inf")
     )
     line = one_error(train_cli("run", "--config", workspace["config"]), 3)
-    assert line == (
-        "error: loss is inf at epoch 1, step 1; stopped, before any epoch was saved "
-        "(no last.pt yet)"
+    # checked every few steps: an inf loss has made the weights nan by the time it is seen
+    assert re.fullmatch(
+        r"error: loss is (inf|nan) at epoch 1, step \d+ or before; stopped, before any epoch "
+        r"was saved \(no last\.pt yet\)",
+        line,
     )
     assert sorted(p.name for p in (workspace["runs"] / "r").iterdir()) == ["config.yaml"]
 

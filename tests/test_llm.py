@@ -450,10 +450,13 @@ def test_threads_share_one_client(fake_openai: FakeOpenAI, tmp_path: Path) -> No
 
 
 def test_a_remote_server_needs_an_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked at the first request: a client that only reads its cache needs no key."""
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     for base_url in (None, "https://llm.example.com/v1"):
+        client = LLMClient(LLMSettings(model="m", base_url=base_url))
+        assert client.cached(MESSAGES, DescriptionsAnswer) is None
         with pytest.raises(UserError, match="no API key: set OPENAI_API_KEY") as caught:
-            LLMClient(LLMSettings(model="m", base_url=base_url))
+            client.ask(MESSAGES, DescriptionsAnswer)
         assert caught.value.exit_code == EXIT_BAD_INPUT
 
 

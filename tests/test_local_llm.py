@@ -21,6 +21,7 @@ from conftest import TOY_TAXONOMY
 from pipeline import local_llm
 from pipeline.descriptions import DescriptionRules
 from pipeline.errors import UserError
+from pipeline.files import stable_json
 from pipeline.local_llm import LocalLLMServer
 
 STAND_IN = [sys.executable, str(Path(__file__).parent / "fake_llama_server.py")]
@@ -241,3 +242,43 @@ def test_real_local_model_builds_a_small_taxonomy(tmp_path):
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
+
+
+def test_a_file_built_locally_is_rebuilt_locally(stand_in, prompts_cli, tmp_path, monkeypatch):
+    """The generator block records `llm: local`; a later build that must ask starts the
+    local server again without being told, and says so; `--llm openai` overrides it."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    taxonomy = write_toy(tmp_path)
+    code, _, err = prompts_cli(
+        "build", "--taxonomy", taxonomy, "--llm", "local", "--gguf", stand_in["gguf"]
+    )
+    assert code == 0, err
+    output = tmp_path / "toy.descriptions.json"
+    assert json.loads(output.read_text())["generator"]["llm"] == "local"
+    stand_in["pid_file"].unlink()
+    code, _, err = prompts_cli("build", "--taxonomy", taxonomy, "--check")
+    assert code == 0, err
+    taxonomy.write_text(TOY_TAXONOMY.replace("name: Beach", "name: Seaside"))
+    code, _, err = prompts_cli("build", "--taxonomy", taxonomy, "--gguf", stand_in["gguf"])
+    assert code == 0, err
+    assert f"note: {output} was built with --llm local" in err and "1 asked" in err
+    assert gone(stand_in["pid"]())
+    taxonomy.write_text(TOY_TAXONOMY.replace("name: Beach", "name: Shore"))
+    code, _, err = prompts_cli("build", "--taxonomy", taxonomy, "--llm", "openai")
+    assert code == 2 and "written by Tiny-Model.Q4 on a local llama.cpp server" in err
+    code, _, err = prompts_cli("build", "--taxonomy", taxonomy, "--llm", "openai", "--model", "m")
+    assert code == 2 and "3 class(es) need asking an LLM" in err
+
+
+def test_a_file_without_the_llm_key_still_reads_as_any_server(stand_in, prompts_cli, tmp_path):
+    """Files written before `llm` was recorded keep working: no key, the openai default."""
+    taxonomy = write_toy(tmp_path)
+    prompts_cli("build", "--taxonomy", taxonomy, "--llm", "local", "--gguf", stand_in["gguf"])
+    output = tmp_path / "toy.descriptions.json"
+    document = json.loads(output.read_text())
+    del document["generator"]["llm"]
+    output.write_text(stable_json(document))
+    code, out, err = prompts_cli("build", "--taxonomy", taxonomy, "--model", "Tiny-Model.Q4")
+    assert code == 0, err
+    assert "3 up to date" in err and "unchanged" in out

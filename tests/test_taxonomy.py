@@ -44,11 +44,17 @@ def test_valid_taxonomy_prints_counts(tmp_path, run_validate):
         (("id: dogs", "id: Dogs"), 10, "'id' must be a lowercase slug"),
         (("label: 1", "label: 1\n        colour: red"), 13, "node 'dogs': unknown key 'colour'"),
         (("        label: 2\n", ""), 16, "node 'beach': 'label' is required on 'fine' nodes"),
-        (("label: 2", "label: 1"), 16, "node 'beach': label 1 is already used by 'dogs'"),
+        (
+            ("label: 2", "label: 1"),
+            16,
+            "node 'beach': label 1 is already used by 'dogs'; labels must be exactly 0..2, "
+            "missing [2]",
+        ),
         (
             ("label: 2", "label: 7"),
-            None,
-            "labels must be exactly 0..2: missing [2], out of range [7]",
+            18,
+            "node 'beach': label 7 is out of range for 3 leaves; labels must be exactly 0..2, "
+            "missing [2]",
         ),
         (("label: 2", "label: two"), 18, "node 'beach': 'label': Input should be a valid integer"),
         (("label: 2", "label: -1"), 18, "node 'beach': 'label': Input should be greater than"),
@@ -124,7 +130,8 @@ def test_all_errors_reported_at_once(tmp_path, run_validate):
     assert err.count("error: ") == 1
     fixed = VALID.replace("label: 2", "label: 1").replace("id: dogs", "id: cats")
     code, _, err, _ = run_validate(tmp_path, fixed)
-    assert code == 2 and err.count("error: ") == 3  # twice an id, label 1 twice, 2 missing
+    assert code == 2 and err.count("error: ") == 2  # twice an id; label 1 twice, so 2 missing
+    assert "node 'beach': label 1 is already used by 'cats'; labels must be exactly" in err
 
 
 @pytest.mark.parametrize(
@@ -159,10 +166,14 @@ def test_console_script_exit_code():
 
 def test_taxonomy_error_lists_problems(tmp_path):
     path = tmp_path / "toy.yaml"
-    path.write_text(VALID.replace("label: 2", "label: 0"))
+    path.write_text(VALID.replace("label: 2", "label: 0").replace("id: dogs", "id: cats"))
     with pytest.raises(TaxonomyError) as info:
         load_taxonomy(path)
-    assert len(info.value.problems) == 2  # duplicate label, and label 2 missing
+    assert len(info.value.problems) == 2  # an id twice; label 0 twice, so label 2 missing
+    assert (
+        "label 0 is already used by 'cats'; labels must be exactly 0..2, missing [2]"
+        in (info.value.problems[1])
+    )
 
 
 def test_fine_classes_carry_path_and_siblings(tmp_path):
@@ -226,3 +237,14 @@ def test_intentonomy_names_follow_published_semantic_labels():
         if fine.label not in inconsistent:
             assert fine.path[0] == coarse[entry["upper_upper_category"]]
     assert taxonomy.classes[5].path[:2] == ("Financial and occupational success", "Finances")
+
+
+def test_a_label_gap_names_the_node_and_its_line(tmp_path, run_validate):
+    """Labels 0, 1, 3 over three leaves: the gap at 2 is reported on the leaf that caused it."""
+    code, _, err, path = run_validate(tmp_path, VALID.replace("label: 2", "label: 3"))
+    assert code == 2
+    (line,) = err.splitlines()
+    assert line == (
+        f"error: {path}:18: node 'beach': label 3 is out of range for 3 leaves; "
+        "labels must be exactly 0..2, missing [2]"
+    )

@@ -1,0 +1,1 @@
+"""One module per measure; each registers itself with `bench.registry.measure`."""

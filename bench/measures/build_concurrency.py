@@ -1,0 +1,120 @@
+"""4. `intclip-prompts build` of 28 classes at concurrency 8 vs 1, against a loopback
+OpenAI-compatible server that adds 200 ms to every request (the tests' fake server)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from bench.registry import Comparison, Settings, Side, Target, measure
+from bench.workload import ROOT, prompts_cli
+
+sys.path.insert(0, str(ROOT / "tests"))  # the fake server lives with the tests that define it
+from fake_openai import FakeOpenAI, describing_responder
+
+from pipeline.cli import main as prompts_main
+
+TAXONOMY = ROOT / "prompts" / "intentonomy.yaml"
+
+
+def _slow_responder(delay: float):
+    answer = describing_responder()
+
+    def respond(request: dict) -> str:
+        time.sleep(delay)
+        return answer(request)
+
+    return respond
+
+
+@contextmanager
+def _environment(values: dict[str, str]):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _server_env(server: FakeOpenAI, cache: Path) -> dict[str, str]:
+    """The build talks to `server` and starts from an empty LLM cache."""
+    return {
+        "OPENAI_BASE_URL": server.base_url,
+        "OPENAI_API_KEY": "sk-bench",
+        "INTCLIP_CACHE_DIR": str(cache),
+    }
+
+
+def _arguments(folder: Path, concurrency: int) -> list[str]:
+    out = folder / f"out-{concurrency}-{time.monotonic_ns()}.json"
+    return ["build", "--taxonomy", str(TAXONOMY), "--out", str(out), "--model", "bench",
+            "--concurrency", str(concurrency)]  # fmt: skip
+
+
+def _in_process(arguments: list[str]) -> float:
+    started = time.perf_counter()
+    try:
+        prompts_main(arguments)
+    except SystemExit as stop:
+        if stop.code:
+            raise RuntimeError(f"build exited {stop.code}") from None
+    return time.perf_counter() - started
+
+
+def _command(arguments: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        prompts_cli(*arguments),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=True,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+@measure(
+    "build_concurrency",
+    "build, 28 classes, concurrency 8 vs 1, 200 ms per request",
+    defaults={"delay_s": 0.2, "concurrency": 8},
+    missed="The whole command pays the CLI's start-up (importing open_clip and torch) on both "
+    "sides, which caps the ratio; lazy imports (Startup, branch frontdoor) remove most of it.",
+    order=4,
+)
+def run(settings: Settings) -> list[Comparison]:
+    wide = settings["concurrency"]
+    with (
+        FakeOpenAI(responder=_slow_responder(settings["delay_s"])) as server,
+        tempfile.TemporaryDirectory() as folder,
+    ):
+        with _environment(
+            _server_env(server, Path(folder) / "cache-warm-up")
+        ):  # untimed: in-process, the first build pays for imports
+            _in_process(_arguments(Path(folder), wide))
+        comparisons = []
+        for label, runner in (("in-process", _in_process), ("whole command", _command)):
+            seconds = {}
+            for concurrency in (wide, 1):
+                cache = Path(folder) / f"cache-{label}-{concurrency}"
+                with _environment(_server_env(server, cache)):
+                    seconds[concurrency] = runner(_arguments(Path(folder), concurrency))
+            comparisons.append(
+                Comparison(
+                    label,
+                    Side(f"concurrency {wide}", 1 / seconds[wide], "builds/s"),
+                    Side("concurrency 1", 1 / seconds[1], "builds/s"),
+                    Target(">=", 5.0) if label == "whole command" else None,
+                    f"{seconds[wide]:.2f} s vs {seconds[1]:.2f} s; a fresh LLM cache each",
+                )
+            )
+    return comparisons

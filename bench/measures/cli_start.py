@@ -1,0 +1,54 @@
+"""3. CLI start: `intclip-prompts --help` and `validate` vs `python -c "import torch"`."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+from bench.registry import Comparison, Settings, Side, Target, measure
+from bench.workload import ROOT, prompts_cli
+
+
+def _seconds(command: list[str], repeats: int) -> float:
+    """The median wall-clock time of `command`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+@measure(
+    "cli_start",
+    "CLI start vs importing torch",
+    defaults={"repeats": 3},
+    quick={"repeats": 1},
+    missed="The CLIs import open_clip, torch and torchvision at start for every command; "
+    "importing them only inside the commands that need tensors (issue 15's Startup section, "
+    "branch frontdoor) brings --help and validate to plain-Python start-up times.",
+    order=3,
+)
+def run(settings: Settings) -> list[Comparison]:
+    repeats = settings["repeats"]
+    torch_import = Side(
+        "python -c 'import torch'", _seconds([sys.executable, "-c", "import torch"], repeats), "s"
+    )
+    commands = {
+        "intclip-prompts --help": ["--help"],
+        "intclip-prompts validate": ["validate", "--taxonomy", "prompts/intentonomy.yaml"],
+    }
+    return [
+        Comparison(
+            label,
+            Side(label, _seconds(prompts_cli(*arguments), repeats), "s"),
+            torch_import,
+            Target("<=", 0.3),
+            f"median of {repeats} fresh interpreters each",
+        )
+        for label, arguments in commands.items()
+    ]

@@ -1,0 +1,113 @@
+"""Data loaders that keep a GPU fed and a resumed run exact.
+
+Workers default to the machine's cores, prefetch several batches each, pin memory for CUDA and,
+for training, persist across epochs. Persistent workers keep their random state from epoch to
+epoch, so augmentation cannot rely on seeding the workers: each training item carries its own
+seed, drawn from (seed, epoch, rank), and the item's transform runs under it. Augmentation then
+depends on neither the worker count nor on whether the workers were restarted by `--resume`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+
+from intclip import distributed
+from intclip.config import DataConfig
+
+SeededRow = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """DataLoader settings shared by the training and the scoring loaders."""
+
+    workers: int = 0
+    prefetch_factor: int = 4
+    pin_memory: bool = False
+
+    @classmethod
+    def from_config(cls, data: DataConfig, device: torch.device) -> LoaderOptions:
+        workers = (os.cpu_count() or 1) if data.num_workers is None else data.num_workers
+        return cls(workers, data.prefetch_factor, device.type == "cuda")
+
+    def kwargs(self, persistent: bool) -> dict:
+        if self.workers == 0:
+            return {"num_workers": 0, "pin_memory": self.pin_memory}
+        return {
+            "num_workers": self.workers,
+            "pin_memory": self.pin_memory,
+            "prefetch_factor": self.prefetch_factor,
+            "persistent_workers": persistent,
+        }
+
+
+class EpochSeeds(Sampler[SeededRow]):
+    """A shuffling sampler that pairs every row with its augmentation seed for this epoch."""
+
+    def __init__(
+        self, dataset: Dataset, seed: int, context: distributed.Context, size: int
+    ) -> None:
+        self.seed, self.rank, self.epoch = seed, context.rank, 0
+        self.generator = torch.Generator()
+        self.rows: Sampler[int] = (
+            DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False)
+            if context.distributed
+            else RandomSampler(range(size), generator=self.generator)
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if isinstance(self.rows, DistributedSampler):
+            self.rows.set_epoch(epoch)
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[SeededRow]:
+        draws = torch.Generator().manual_seed(
+            (self.seed * 1_000_003 + self.epoch * 1_009 + self.rank) % 2**63
+        )
+        rows = list(self.rows)
+        seeds = torch.randint(0, 2**62, (len(rows),), generator=draws).tolist()
+        return iter(zip(rows, seeds, strict=True))
+
+
+class SeededItems(Dataset):
+    """`dataset[row]` with the torch RNG seeded for that row in this epoch."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: SeededRow):
+        row, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[row]
+
+
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    context: distributed.Context,
+    options: LoaderOptions,
+) -> tuple[DataLoader, EpochSeeds]:
+    """One loader for the whole run; call `seeds.set_epoch(epoch)` before each epoch."""
+    seeds = EpochSeeds(dataset, seed, context, len(dataset))
+    loader = DataLoader(
+        SeededItems(dataset),
+        batch_size=batch_size,
+        sampler=seeds,
+        drop_last=False,
+        **options.kwargs(persistent=True),
+    )
+    return loader, seeds
