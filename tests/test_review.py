@@ -150,6 +150,17 @@ def test_build_review_revises_confused_classes_once(tmp_path, confusing_build):
     assert code == 0
 
 
+def test_every_build_that_asked_is_reviewed_unless_skipped(tmp_path, confusing_build):
+    run, server = confusing_build
+    code, _, err = run("--concurrency", "1", "--strict")
+    assert code == 1 and "review: 2 of 3 classes flagged" in err
+    assert (tmp_path / "toy.descriptions.json").is_file()  # written, for a person to review
+    code, _, err = run("--refresh", "--skip-review")
+    assert code == 0 and "review:" not in err and server.request_count == 6
+    code, _, err = run("--skip-review", "--strict")
+    assert code == 2 and err.count("\n") == 1 and "--strict needs the review" in err
+
+
 def test_clip_embedder_through_the_cli(tmp_path, prompts_cli, tiny_clip_files):
     """The CLIP text tower path; random weights, so only the report's shape is checked."""
     from tiny_clip import TINY_CLIP_CONFIGS
