@@ -7,8 +7,6 @@ into `LabelIndex` (relative image paths plus an [images, classes] target matrix)
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from intclip.manifest import IMAGE, csv_rows, jsonl_rows
 from pipeline.errors import UserError
 from pipeline.safe_load import load_json, read_text_file
 
@@ -186,35 +185,22 @@ def load_manifest(manifest: Path, image_root: Path, num_classes: int) -> LabelIn
 
 
 def _csv_entries(path: Path) -> list[tuple[int, str, list[int]]]:
-    text = read_text_file(path, "manifest").removeprefix("\ufeff")  # Excel writes a BOM
-    reader = csv.DictReader(io.StringIO(text, newline=""))
     entries = []
-    try:
-        if not reader.fieldnames or not {"image", "labels"} <= set(reader.fieldnames):
-            raise UserError(f"{path}:1: the header must name the columns image and labels")
-        for row in reader:
-            line = reader.line_num
-            try:
-                labels = [int(part) for part in (row["labels"] or "").split(";") if part.strip()]
-            except ValueError:
-                raise UserError(
-                    f"{path}:{line}: labels must be integer ids joined by ';'"
-                ) from None
-            entries.append((line, (row["image"] or "").strip(), labels))
-    except csv.Error as err:
-        raise UserError(f"{path}:{reader.line_num + 1}: invalid CSV: {err}") from None
+    for line, row in csv_rows(path, (IMAGE, "labels"), "manifest"):
+        try:
+            labels = [int(part) for part in (row["labels"] or "").split(";") if part.strip()]
+        except ValueError:
+            raise UserError(f"{path}:{line}: labels must be integer ids joined by ';'") from None
+        entries.append((line, (row[IMAGE] or "").strip(), labels))
     return entries
 
 
 def _jsonl_entries(path: Path) -> list[tuple[int, str, list[int]]]:
     entries = []
-    for line, text in enumerate(read_text_file(path, "manifest").splitlines(), start=1):
-        if not text.strip():
-            continue
-        entry = load_json(text, f"{path}:{line}")
-        if not isinstance(entry, dict) or not {"image", "labels"} <= entry.keys():
+    for line, entry in jsonl_rows(path, "manifest"):
+        if not isinstance(entry, dict) or not {IMAGE, "labels"} <= entry.keys():
             raise UserError(f'{path}:{line}: expected {{"image": ..., "labels": [...]}}')
-        entries.append((line, str(entry["image"]), entry["labels"]))
+        entries.append((line, str(entry[IMAGE]), entry["labels"]))
     return entries
 
 

@@ -8,17 +8,17 @@ needs torch and downloading does not.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from intclip.manifest import IMAGE, csv_rows, jsonl_rows
 from pipeline.errors import UserError
 from pipeline.safe_load import load_json, read_text_file
 
-MANIFEST_IMAGE = "image"  # the manifest column / key that `intclip.data` reads as the image path
 MANIFEST_URL = "url"
+ANNOTATION_FILE = "annotation file"  # what a read error calls the file
 INTENTONOMY_IMAGE_KEYS = ("id", "filename", "unsplash_url")
 
 
@@ -32,13 +32,8 @@ class ImageSource:
     where: str  # file: images[i], or file:line
 
 
-def _read_text(path: Path) -> str:
-    """The file through the bounded reader every stage uses; a CSV's BOM left out."""
-    return read_text_file(path, "annotation file").removeprefix("\ufeff")
-
-
 def _intentonomy_sources(path: Path) -> list[ImageSource]:
-    data = load_json(_read_text(path), path)
+    data = load_json(read_text_file(path, ANNOTATION_FILE).removeprefix("\ufeff"), path)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UserError(f"{path}: not an Intentonomy annotation file (needs an images list)")
     sources = []
@@ -59,28 +54,18 @@ def _strings(entry: Any, keys: Sequence[str], where: str) -> list[str]:
 
 
 def _csv_sources(path: Path) -> list[ImageSource]:
-    reader = csv.DictReader(_read_text(path).splitlines())
-    if not reader.fieldnames or not {MANIFEST_IMAGE, MANIFEST_URL} <= set(reader.fieldnames):
-        raise UserError(
-            f"{path}:1: the header must name the columns {MANIFEST_IMAGE} and {MANIFEST_URL}"
-        )
-    return [_manifest_source(row, f"{path}:{reader.line_num}") for row in reader]
+    rows = csv_rows(path, (IMAGE, MANIFEST_URL), ANNOTATION_FILE)
+    return [_manifest_source(row, f"{path}:{line}") for line, row in rows]
 
 
 def _jsonl_sources(path: Path) -> list[ImageSource]:
-    sources = []
-    for line, text in enumerate(_read_text(path).splitlines(), start=1):
-        if not text.strip():
-            continue
-        where = f"{path}:{line}"
-        entry = load_json(text, where)
-        sources.append(_manifest_source(entry, where))
-    return sources
+    rows = jsonl_rows(path, ANNOTATION_FILE)
+    return [_manifest_source(entry, f"{path}:{line}") for line, entry in rows]
 
 
 def _manifest_source(entry: Any, where: str) -> ImageSource:
     """A manifest names an image by its path, which is also its id."""
-    image, url = _strings(entry, (MANIFEST_IMAGE, MANIFEST_URL), where)
+    image, url = _strings(entry, (IMAGE, MANIFEST_URL), where)
     return ImageSource(image, url, image, where)
 
 
