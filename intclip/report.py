@@ -7,6 +7,7 @@ labels and scores.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
@@ -18,10 +19,10 @@ from rich.table import Table
 
 from intclip.hierarchy import levels_above_fine
 from intclip.metrics import INTENTONOMY_SUBSETS, SplitMetrics, evaluate_protocol, evaluate_split
-from pipeline.files import atomic_write_bytes
-from pipeline.taxonomy import Taxonomy
+from pipeline.files import PROJECT_ROOT, atomic_write_bytes
+from pipeline.taxonomy import Taxonomy, load_taxonomy
 
-INTENTONOMY_CLASSES = 28
+INTENTONOMY_TAXONOMY = PROJECT_ROOT / "prompts" / "intentonomy.yaml"
 
 
 class LevelReport(BaseModel):
@@ -59,7 +60,7 @@ def build_report(
 ) -> EvaluationReport:
     """`val` and `evaluated` are (labels, scores); they are the same arrays for `--split val`.
     `fixed_threshold` adds the split's metrics at that threshold too, chosen on nothing."""
-    subsets = INTENTONOMY_SUBSETS if len(class_ids) == INTENTONOMY_CLASSES else None
+    subsets = INTENTONOMY_SUBSETS if is_intentonomy(class_ids) else None
     result = evaluate_protocol(*val, *evaluated, subsets=subsets)
     levels = {}
     for level in levels_above_fine(taxonomy) if taxonomy else []:
@@ -84,6 +85,18 @@ def build_report(
             else None
         ),
     )
+
+
+@functools.cache
+def _intentonomy_ids() -> tuple[str, ...]:
+    return tuple(fine.id for fine in load_taxonomy(INTENTONOMY_TAXONOMY).classes)
+
+
+def is_intentonomy(class_ids: Sequence[str]) -> bool:
+    """The difficulty and content subsets are groups of Intentonomy's own classes: they apply
+    when the classes are the committed Intentonomy taxonomy's, in its label order, not to any
+    other dataset that happens to have 28 classes."""
+    return tuple(class_ids) == _intentonomy_ids()
 
 
 def report_table(report: EvaluationReport) -> Table:

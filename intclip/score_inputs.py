@@ -1,4 +1,5 @@
-"""Score matrices saved by any method, read so that every fault names its file.
+"""Score and label matrices: the one definition of the files `eval` and `zeroshot` write and
+`intclip-train score` reads, and the reader, so that every fault names its file.
 
 `intclip-train score` compares methods trained elsewhere; their .npy files are checked for
 shape, dtype, range and finiteness before any metric is computed, and never unpickled.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
 
@@ -15,12 +17,34 @@ import numpy as np
 
 from intclip.metrics import MIN_CLASSES
 from pipeline.errors import UserError
+from pipeline.files import atomic_write_bytes
 
 _NPY_HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
     (2, 0): np.lib.format.read_array_header_2_0,
 }
 _NUMERIC_KINDS = "biuf"
+
+
+def scores_file(directory: Path, split: str) -> Path:
+    """Where a split's scores [images, classes] are saved: `<split>_scores.npy`."""
+    return Path(directory) / f"{split}_scores.npy"
+
+
+def labels_file(directory: Path, split: str) -> Path:
+    """Where the split's 0/1 labels of the same shape are saved: `<split>_labels.npy`."""
+    return Path(directory) / f"{split}_labels.npy"
+
+
+def save_score_split(directory: Path, split: str, labels: np.ndarray, scores: np.ndarray) -> None:
+    """Write one split's labels and scores where `score --val-scores ...` can read them."""
+    for path, array in (
+        (labels_file(directory, split), labels),
+        (scores_file(directory, split), scores),
+    ):
+        buffer = BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        atomic_write_bytes(path, buffer.getvalue())
 
 
 def _read_npy_header(path: Path, handle: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
