@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -18,7 +19,12 @@ from intclip.prompts import ClassTexts, read_class_texts
 from intclip.transforms import eval_transform
 from pipeline.clip import LoadedClip, load_clip
 from pipeline.console import stderr
-from pipeline.embeddings import check_class_rows, embedding_cache_key, load_class_embeddings
+from pipeline.embeddings import (
+    CacheKey,
+    check_class_rows,
+    embedding_cache_key,
+    load_class_embeddings,
+)
 from pipeline.files import cache_root
 from pipeline.images import ImageTransform
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -62,21 +68,26 @@ class Components:
         return ModelInput(device, mean, std, pipeline.normalized_on_device, channels_last)
 
 
+def class_embeddings_file(config: TrainConfig) -> tuple[Path, CacheKey | None]:
+    """The embedding cache file the config names: directly, or by the key of its descriptions,
+    which the file's header must then match (the key is returned to check it)."""
+    if config.clip.embeddings is not None:
+        return config.clip.embeddings, None
+    key = embedding_cache_key(
+        config.clip.descriptions,
+        config.clip.name,
+        config.clip.pretrained,
+        config.clip.aggregate,
+    )
+    return key.path(cache_root()), key
+
+
 def _cached_embeddings(
     config: TrainConfig, clip: LoadedClip, expected_ids: list[str] | None
 ) -> tuple[ClassTextSource, list[str]]:
-    """The embedding cache file the config names: directly, or by the key of its descriptions,
-    which the file's header must then match."""
-    key = None
-    if config.clip.embeddings is None:
-        key = embedding_cache_key(
-            config.clip.descriptions,
-            config.clip.name,
-            config.clip.pretrained,
-            config.clip.aggregate,
-        )
+    path, key = class_embeddings_file(config)
     embeddings = load_class_embeddings(
-        config.clip.embeddings or key.path(cache_root()),
+        path,
         key=key,
         expected_labels=list(range(config.data.num_classes)),
         expected_ids=expected_ids,

@@ -31,16 +31,17 @@ from intclip.config import OptimConfig, TrainConfig, config_leaves, save_config
 from intclip.data import ImageDataset, LabelIndex, load_split
 from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
-from intclip.factory import build_components
+from intclip.factory import Components, build_components, class_embeddings_file
 from intclip.loader import LoaderOptions, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP, ParameterGroup
+from intclip.run_bundle import RUN_CONFIG, bundle_inputs, with_absolute_paths
 from pipeline.console import stderr
 from pipeline.errors import EXIT_FAILED, UserError
 from pipeline.files import atomic_write_bytes, atomic_write_text, cache_root, stable_json
 
-CONFIG_FILE = "config.yaml"
+CONFIG_FILE = RUN_CONFIG
 METRICS_FILE = "metrics.csv"
 LAST_STATE = "last.pt"
 BEST_MODEL = "best.safetensors"
@@ -104,6 +105,8 @@ def _train(
     skip_bad: bool,
     stop_after: int | None,
 ) -> Path:
+    if resume is None:
+        config = with_absolute_paths(config)
     run_dir = _run_directory(config, config_name, context, resume)
     log = stderr.print if context.is_main else _silent
     state_note = _state_note(run_dir)
@@ -140,6 +143,7 @@ def _train(
     progress = TrainingProgress()
     if resume is None and context.is_main:
         _create_run_directory(config, run_dir)
+        _bundle_inputs(config, run_dir, components)
     if resume is not None:
         progress = _restore(run_dir / LAST_STATE, config, model, optimizer, scheduler)
         if context.is_main:
@@ -266,6 +270,12 @@ def _create_run_directory(config: TrainConfig, run_dir: Path) -> None:
     except OSError as err:
         raise UserError(f"{run_dir}: cannot create the run directory ({err.strerror})") from err
     save_config(config, run_dir / CONFIG_FILE)
+
+
+def _bundle_inputs(config: TrainConfig, run_dir: Path, components: Components) -> None:
+    """Copies of what `eval` and `predict` need, so the run directory can move (run_bundle)."""
+    embeddings = class_embeddings_file(config)[0] if config.model.text == "cached" else None
+    bundle_inputs(run_dir, config, components.clip.identity, embeddings)
 
 
 def _state_note(run_dir: Path) -> Callable[[], str]:
