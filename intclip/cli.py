@@ -116,6 +116,15 @@ SplitOption = Annotated[
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, ...")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the JSON report.")]
 ConfigOption = Annotated[Path, typer.Option("--config", help="Training config YAML.")]
+PretrainedOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--pretrained",
+        help="The CLIP weights file the run was trained on, where it lies on this machine;"
+        " refused unless its sha256 is the one the run recorded.",
+        show_default=False,
+    ),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable)."),
@@ -270,14 +279,17 @@ def evaluate(
             " and the paper do; the protocol's threshold is still chosen on val.",
         ),
     ] = None,
+    pretrained: PretrainedOption = None,
 ) -> None:
     """Evaluate a run's best checkpoint under the Intentonomy protocol.
 
-    Writes eval-<split>.json, <split>_scores.npy and eval-<split>-per-class-f1.png in the run.
+    Writes eval-<split>.json, eval-<split>-per-class-f1.png and the <split>_scores.npy and
+    <split>_labels.npy that `score` reads (for val too) in the run, and adds a row to
+    results.csv beside the run.
     """
     from intclip.run_eval import evaluate_run
 
-    _show_report(evaluate_run(run_dir, split, device, threshold), as_json)
+    _show_report(evaluate_run(run_dir, split, device, threshold, pretrained), as_json)
 
 
 @app.command()
@@ -287,12 +299,24 @@ def zeroshot(
     split: SplitOption = "test",
     device: DeviceOption = "auto",
     as_json: JsonOption = False,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            help="Where the report and matrices go; default <output_dir>/zeroshot-<config name>.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Evaluate plain CLIP with the cached class embeddings, nothing trained: the baseline."""
+    """Evaluate plain CLIP with the cached class embeddings, nothing trained: the baseline.
+
+    Leaves the same files as `eval`, and its row in results.csv beside them."""
     from intclip.config import load_config
     from intclip.run_eval import evaluate_zero_shot
 
-    _show_report(evaluate_zero_shot(load_config(config, overrides), split, device), as_json)
+    settings = load_config(config, overrides)
+    target = output_dir or settings.output_dir / f"zeroshot-{config.stem}"
+    _show_report(evaluate_zero_shot(settings, split, device, target), as_json)
 
 
 @app.command()
@@ -307,21 +331,51 @@ def predict(
     recursive: Annotated[
         bool, typer.Option(help="Also walk the subdirectories of directories named.")
     ] = True,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            help="Write one row per image to this .csv or .jsonl file, batch by batch, every"
+            " class included; run again with it to continue where a run stopped.",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Image-decoding processes; default: the cores, at most 8.",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Images per batch; default: the run's eval_batch_size.",
+            show_default=False,
+        ),
+    ] = None,
+    pretrained: PretrainedOption = None,
 ) -> None:
     """The most probable intents of each image, marked when above the run's val-tuned
     threshold, rolled up to the middle and coarse levels of the taxonomy."""
-    from intclip.predict import FORMATTERS, predict_images
+    from intclip.predict import FORMATTERS, Predictor, default_workers
+    from intclip.predict_command import predict_to_file, predict_to_stdout
+    from intclip.prediction_files import output_suffix
     from pipeline.images import list_images
 
-    skipped: list[str] = []
-    predictions = predict_images(
-        run_dir, list_images(images, recursive), device, top, on_skip=skipped.append
-    )
-    typer.echo(FORMATTERS[output_format](predictions), nl=False)
-    for reason in skipped:
-        stderr.print(f"skipped: {reason}", markup=False)
-    if skipped:
-        stderr.print(f"warning: skipped {len(skipped)} unreadable image(s)", markup=False)
+    if output is not None:
+        output_suffix(output)
+    found = list_images(images, recursive)
+    predictor = Predictor(run_dir, device, pretrained)
+    workers = default_workers() if workers is None else workers
+    if output is not None:
+        predict_to_file(predictor, found, output, workers, batch_size)
+        return
+    formatter = FORMATTERS[output_format]
+    typer.echo(predict_to_stdout(predictor, found, top, workers, batch_size, formatter), nl=False)
 
 
 def _show_report(report: EvaluationReport | None, as_json: bool) -> None:

@@ -1,14 +1,15 @@
 """Evaluating a finished run, or plain CLIP, on val and test under the Intentonomy protocol.
 
-Both go through the same scoring and the same report, so a trained run and its zero-shot
-baseline are compared on equal terms. Under torchrun the images are sharded across processes;
-rank 0 writes the files and gets the report, the other ranks None.
+Both go through the same scoring and the same report, and leave the same files (the JSON
+report, a per-class chart, the label and score matrices `intclip-train score` reads, a row of
+results.csv), so a trained run and its zero-shot baseline are compared on equal terms. Under
+torchrun the images are sharded across processes; rank 0 writes the files and gets the report,
+the other ranks None.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -17,29 +18,38 @@ from torch import nn
 
 from intclip import distributed
 from intclip.checkpoint import load_model
-from intclip.config import TrainConfig, load_config
+from intclip.config import TrainConfig
 from intclip.data import ImageDataset, load_split
 from intclip.evaluation import predict_scores
 from intclip.factory import Components, build_components
 from intclip.loader import LoaderOptions
 from intclip.report import EvaluationReport, build_report, per_class_chart
-from intclip.train import BEST_MODEL, CONFIG_FILE
+from intclip.results_table import append_result, read_results, results_path
+from intclip.run_bundle import load_run_inputs
+from intclip.score_inputs import save_score_split
+from intclip.train import BEST_MODEL
 from pipeline.errors import UserError
-from pipeline.files import atomic_write_bytes, atomic_write_text, stable_json
+from pipeline.files import atomic_write_text, stable_json
 from pipeline.zeroshot import ZeroShotCLIP
 
 Scored = tuple[np.ndarray, np.ndarray]  # (0/1 labels, scores), images x classes
 
 
 def evaluate_run(
-    run_dir: Path, split: str, device: str, fixed_threshold: float | None = None
+    run_dir: Path,
+    split: str,
+    device: str,
+    fixed_threshold: float | None = None,
+    pretrained: Path | None = None,
 ) -> EvaluationReport | None:
-    """The run's best checkpoint; writes eval-<split>.json, the chart and the score matrices.
+    """The run's best checkpoint, its outputs written in the run (see the module docstring).
     `fixed_threshold` reports the split at that threshold as well as at val's."""
     run_dir = Path(run_dir)
     if not (run_dir / BEST_MODEL).is_file():
         raise UserError(f"{run_dir}: no {BEST_MODEL}; is it a run directory of intclip-train run?")
-    config = load_config(run_dir / CONFIG_FILE)
+    inputs = load_run_inputs(run_dir, pretrained)
+    config = inputs.config
+    read_results(results_path(run_dir))  # a damaged table stops us before, not after, scoring
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
@@ -49,16 +59,17 @@ def evaluate_run(
         distributed.teardown()
     if not context.is_main:
         return None
-    for name, (_, scores) in scored.items():
-        _save_npy(run_dir / f"{name}_scores.npy", scores)
     report = _report(split, scored, components, fixed_threshold)
-    atomic_write_text(run_dir / f"eval-{split}.json", stable_json(report.model_dump(mode="json")))
-    per_class_chart(report, run_dir / f"eval-{split}-per-class-f1.png")
+    _write_outputs(run_dir, report, scored, inputs.recorded)
     return report
 
 
-def evaluate_zero_shot(config: TrainConfig, split: str, device: str) -> EvaluationReport | None:
-    """Plain CLIP with the config's class embeddings, nothing trained."""
+def evaluate_zero_shot(
+    config: TrainConfig, split: str, device: str, output_dir: Path
+) -> EvaluationReport | None:
+    """Plain CLIP with the config's class embeddings, nothing trained; its outputs go to
+    `output_dir`, as a run's go to the run."""
+    read_results(results_path(output_dir))
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
@@ -66,7 +77,24 @@ def evaluate_zero_shot(config: TrainConfig, split: str, device: str) -> Evaluati
         scored = _score_splits(config, components, model, split, context, ZeroShotCLIP.scores)
     finally:
         distributed.teardown()
-    return _report(split, scored, components) if context.is_main else None
+    if not context.is_main:
+        return None
+    report = _report(split, scored, components)
+    _write_outputs(Path(output_dir), report, scored, config)
+    return report
+
+
+def _write_outputs(
+    directory: Path, report: EvaluationReport, scored: dict[str, Scored], config: TrainConfig
+) -> None:
+    """eval-<split>.json, its chart, <split>_{labels,scores}.npy per split scored, and the
+    row of results.csv beside `directory`."""
+    split = report.split
+    for name, (labels, scores) in scored.items():
+        save_score_split(directory, name, labels, scores)
+    atomic_write_text(directory / f"eval-{split}.json", stable_json(report.model_dump(mode="json")))
+    per_class_chart(report, directory / f"eval-{split}-per-class-f1.png")
+    append_result(directory, report, config)
 
 
 def _score_splits(
@@ -108,9 +136,3 @@ def _report(
     return build_report(
         split, scored["val"], scored[split], components.ids, components.taxonomy, fixed_threshold
     )
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    buffer = BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
