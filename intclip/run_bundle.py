@@ -144,18 +144,34 @@ def load_run_inputs(run_dir: Path, pretrained: Path | None = None) -> RunInputs:
     if pretrained is not None:
         data["clip"]["pretrained"] = str(pretrained)
     if manifest is not None:
-        copies = {role: _checked_copy(run_dir, bundled) for role, bundled in manifest.files.items()}
-        if "clip_model" in copies:
-            data["clip"]["name"] = copies["clip_model"]
-        if "class_embeddings" in copies:
-            data["clip"].update(embeddings=copies["class_embeddings"], descriptions=None)
-        elif "descriptions" in copies:
-            data["clip"]["descriptions"] = copies["descriptions"]
-        if "taxonomy" in copies:
-            data["data"]["taxonomy"] = copies["taxonomy"]
+        _use_copies(run_dir, manifest, data, recorded)
         if manifest.clip_weights is not None:
             data["clip"]["pretrained"] = _weights_file(run_dir, manifest, pretrained)
-    return RunInputs(recorded, TrainConfig.model_validate(data))
+    try:
+        return RunInputs(recorded, TrainConfig.model_validate(data))
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise UserError(
+            f"{run_dir / RUN_CONFIG}: does not fit {RUN_MANIFEST} ({first['msg']})"
+        ) from None
+
+
+def _use_copies(run_dir: Path, manifest: RunManifest, data: dict, recorded: TrainConfig) -> None:
+    """Point `data` (the config as a dict) at the run's copies of the files it was made from;
+    a path edited since in config.yaml is left as the user set it."""
+    copies = {role: _checked_copy(run_dir, bundled) for role, bundled in manifest.files.items()}
+    sources = {role: bundled.source for role, bundled in manifest.files.items()}
+    for section, key, role in (
+        ("clip", "name", "clip_model"),
+        ("clip", "descriptions", "descriptions"),
+        ("data", "taxonomy", "taxonomy"),
+    ):
+        if role in copies and data[section][key] == sources[role]:
+            data[section][key] = copies[role]
+    if "class_embeddings" in copies and recorded.model.text == "cached":
+        embeddings = data["clip"]["embeddings"]
+        if embeddings is None or embeddings == sources["class_embeddings"]:
+            data["clip"].update(embeddings=copies["class_embeddings"], descriptions=None)
 
 
 def _checked_copy(run_dir: Path, bundled: BundledFile) -> str:

@@ -111,8 +111,16 @@ def test_a_prediction_file_continues_after_a_partial_last_row(tmp_path, suffix):
     if suffix == ".csv":
         rows = pd.read_csv(path, keep_default_na=False)
         assert list(rows["image"]) == ["a.png", "b.png", "c.png"]
-        assert list(rows.columns) == ["image", "error", "predicted", *(f"{a}:{b}" for a, b in NODES)]
-        assert rows["predicted"][0] == "fine:dogs;coarse:animals" and float(rows["fine:cats"][2]) == 0.2
+        assert list(rows.columns) == [
+            "image",
+            "error",
+            "predicted",
+            *(f"{a}:{b}" for a, b in NODES),
+        ]
+        assert (
+            rows["predicted"][0] == "fine:dogs;coarse:animals"
+            and float(rows["fine:cats"][2]) == 0.2
+        )
         assert rows["error"][1] == "b.png: cannot read this image"
     else:
         lines = [json.loads(line) for line in path.read_text().splitlines()]
