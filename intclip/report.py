@@ -89,6 +89,9 @@ def build_report(
 
 @functools.cache
 def _intentonomy_ids() -> tuple[str, ...]:
+    """The committed taxonomy's class ids; none where only the package is installed."""
+    if not INTENTONOMY_TAXONOMY.is_file():
+        return ()
     return tuple(fine.id for fine in load_taxonomy(INTENTONOMY_TAXONOMY).classes)
 
 

@@ -147,7 +147,7 @@ def test_a_moved_run_evaluates_and_score_agrees_with_eval(moved):
     assert results["config_hash"].nunique() == 1 and len(results["config_hash"][0]) == 64
 
     (run_dir.parent / "results.csv").write_text("not,a\nresults,table,at all\n")
-    refused(attempt(*evaluate, env=env), f"{run_dir.parent / 'results.csv'}: not a readable")
+    refused(attempt(*evaluate, env=env), f"{run_dir.parent / 'results.csv'}: ", "move it away")
     (run_dir.parent / "results.csv").unlink()
 
 
