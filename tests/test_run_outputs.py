@@ -142,3 +142,11 @@ def test_a_prediction_file_of_other_classes_or_a_foreign_file_is_refused(tmp_pat
     (tmp_path / "folder.csv").mkdir()
     with pytest.raises(UserError, match=r"folder.csv: cannot read \(Is a directory\)"):
         PredictionFile(tmp_path / "folder.csv", NODES)
+
+
+def test_predict_refuses_an_unknown_output_suffix_before_loading_a_model(train_cli, tmp_path):
+    code, out, err = train_cli(
+        "predict", "--run", tmp_path / "no-run", tmp_path / "a.png", "--output", tmp_path / "p.txt"
+    )
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert f"--output {tmp_path / 'p.txt'}: unknown format '.txt'; use .csv or .jsonl" in err
