@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 from intclip.predict import ImagePrediction, Predictor
 from intclip.prediction_files import PredictionFile
@@ -20,6 +23,21 @@ def _report_skipped(skipped: list[ImagePrediction]) -> None:
         _say(f"skipped: {prediction.error}")
     if skipped:
         _say(f"warning: skipped {len(skipped)} unreadable image(s)")
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does: the file is closed after its last whole batch and
+    the DataLoader's workers are stopped, not left behind."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def predict_to_stdout(
@@ -55,11 +73,14 @@ def predict_to_file(
     if len(todo) < len(images):
         _say(f"{output}: {len(images) - len(todo)} image(s) already there, skipped")
     skipped: list[ImagePrediction] = []
+    batches = predictor.batches(todo, None, workers, batch_size)
     try:
-        for batch in predictor.batches(todo, None, workers, batch_size):
-            table.append(batch)
-            skipped += [p for p in batch if p.error is not None]
+        with _terminate_as_interrupt():
+            for batch in batches:
+                table.append(batch)
+                skipped += [p for p in batch if p.error is not None]
     finally:
+        batches.close()  # stops the DataLoader's workers now, also on an interruption
         table.close()
     _report_skipped(skipped)
     _say(

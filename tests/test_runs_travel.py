@@ -9,8 +9,11 @@ same CLIP weights file somewhere else.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +242,35 @@ def test_predict_output_continues_after_an_interruption(moved, tmp_path):
         attempt(*common, "--output", blocker / "out.csv", env=moved["env"]),
         f"{blocker / 'out.csv'}: cannot",
     )
+
+
+def test_predict_stopped_by_sigterm_keeps_whole_rows_stops_its_workers_and_continues(
+    moved, tmp_path
+):
+    images = sorted(moved["images"].glob("*.png"))
+    output = tmp_path / "out.jsonl"
+    command = [str(BIN / "intclip-train"), "predict", "--run", str(moved["run"]),
+               str(moved["images"]), "--pretrained", str(moved["weights"]), "--batch-size", "1",
+               "--workers", "2", "--output", str(output)]  # fmt: skip
+    process = subprocess.Popen(
+        command, env=moved["env"], cwd="/", text=True, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    while process.poll() is None and (not output.exists() or output.read_text().count("\n") < 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)  # no DataLoader worker outlived it
+    written = output.read_text().splitlines()
+    assert 3 <= len(written) < len(images)
+
+    again = attempt(*command[1:], env=moved["env"])
+    assert again.returncode == 0, again.stderr
+    assert f"{len(written)} image(s) already there" in again.stderr
+    rows = [json.loads(line)["image"] for line in output.read_text().splitlines()]
+    assert sorted(rows) == sorted(map(str, images))  # exactly one row per image
 
 
 def test_zeroshot_leaves_what_eval_leaves(workspace, tmp_path):  # noqa: F811
