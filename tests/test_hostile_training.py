@@ -160,7 +160,11 @@ def test_non_finite_loss_in_the_first_epoch_says_there_is_no_last_pt(
         r"was saved \(no last\.pt yet\)",
         line,
     )
-    assert sorted(p.name for p in (workspace["runs"] / "r").iterdir()) == ["config.yaml"]
+    assert sorted(p.name for p in (workspace["runs"] / "r").iterdir()) == [
+        "config.yaml",
+        "inputs",
+        "run.json",
+    ]
 
 
 def test_non_finite_val_scores_stop_the_run(train_cli, workspace, monkeypatch):
