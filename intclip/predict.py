@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -122,10 +123,11 @@ class Predictor:
     ) -> Iterator[list[ImagePrediction]]:
         """The predictions of each batch in image order, unreadable images included with their
         error; `top` intents per level, or all of them when None."""
+        size = batch_size or self.batch_size
         loader = DataLoader(
             _ImageFiles(images, self.transform),
-            batch_size=batch_size or self.batch_size,
-            num_workers=workers,
+            batch_size=size,
+            num_workers=min(workers, math.ceil(len(images) / size)),  # none idle for a few images
             collate_fn=_collate,
         )
         for items in loader:
