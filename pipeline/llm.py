@@ -12,9 +12,8 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-import openai
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import EXIT_LLM_FAILURE
@@ -29,6 +28,9 @@ from pipeline.llm_transport import (
     short_line,
     transport_policy,
 )
+
+if TYPE_CHECKING:  # imported by the first request: planning, or answering from the cache, never
+    import openai
 
 REASK_TEMPLATE = (
     "Your previous answer was rejected: {error}. "
@@ -133,6 +135,8 @@ class LLMClient:
     def _openai(self) -> openai.OpenAI:
         """The HTTP client, made at the first request: answering from the cache, or planning,
         needs no API key."""
+        import openai
+
         with self._client_lock:
             if self._openai_client is None:
                 self._openai_client = openai.OpenAI(
@@ -262,6 +266,8 @@ class LLMClient:
         params: dict[str, Any],
     ) -> tuple[str, int]:
         """One reply body through the retry policy (and the auto fallback), with requests sent."""
+        import openai
+
         requests = 0
         while True:
             mode = self._mode

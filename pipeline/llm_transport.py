@@ -9,13 +9,16 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable
-
-import openai
-import tenacity
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE
 from pipeline.llm_settings import API_KEY_ENV, LLMSettings, one_line
 from pipeline.retry import backoff_policy, is_transient_status, retry_after_from_headers
+
+if TYPE_CHECKING:
+    import openai
+    import tenacity
 
 QUOTA_EXHAUSTED_CODE = "insufficient_quota"
 # llama.cpp's C++ server once answered 500 'response_format type must be one of "text" or
@@ -26,16 +29,24 @@ FORMAT_REJECTION_WORDS = ("response_format", "json_schema")
 ERROR_DETAIL_MAX_CHARS = 300
 
 
+def _openai() -> ModuleType:
+    """openai, imported when first needed: its errors exist only once a request was made, and a
+    command that asks nothing (`--help`, a locked build) never pays for importing it."""
+    import openai
+
+    return openai
+
+
 def retry_after_seconds(error: BaseException) -> float | None:
     """The delay the server asked for, if the error is an HTTP answer that says so."""
-    if not isinstance(error, openai.APIStatusError):
+    if not isinstance(error, _openai().APIStatusError):
         return None
     return retry_after_from_headers(error.response.headers)
 
 
 def rejects_response_format(error: BaseException) -> bool:
     """Whether the server refused the structured-output request itself, not the moment."""
-    if not isinstance(error, openai.APIStatusError):
+    if not isinstance(error, _openai().APIStatusError):
         return False
     message = error.message.lower()
     return error.status_code in FORMAT_REJECTION_STATUS_CODES and any(
@@ -44,14 +55,14 @@ def rejects_response_format(error: BaseException) -> bool:
 
 
 def is_quota_exhausted(error: BaseException) -> bool:
-    return isinstance(error, openai.APIStatusError) and error.code == QUOTA_EXHAUSTED_CODE
+    return isinstance(error, _openai().APIStatusError) and error.code == QUOTA_EXHAUSTED_CODE
 
 
 def is_unreachable(error: BaseException) -> bool:
     """Nothing listens at the address, or the host name does not resolve: a wrong --base-url,
     which no retry fixes, so the whole build stops at the first request."""
-    if not isinstance(error, openai.APIConnectionError) or isinstance(
-        error, openai.APITimeoutError
+    if not isinstance(error, _openai().APIConnectionError) or isinstance(
+        error, _openai().APITimeoutError
     ):
         return False
     cause: BaseException | None = error
@@ -64,9 +75,9 @@ def is_unreachable(error: BaseException) -> bool:
 
 def is_transient(error: BaseException) -> bool:
     """Worth another try: network trouble, timeouts, 408, 429 (unless out of quota) and 5xx."""
-    if isinstance(error, openai.APIConnectionError):
+    if isinstance(error, _openai().APIConnectionError):
         return not is_unreachable(error)
-    if not isinstance(error, openai.APIStatusError):
+    if not isinstance(error, _openai().APIStatusError):
         return False
     if is_quota_exhausted(error) or rejects_response_format(error):
         return False
@@ -114,15 +125,15 @@ def status_is(status_code: int) -> Callable[[BaseException], bool]:
 
 
 def is_status_error(error: BaseException) -> bool:
-    return isinstance(error, openai.APIStatusError)
+    return isinstance(error, _openai().APIStatusError)
 
 
 def is_timeout(error: BaseException) -> bool:
-    return isinstance(error, openai.APITimeoutError)
+    return isinstance(error, _openai().APITimeoutError)
 
 
 def is_connection_error(error: BaseException) -> bool:
-    return isinstance(error, openai.APIConnectionError)
+    return isinstance(error, _openai().APIConnectionError)
 
 
 # The first rule that matches names the failure and its exit code: configuration mistakes exit 2,

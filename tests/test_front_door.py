@@ -1,7 +1,8 @@
-"""The commands a newcomer runs first: fast (no torch), offline, and needing no key.
+"""The commands a newcomer runs first: fast (no torch, openai or numpy), offline, and needing no
+key.
 
 Each runs in a subprocess through `tests/light_entry.py`, which refuses the network and reports
-whether torch, torchvision or open_clip were imported.
+which heavy libraries were imported.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run(root: Path, entry: str, *args: str) -> subprocess.CompletedProcess[str]:
     ],
     ids=["prompts-help", "train-help", "validate", "diff", "build-check"],
 )
-def test_commands_without_tensors_import_no_torch(entry, args):
+def test_commands_without_tensors_import_no_heavy_library(entry, args):
     done = run(ROOT, entry, *args)
     assert done.returncode == 0, done.stderr
     assert LIGHT in done.stderr
