@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from fake_openai import FakeOpenAI, describing_responder
+from testkit.fake_openai import FakeOpenAI, describing_responder
 
 FOREVER_S = 3600
 

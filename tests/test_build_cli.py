@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 from conftest import TOY_TAXONOMY
-from fake_openai import Content, FakeOpenAI, Hang, descriptions_json, quota_exhausted, unauthorized
+
+from testkit.fake_openai import (
+    Content,
+    FakeOpenAI,
+    Hang,
+    descriptions_json,
+    quota_exhausted,
+    unauthorized,
+)
 
 TOY = TOY_TAXONOMY
 API_KEY = "sk-test-a1b2c3d4e5f6-never-stored"

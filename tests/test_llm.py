@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_openai import (
+from pydantic import BaseModel, Field
+
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
+from pipeline.llm import LLMAnswer, LLMClient
+from pipeline.llm_cache import LLMCache
+from pipeline.llm_settings import LLMError, LLMSettings
+from testkit.fake_openai import (
     Body,
     Content,
     ErrorReply,
@@ -25,12 +31,6 @@ from fake_openai import (
     server_error,
     unauthorized,
 )
-from pydantic import BaseModel, Field
-
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
-from pipeline.llm import LLMAnswer, LLMClient
-from pipeline.llm_cache import LLMCache
-from pipeline.llm_settings import LLMError, LLMSettings
 
 COUNT = 3
 MAX_WORDS = 12

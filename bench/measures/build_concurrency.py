@@ -1,12 +1,12 @@
 """4. `intclip-prompts build` of 28 classes at concurrency 8 vs 1, against a loopback
-OpenAI-compatible server that adds 200 ms to every request (the tests' fake server). Both sides
-skip the review after the build (`--skip-review`): it costs the same at any concurrency."""
+OpenAI-compatible server that adds 200 ms to every request (`testkit.fake_openai`, the tests'
+fake server). Both sides skip the review after the build (`--skip-review`): it costs the same at
+any concurrency."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -14,11 +14,8 @@ from pathlib import Path
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import ROOT, prompts_cli
-
-sys.path.insert(0, str(ROOT / "tests"))  # the fake server lives with the tests that define it
-from fake_openai import FakeOpenAI, describing_responder
-
 from pipeline.cli import main as prompts_main
+from testkit.fake_openai import FakeOpenAI, describing_responder
 
 TAXONOMY = ROOT / "prompts" / "intentonomy.yaml"
 
