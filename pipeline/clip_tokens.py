@@ -15,6 +15,7 @@ import gzip
 import html
 import importlib.util
 import itertools
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -103,9 +104,19 @@ class ClipTokenizer:
         return ids
 
 
+_tokenizer_lock = threading.Lock()
+
+
 @cache
-def clip_tokenizer() -> ClipTokenizer:
+def _load_tokenizer() -> ClipTokenizer:
     return ClipTokenizer(vocabulary_file())
+
+
+def clip_tokenizer() -> ClipTokenizer:
+    """The one tokenizer, built once: `build`'s threads all check their first answers at about
+    the same moment, and `functools.cache` alone would let each of them build its own."""
+    with _tokenizer_lock:
+        return _load_tokenizer()
 
 
 def clip_token_count(text: str) -> int:

@@ -125,6 +125,7 @@ class LLMClient:
         self._openai_client: openai.OpenAI | None = None
         self._client_lock = threading.Lock()
         self._cancelled = threading.Event()
+        self._requested = threading.Event()
         self._transport = transport_policy(settings, self._cancelled)
         self._mode_lock = threading.Lock()
         self._mode: RequestMode = (
@@ -155,6 +156,11 @@ class LLMClient:
     def response_mode(self) -> RequestMode:
         """The mode requests use now: auto starts with json_schema and may fall back."""
         return self._mode
+
+    def wait_for_a_request(self, timeout: float) -> bool:
+        """Whether a request went out within `timeout` seconds: work that no request needs
+        can then use the CPU while the server thinks, instead of delaying the first request."""
+        return self._requested.wait(timeout)
 
     def cancel(self) -> None:
         """Stop asking, from any thread: waits between retries end, and no request starts."""
@@ -297,6 +303,7 @@ class LLMClient:
         if self._cancelled.is_set():
             raise LLMError("cancelled before the request was sent", EXIT_LLM_FAILURE)
         completions = self._openai.chat.completions.with_raw_response
+        self._requested.set()
         request: dict[str, Any] = {
             "model": self.settings.model,
             "messages": conversation,

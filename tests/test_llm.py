@@ -96,6 +96,14 @@ def test_a_valid_answer_takes_one_request(fake_openai: FakeOpenAI) -> None:
     assert body["response_format"]["json_schema"]["name"] == "DescriptionsAnswer"
 
 
+def test_waiting_for_a_request_ends_once_one_is_sent(fake_openai: FakeOpenAI) -> None:
+    """What `build` waits for before loading CLIP's tokenizer, off the first request's path."""
+    client = LLMClient(fast_settings(fake_openai))
+    assert not client.wait_for_a_request(0.01)
+    ask(client)
+    assert client.wait_for_a_request(0.01)
+
+
 @pytest.mark.parametrize(
     "fault",
     [server_error(500), server_error(503), rate_limited(), Hang(seconds=1.0)],
