@@ -88,3 +88,20 @@ def test_locked_build_on_a_fresh_clone_needs_no_key_and_sends_nothing(fresh_clon
         check=True,
     )
     assert status.stdout == ""
+
+
+def test_a_command_skips_the_last_collection_at_exit():
+    """Everything left at exit is frozen first: Python's last collection would only walk the
+    objects that the process is about to free anyway (openai's models after a build)."""
+    report = "atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr))"
+    code = f"import atexit, gc, sys; {report}; from pipeline.cli import main; main(sys.argv[1:])"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "validate", "--taxonomy", "prompts/intentonomy.yaml"],
+        cwd=ROOT,
+        env=offline_env(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stderr.split("frozen ")[1].split()[0]) > 0
