@@ -69,7 +69,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> Non
         # Not standalone: click's usage errors come here instead of printing a usage box.
         code = app(args=args, prog_name=prog_name, standalone_mode=False)
     except typer.TyperException as err:
-        _usage_error(err)
+        _usage_error(err, " ".join([prog_name, *_command_path(app, args)]))
     except UserError as err:
         for line in str(err).splitlines():
             fail(line)
@@ -96,14 +96,15 @@ def _skip_the_last_collection() -> None:
     atexit.register(gc.freeze)
 
 
-def _usage_error(err: typer.TyperException) -> NoReturn:
+def _usage_error(err: typer.TyperException, command: str) -> NoReturn:
     """Click's own errors (typer re-exports click as `typer._click`, hence the duck typing): one
-    line and their exit code (2 for usage), with a hint at the command's `--help` on that line.
-    `no_args_is_help` has already printed the help when it raises."""
+    line and their exit code (2 for usage), with a hint at the command's `--help` on that line
+    (`command` is the one the words name, for errors that carry no context). `no_args_is_help`
+    has already printed the help when it raises."""
     if type(err).__name__ != "NoArgsIsHelpError":
         context = getattr(err, "ctx", None)
-        hint = f" (see '{context.command_path} --help')" if context is not None else ""
-        fail(" ".join(err.format_message().split()) + hint)
+        command = context.command_path if context is not None else command
+        fail(f"{' '.join(err.format_message().split())} (see '{command} --help')")
     sys.exit(err.exit_code)
 
 

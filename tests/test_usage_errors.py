@@ -24,7 +24,8 @@ def assert_one_line(result, *words: str) -> None:
     ("args", "words"),
     [
         (("validate", "--bogus"), ("No such option: --bogus", "'intclip-prompts validate --help'")),
-        (("validate", "--taxonomy"), ("'--taxonomy' requires an argument",)),
+        (("validate", "--taxonomy"),
+         ("'--taxonomy' requires an argument", "'intclip-prompts validate --help'")),
         (("build", "--taxonomy", "t.yaml", "--concurrency", "zero"),
          ("Invalid value for '--concurrency'", "'intclip-prompts build --help'")),
         (("build", "--taxonomy", "t.yaml", "--concurrency", "0"), ("'--concurrency'",)),
@@ -44,7 +45,7 @@ def test_prompts_usage_errors(prompts_cli, args, words):
     [
         (("check-data",), ("Missing option '--config'", "'intclip-train check-data --help'")),
         (("run", "--config", "c.yaml", "--unknown"), ("No such option: --unknown",)),
-        (("eval", "--run"), ("'--run' requires an argument",)),
+        (("eval", "--run"), ("'--run' requires an argument", "'intclip-train eval --help'")),
         (("predict",), ("Missing",)),
         (("trian",), ("No such command 'trian'",)),
     ],
