@@ -363,7 +363,8 @@ def run_build(
     for job in plan.jobs:
         if job.selected and job.fine.label not in sending:
             on_outcome(job, "kept")
-    threading.Thread(target=_load_checks, args=(client,), name="build-checks", daemon=True).start()
+    if plan.to_send:
+        threading.Thread(target=_load_checks, args=(client,), name="checks", daemon=True).start()
     _run_cancellable(ask, plan.to_send, concurrency, stop, client)
     if fatal:
         raise fatal[0]
