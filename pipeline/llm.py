@@ -23,6 +23,7 @@ from pipeline.llm_transport import (
     FAILURE_RULES,
     UNCLASSIFIED_FAILURE,
     error_detail,
+    openai_module,
     rejects_response_format,
     root_cause,
     short_line,
@@ -136,8 +137,7 @@ class LLMClient:
     def _openai(self) -> openai.OpenAI:
         """The HTTP client, made at the first request: answering from the cache, or planning,
         needs no API key."""
-        import openai
-
+        openai = openai_module()
         with self._client_lock:
             if self._openai_client is None:
                 self._openai_client = openai.OpenAI(
@@ -272,8 +272,7 @@ class LLMClient:
         params: dict[str, Any],
     ) -> tuple[str, int]:
         """One reply body through the retry policy (and the auto fallback), with requests sent."""
-        import openai
-
+        openai = openai_module()
         requests = 0
         while True:
             mode = self._mode

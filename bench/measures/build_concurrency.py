@@ -86,18 +86,19 @@ def _command(arguments: list[str]) -> float:
     "build, 28 classes, concurrency 8 vs 1, 200 ms per request",
     defaults={"delay_s": 0.2, "concurrency": 8},
     missed="Both sides pay the same fixed cost before their first request: Python and the CLI "
-    "(0.2 s on an idle core) and `import openai` (0.3 s: the SDK's `types` package builds "
+    "(0.2 s on an idle core) and `import openai` (0.25 s: the SDK's `types` package builds "
     "hundreds of pydantic models, and no part of the client imports without it). 28 requests "
     "of 200 ms wait 5.6 s at concurrency 1 and 0.8 s (4 rounds) at 8, so even on an idle "
     "machine the ratio stays near (5.6 + 0.5) / (0.8 + 0.5) = 4.7; on a busy one (load 5 to 8 "
     "on these 2 cores during the committed run) every CPU second of that fixed cost stretches "
     "and the ratio falls further. 5x needs the fixed cost under about 0.35 s: sending the "
     "requests with httpx directly (the same json_schema body and error mapping) instead of the "
-    "openai SDK would remove its 0.3 s. Already cut: the CLIP tokenizer that each of the 8 "
+    "openai SDK would remove its 0.25 s. Already cut: the CLIP tokenizer that each of the 8 "
     "threads built for itself (8 x 0.16 s of CPU) is built once, while the first requests "
-    "wait; torch, numpy and openai are imported only when needed; the last garbage collection "
-    "at exit (0.1 s after openai) is skipped. Slower requests (a hosted model takes seconds) "
-    "or more classes move the ratio toward the in-process one.",
+    "wait; torch, numpy and openai are imported only when needed; openai's import runs with "
+    "the garbage collector paused (it ran 112 collections, a fifth of the import, and freed "
+    "nothing); the last collection at exit (0.1 s after openai) is skipped. Slower requests "
+    "(a hosted model takes seconds) or more classes move the ratio toward the in-process one.",
     order=4,
 )
 def run(settings: Settings) -> list[Comparison]:
