@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     params.n_parallel = 1
     if args.model_alias:
         params.model_alias = {args.model_alias}
-    server = xllamacpp.Server(params)  # loads the model, then listens on its own threads
+    try:
+        server = xllamacpp.Server(params)  # loads the model, then listens on its own threads
+    except RuntimeError as err:  # llama.cpp has logged why (a bad GGUF, a taken port) above
+        sys.exit(f"error: {err}")
     print(f"serving {args.model} at {server.listening_address}", flush=True)
     try:
         threading.Event().wait()  # until SIGTERM ends the process

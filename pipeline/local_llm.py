@@ -232,7 +232,11 @@ def _has_server() -> bool:
 
 
 def _port_in_use(port: int) -> bool:
+    """Whether a socket listens on the port. SO_REUSEADDR lets the probe past connections in
+    TIME_WAIT: llama.cpp listens while it loads the model, so the health checks leave some
+    behind when a bad model makes it exit, and that port is free, not taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -217,6 +217,18 @@ def test_a_signal_stops_the_server(stand_in, tmp_path, mode, marker, signum, exi
             os.kill(stand_in["pid"](), signal.SIGKILL)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs the local extra")
+def test_real_server_refuses_a_file_that_is_no_model(tmp_path):
+    """llama.cpp's own reason reaches the one-line error, and no traceback does."""
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF but not a model")
+    with pytest.raises(UserError, match="exited with code 1 while starting") as raised:
+        LocalLLMServer(junk, log_dir=tmp_path).start()
+    message = str(raised.value)
+    assert "failed to load model" in message and "Traceback" not in message
+    assert raised.value.exit_code == 3 and "\n" not in message
+
+
 @pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(
