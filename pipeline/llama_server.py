@@ -13,6 +13,8 @@ import argparse
 import sys
 import threading
 
+import xllamacpp
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m pipeline.llama_server")
@@ -22,8 +24,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model_alias", help="model name the server answers to")
     parser.add_argument("--n_ctx", type=int, default=4096, help="context size, tokens")
     args = parser.parse_args(argv)
-    import xllamacpp
-
     params = xllamacpp.CommonParams()
     params.model.path = args.model
     params.hostnames = [args.host]
