@@ -126,12 +126,33 @@ class PromptedClassText(nn.Module):
             _initial_contexts(self.tower, config, self.num_classes),
         )
 
+        self._without_grad: tuple[tuple, ClassFeatures] | None = None
+
     @property
     def trained(self) -> PromptContexts:
         """The only trained text-side part: the contexts."""
         return self.contexts
 
     def forward(self) -> ClassFeatures:
+        """The class features; without autograd (eval, predict) computed once per state of the
+        contexts rather than once per batch, since nothing else they depend on changes."""
+        if torch.is_grad_enabled():
+            self._without_grad = None
+            return self._features()
+        key = self._contexts_state()
+        if self._without_grad is None or self._without_grad[0] != key:
+            self._without_grad = (key, self._features())
+        return self._without_grad[1]
+
+    def _contexts_state(self) -> tuple:
+        """What identifies the contexts' values: storage, in-place version counter (bumped by
+        optimiser steps and `load_state_dict`), device, dtype, and the autocast setting."""
+        contexts = [
+            (p.data_ptr(), p._version, p.device, p.dtype) for p in self.contexts.parameters()
+        ]
+        return (*contexts, torch.is_autocast_enabled(self.prefix.device.type))
+
+    def _features(self) -> ClassFeatures:
         """Positive and negative prompts go through the tower as one batch."""
         positive, negative = self.contexts.per_prompt(self.owner)
         contexts = torch.cat([positive, negative]).to(self.prefix.dtype)

@@ -395,3 +395,18 @@ def test_full_size_open_clip_architectures(name: str) -> None:
         torch.testing.assert_close(features.global_token, clip.module.encode_image(images))
         assert features.fused_map.shape == (1, clip.embed_dim, 7, 7)
         assert model(torch.randn(1, 3, 320, 256)).shape == (1, 28)
+
+
+def test_head_scores_in_float32_under_bfloat16_autocast(tiny_clip: LoadedClip) -> None:
+    model = build(tiny_clip, head="both", aggregation=False)
+    classes = ClassFeatures(model.text.class_embeddings)
+    generator = torch.Generator().manual_seed(6)
+    dense = torch.randn(2, TINY_EMBED_DIM, 3, 3, generator=generator)
+    global_token = torch.randn(2, TINY_EMBED_DIM, generator=generator)
+    plain = model.head(dense, global_token, classes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = model.head(dense.bfloat16(), global_token.bfloat16(), classes)
+    assert autocast.dtype == torch.float32
+    rounded = model.head(dense.bfloat16().float(), global_token.bfloat16().float(), classes)
+    torch.testing.assert_close(autocast, rounded, rtol=0, atol=1e-5)
+    assert (autocast - plain).abs().max() < 1.0

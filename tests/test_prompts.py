@@ -113,6 +113,31 @@ def test_one_sgd_step_changes_the_contexts_and_nothing_of_clip(
     }
 
 
+def test_eval_features_are_computed_once_per_state_of_the_contexts(
+    tiny_clip: LoadedClip, descriptions: Path
+) -> None:
+    model = prompt_model(tiny_clip, descriptions)
+    calls = []
+    model.text.tower.register_forward_hook(lambda *_: calls.append(1))
+    model.eval()
+    with torch.no_grad():
+        first, second = model(images_for(tiny_clip)), model(images_for(tiny_clip, seed=1))
+    assert len(calls) == 1 and first.shape == second.shape
+
+    sgd_step(model, images_for(tiny_clip), torch.eye(3))
+    calls.clear()
+    model.eval()
+    with torch.no_grad():
+        cached = model.text()
+        again = model.text()
+        model.text._without_grad = None
+        fresh = model.text()
+    assert len(calls) == 2  # once after the step, once after the cache was dropped
+    assert again is cached
+    for got, want in zip(cached, fresh, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_logit_is_the_difference_of_positive_and_negative_scores(
     tiny_clip: LoadedClip, descriptions: Path
 ) -> None:
