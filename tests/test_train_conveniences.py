@@ -49,9 +49,10 @@ def test_accumulation_weights_make_one_batch_of_the_effective_size():
 @pytest.mark.slow
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_accumulating_three_batches_of_16_equals_one_batch_of_48(workspace, reduction):  # noqa: F811
-    """8 micro-batches in steps of 3, 3 and 2 against batches of 48, 48 and 32: equal updates."""
+    """8 micro-batches in steps of 3, 3 and 2 against batches of 48, 48 and 32: equal updates.
+    SGD, since Adam turns the rounding noise of a zero gradient (a key bias) into a full step."""
     common = ("--set", "optim.epochs=1", "--set", "augment.enabled=false",
-              "--set", f"loss.reduction={reduction}")  # fmt: skip
+              "--set", f"loss.reduction={reduction}", "--set", "optim.optimizer=sgd")  # fmt: skip
     accumulated = train(
         workspace, f"accumulated-{reduction}", *common, "--set", "optim.grad_accumulation=3"
     )
@@ -106,7 +107,7 @@ def test_plain_progress_lines_and_train_log(workspace):  # noqa: F811
     tags = set(board.Tags()["scalars"])
     assert {"train/loss", "train/epoch_loss", "val/mAP", "val/macro_f1"} <= tags
     groups = {g for g in tags if g.startswith("train/lr/")}
-    assert {"train/lr/semantic", "train/lr/head"} <= groups  # one tag per parameter group
+    assert {"train/lr/semantic", "train/lr/semantic.no_decay"} <= groups  # one per group
     assert [e.step for e in board.Scalars("train/loss")] == list(range(1, 2 * STEPS + 1))
     assert [e.step for e in board.Scalars("val/mAP")] == [STEPS, 2 * STEPS]
 
