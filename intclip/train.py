@@ -14,14 +14,16 @@ import math
 import random
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 from intclip import distributed, precision
 from intclip.acceleration import compiled, fused_optimizer, to_channels_last
@@ -33,7 +35,7 @@ from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
 from intclip.factory import build_components
 from intclip.init_from import initialise
-from intclip.loader import LoaderOptions, train_loader
+from intclip.loader import EpochSeeds, LoaderOptions, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP, ParameterGroup
@@ -111,6 +113,71 @@ class _Optimisation:
 
     def learning_rates(self) -> dict[str, float]:
         return {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+
+
+@dataclass
+class _TrainingPass:
+    """One epoch over the training set: micro-batches, optimiser steps, progress, checks."""
+
+    config: TrainConfig
+    context: distributed.Context
+    loader: DataLoader
+    seeds: EpochSeeds
+    plan: AccumulationPlan
+    model: IntCLIP
+    trainable: nn.Module
+    ddp: DistributedDataParallel | None
+    model_input: Callable[[torch.Tensor], torch.Tensor]
+    autocast: AbstractContextManager
+    criterion: AsymmetricLoss
+    optimisation: _Optimisation
+    board: TensorBoardLog | None
+    run_log: RunLog
+    state_note: Callable[[], str]
+
+    def run(self, epoch: int, progress: TrainingProgress) -> tuple[float, float]:
+        """Train epoch `epoch`, counting steps in `progress`; (mean train loss, images/s)."""
+        context, plan, board, optimisation = self.context, self.plan, self.board, self.optimisation
+        _seed_epoch(self.config.seed, epoch, context.rank)
+        self.seeds.set_epoch(epoch)
+        self.model.train()
+        started, seen, batches, done = time.perf_counter(), 0, 0, 0
+        loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
+        step_loss = torch.zeros((), device=context.device)
+        shown = EpochProgress(
+            epoch, self.config.optim.epochs, plan.steps, self.run_log, context.is_main
+        )
+        with shown:
+            for micro, (images, targets, _) in enumerate(self.loader):
+                images = self.model_input(images)
+                targets = targets.to(context.device, non_blocking=True)
+                ends_step = plan.ends_step(micro)
+                # DDP averages gradients across processes on the step's last micro-batch only
+                with nullcontext() if ends_step or self.ddp is None else self.ddp.no_sync():
+                    with self.autocast:
+                        logits = self.trainable(images)
+                    loss = self.criterion(logits.float(), targets)
+                    weighted = loss * plan.weight(micro, len(images))
+                    optimisation.backward(weighted)
+                seen += len(images) * context.world_size
+                loss_sum += loss.detach()  # a nan or inf stays in the sum until it is checked
+                step_loss += weighted.detach()
+                batches += 1
+                if ends_step:
+                    done += 1
+                    if board is not None:
+                        board.step(progress.step + 1, step_loss, optimisation.learning_rates())
+                    optimisation.step()
+                    progress.step += 1
+                    step_loss = torch.zeros((), device=context.device)
+                    shown.update(done, seen, loss_sum, batches)
+                if batches % self.config.optim.check_finite_every == 0:
+                    _check_finite(loss_sum, epoch, progress.step, self.state_note, context)
+                    if board is not None:
+                        board.flush()
+        _check_finite(loss_sum, epoch, progress.step, self.state_note, context)
+        images_per_s = seen / max(time.perf_counter() - started, 1e-9)
+        return distributed.mean_across(loss_sum.item() / max(batches, 1), context), images_per_s
 
 
 def train(
@@ -193,8 +260,6 @@ def _train(
         [p for g in groups for p in g.parameters],
         config.optim.grad_clip,
     )
-    autocast = precision.autocast(config.precision, context.device)
-    criterion = AsymmetricLoss(**config.loss.model_dump())
     progress = TrainingProgress()
     if resume is None and context.is_main:
         _create_run_directory(config, run_dir)
@@ -205,49 +270,16 @@ def _train(
             _write_metrics(run_dir / METRICS_FILE, progress.rows)
         log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
     board = TensorBoardLog(run_dir) if config.tensorboard and context.is_main else None
+    passes = _TrainingPass(
+        config, context, loader, seeds, plan, model, trainable, ddp, model_input,
+        precision.autocast(config.precision, context.device),
+        AsymmetricLoss(**config.loss.model_dump()), optimisation, board, run_log, state_note,
+    )  # fmt: skip
 
     last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
     stopped_early = _patience_spent(progress, config.optim)
     for epoch in range(progress.epoch, progress.epoch if stopped_early else last_epoch):
-        _seed_epoch(config.seed, epoch, context.rank)
-        seeds.set_epoch(epoch)
-        model.train()
-        started, seen, batches, done = time.perf_counter(), 0, 0, 0
-        loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
-        step_loss = torch.zeros((), device=context.device)
-        shown = EpochProgress(epoch, config.optim.epochs, plan.steps, run_log, context.is_main)
-        with shown:
-            for micro, (images, targets, _) in enumerate(loader):
-                images = model_input(images)
-                targets = targets.to(context.device, non_blocking=True)
-                ends_step = plan.ends_step(micro)
-                # DDP averages gradients across processes on the step's last micro-batch only
-                with nullcontext() if ends_step or ddp is None else ddp.no_sync():
-                    with autocast:
-                        logits = trainable(images)
-                    loss = criterion(logits.float(), targets)
-                    weighted = loss * plan.weight(micro, len(images))
-                    optimisation.backward(weighted)
-                seen += len(images) * context.world_size
-                loss_sum += loss.detach()  # a nan or inf stays in the sum until it is checked
-                step_loss += weighted.detach()
-                batches += 1
-                if ends_step:
-                    done += 1
-                    if board is not None:
-                        board.step(progress.step + 1, step_loss, optimisation.learning_rates())
-                    optimisation.step()
-                    progress.step += 1
-                    step_loss = torch.zeros((), device=context.device)
-                    shown.update(done, seen, loss_sum, batches)
-                if batches % config.optim.check_finite_every == 0:
-                    _check_finite(loss_sum, epoch, progress.step, state_note, context)
-                    if board is not None:
-                        board.flush()
-        _check_finite(loss_sum, epoch, progress.step, state_note, context)
-        images_per_s = seen / max(time.perf_counter() - started, 1e-9)
-        train_loss = distributed.mean_across(loss_sum.item() / max(batches, 1), context)
-
+        train_loss, images_per_s = passes.run(epoch, progress)
         scores = predict_scores(
             model, val_set, config.optim.eval_batch_size, context, model_input,
             options=options, precision=config.precision,
