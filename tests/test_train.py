@@ -215,6 +215,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_epoch(workspace, monkeypa
     run_dir = workspace["root"] / "runs" / "diverge"
     assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 1
     assert len(metrics(run_dir)) == 1
+    assert "error: loss is nan at epoch 2" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.slow
