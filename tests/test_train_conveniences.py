@@ -64,6 +64,19 @@ def test_accumulating_three_batches_of_16_equals_one_batch_of_48(workspace, redu
 
 
 @pytest.mark.slow
+def test_accumulating_runs_resume_exactly(workspace):  # noqa: F811
+    """Steps never span epochs (8 micro-batches in steps of 3, 3, 2), so `last.pt` is whole."""
+    settings = ("--set", "optim.grad_accumulation=3", "--set", "optim.epochs=2")
+    straight = train(workspace, "straight-k3", *settings)
+    halves = train(workspace, "halves-k3", *settings, "--stop-after", 1)
+    cli("intclip-train", "run", "--resume", halves, env=workspace["env"])
+    assert [r["step"] for r in metrics(halves)] == ["3", "6"]
+    one, other = trained_tensors(straight), trained_tensors(halves)
+    for name in one:
+        assert torch.equal(one[name], other[name]), name
+
+
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_normally_and_resumes_exactly(workspace):  # noqa: F811
     """A learning rate too small to change a float32 weight: val mAP never improves."""
     frozen = ("--set", "optim.lr=1e-12", "--set", "optim.early_stop_patience=2")
