@@ -272,7 +272,7 @@ def run(
     with captured_output() as log:
         run_dir = train(settings, name, resume, skip_bad, stop_after, log)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
-            Console().print(str(run_dir), markup=False)
+            print(run_dir)  # one line, never wrapped: scripts read it
 
 
 @app.command("eval")
