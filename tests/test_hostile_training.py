@@ -160,7 +160,9 @@ def test_non_finite_loss_in_the_first_epoch_says_there_is_no_last_pt(
         r"was saved \(no last\.pt yet\)",
         line,
     )
-    assert sorted(p.name for p in (workspace["runs"] / "r").iterdir()) == ["config.yaml"]
+    run_dir = workspace["runs"] / "r"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "train.log"]
+    assert (run_dir / "train.log").read_text().endswith(line + "\n")
 
 
 def test_non_finite_val_scores_stop_the_run(train_cli, workspace, monkeypatch):
