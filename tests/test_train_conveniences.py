@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -32,6 +33,19 @@ def failed_run(workspace, *args: object) -> subprocess.CompletedProcess:  # noqa
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     return result
+
+
+def resumes_exactly(workspace, name: str, *settings: str) -> Path:  # noqa: F811
+    """Two epochs straight, and one then `--resume`: identical weights. The resumed run."""
+    settings = (*settings, "--set", "optim.epochs=2")
+    straight = train(workspace, f"straight-{name}", *settings)
+    halves = train(workspace, f"halves-{name}", *settings, "--stop-after", 1)
+    cli("intclip-train", "run", "--resume", halves, env=workspace["env"])
+    one, other = trained_tensors(straight), trained_tensors(halves)
+    assert one.keys() == other.keys()
+    for tensor in one:
+        assert torch.equal(one[tensor], other[tensor]), tensor
+    return halves
 
 
 def test_accumulation_weights_make_one_batch_of_the_effective_size():
@@ -66,14 +80,8 @@ def test_accumulating_three_batches_of_16_equals_one_batch_of_48(workspace, redu
 @pytest.mark.slow
 def test_accumulating_runs_resume_exactly(workspace):  # noqa: F811
     """Steps never span epochs (8 micro-batches in steps of 3, 3, 2), so `last.pt` is whole."""
-    settings = ("--set", "optim.grad_accumulation=3", "--set", "optim.epochs=2")
-    straight = train(workspace, "straight-k3", *settings)
-    halves = train(workspace, "halves-k3", *settings, "--stop-after", 1)
-    cli("intclip-train", "run", "--resume", halves, env=workspace["env"])
+    halves = resumes_exactly(workspace, "k3", "--set", "optim.grad_accumulation=3")
     assert [r["step"] for r in metrics(halves)] == ["3", "6"]
-    one, other = trained_tensors(straight), trained_tensors(halves)
-    for name in one:
-        assert torch.equal(one[name], other[name]), name
 
 
 @pytest.mark.slow
@@ -177,14 +185,8 @@ def test_init_from_refuses_foreign_files_and_resume(workspace, tmp_path):  # noq
 
 @pytest.mark.slow
 def test_fp16_on_cpu_keeps_its_loss_scaler_and_resumes_exactly(workspace):  # noqa: F811
-    settings = ("--set", "precision=fp16", "--set", "optim.epochs=2")
-    straight = train(workspace, "straight-fp16", *settings)
-    halves = train(workspace, "halves-fp16", *settings, "--stop-after", 1)
-    cli("intclip-train", "run", "--resume", halves, env=workspace["env"])
+    halves = resumes_exactly(workspace, "fp16", "--set", "precision=fp16")
     assert torch.load(halves / "last.pt", weights_only=True)["scaler"]["scale"] > 0
-    one, other = trained_tensors(straight), trained_tensors(halves)
-    for name in one:
-        assert torch.equal(one[name], other[name]), name
 
 
 @pytest.mark.slow
