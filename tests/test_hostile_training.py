@@ -160,11 +160,10 @@ def test_non_finite_loss_in_the_first_epoch_says_there_is_no_last_pt(
         r"was saved \(no last\.pt yet\)",
         line,
     )
-    assert sorted(p.name for p in (workspace["runs"] / "r").iterdir()) == [
-        "config.yaml",
-        "inputs",
-        "run.json",
-    ]
+    run_dir = workspace["runs"] / "r"
+    expected = ["config.yaml", "inputs", "run.json", "train.log"]
+    assert sorted(p.name for p in run_dir.iterdir()) == expected
+    assert (run_dir / "train.log").read_text().endswith(line + "\n")
 
 
 def test_non_finite_val_scores_stop_the_run(train_cli, workspace, monkeypatch):
