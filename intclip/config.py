@@ -25,6 +25,7 @@ from pydantic import (
 
 from intclip.loss import Reduction
 from intclip.model import ModelConfig, Role
+from intclip.shrink import DEFAULT_CROP_SCALE_MIN
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
 from pipeline.safe_load import load_yaml, read_text_file
@@ -113,7 +114,7 @@ class AugmentConfig(_Section):
 
     enabled: bool = True
     """`false` trains on the evaluation transform, as the official code in effect does."""
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_scale: tuple[float, float] = (DEFAULT_CROP_SCALE_MIN, 1.0)
     flip: bool = True
     randaugment_ops: int = Field(default=2, ge=0)
     randaugment_magnitude: int = Field(default=9, ge=0, le=30)

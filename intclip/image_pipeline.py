@@ -25,6 +25,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
 from intclip.config import AugmentConfig, DataConfig
+from intclip.shrink import CROP_RATIO
 from intclip.transforms import eval_transform, train_transform
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in full-size pixels
@@ -88,7 +89,7 @@ class FastTrain:
     def __init__(self, size: int, augment: AugmentConfig) -> None:
         self.size = size
         self.scale = augment.crop_scale
-        self.ratio = (3.0 / 4.0, 4.0 / 3.0)
+        self.ratio = CROP_RATIO
         after: list[Callable] = []
         if augment.flip:
             after.append(T.RandomHorizontalFlip())

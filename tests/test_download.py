@@ -26,7 +26,7 @@ from fake_image_server import (
 )
 from PIL import Image
 
-from intclip.download import RESIZE_JPEG_QUALITY
+from intclip.shrink import RESIZE_JPEG_QUALITY
 from intclip.image_files import decode_problem
 
 # Few attempts keep every fault quick; the timeout is long enough for a loaded test machine.
