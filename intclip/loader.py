@@ -12,12 +12,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    default_collate,
+)
 
 from intclip import distributed
 from intclip.config import DataConfig
+from intclip.data import UnreadableImage
 
 SeededRow = tuple[int, int]
 
@@ -78,11 +87,20 @@ class EpochSeeds(Sampler[SeededRow]):
         return iter(zip(rows, seeds, strict=True))
 
 
-class SeededItems(Dataset):
-    """`dataset[row]` with the torch RNG seeded for that row in this epoch."""
+@dataclass(frozen=True)
+class Skipped:
+    """An item left out of its batch (`--skip-bad`), and why."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    reason: str
+
+
+class SeededItems(Dataset):
+    """`dataset[row]` with the torch RNG seeded for that row in this epoch; with
+    `skip_unreadable`, an image that no longer decodes becomes `Skipped`."""
+
+    def __init__(self, dataset: Dataset, skip_unreadable: bool = False) -> None:
         self.dataset = dataset
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -91,7 +109,30 @@ class SeededItems(Dataset):
         row, seed = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.dataset[row]
+            try:
+                return self.dataset[row]
+            except UnreadableImage as err:
+                if not self.skip_unreadable:
+                    raise
+                return Skipped(str(err))
+
+
+class TrainBatch(NamedTuple):
+    """A training batch: `images` is None when every item of it was skipped."""
+
+    images: torch.Tensor | None
+    targets: torch.Tensor | None
+    rows: torch.Tensor | None
+    skipped: list[str]
+
+
+def collate_skipping(items: list) -> TrainBatch:
+    """The default collation of the items that were read, and the reasons of those skipped."""
+    kept = [item for item in items if not isinstance(item, Skipped)]
+    skipped = [item.reason for item in items if isinstance(item, Skipped)]
+    if not kept:
+        return TrainBatch(None, None, None, skipped)
+    return TrainBatch(*default_collate(kept), skipped)
 
 
 def train_loader(
@@ -100,13 +141,16 @@ def train_loader(
     seed: int,
     context: distributed.Context,
     options: LoaderOptions,
+    skip_unreadable: bool = False,
 ) -> tuple[DataLoader, EpochSeeds]:
-    """One loader for the whole run; call `seeds.set_epoch(epoch)` before each epoch."""
+    """One loader for the whole run, of `TrainBatch`es; call `seeds.set_epoch(epoch)` before
+    each epoch."""
     seeds = EpochSeeds(dataset, seed, context, len(dataset))
     loader = DataLoader(
-        SeededItems(dataset),
+        SeededItems(dataset, skip_unreadable),
         batch_size=batch_size,
         sampler=seeds,
+        collate_fn=collate_skipping,
         drop_last=False,
         **options.kwargs(persistent=True),
     )

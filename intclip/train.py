@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,11 +28,11 @@ from intclip import distributed
 from intclip.acceleration import compiled, fused_optimizer, to_channels_last
 from intclip.checkpoint import save_model
 from intclip.config import OptimConfig, TrainConfig, config_leaves, save_config
-from intclip.data import ImageDataset, LabelIndex, load_split
+from intclip.data import ImageDataset, LabelIndex, UnreadableImage, load_split
 from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
 from intclip.factory import build_components
-from intclip.loader import LoaderOptions, train_loader
+from intclip.loader import LoaderOptions, TrainBatch, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP, ParameterGroup
@@ -152,17 +152,22 @@ def _train(
         else nullcontext()
     )
 
-    loader, seeds = train_loader(train_set, batch_size, config.seed, context, options)
+    loader, seeds = train_loader(
+        train_set, batch_size, config.seed, context, options, skip_unreadable=skip_bad
+    )
     last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
     for epoch in range(progress.epoch, last_epoch):
         _seed_epoch(config.seed, epoch, context.rank)
         seeds.set_epoch(epoch)
         model.train()
-        started, seen, batches = time.perf_counter(), 0, 0
+        started, seen, batches, unreadable = time.perf_counter(), 0, 0, []
         loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
-        for images, targets, _ in _progress_bar(loader, epoch, context):
-            images = model_input(images)
-            targets = targets.to(context.device, non_blocking=True)
+        for batch in _batches(_progress_bar(loader, epoch, context), state_note):
+            unreadable += batch.skipped
+            if batch.images is None:
+                continue
+            images = model_input(batch.images)
+            targets = batch.targets.to(context.device, non_blocking=True)
             with autocast:
                 logits = trainable(images)
             loss = criterion(logits.float(), targets)
@@ -181,12 +186,18 @@ def _train(
             if batches % config.optim.check_finite_every == 0:
                 _check_finite(loss_sum, epoch, progress.step, state_note)
         _check_finite(loss_sum, epoch, progress.step, state_note)
+        if unreadable:
+            log(
+                f"epoch {epoch + 1}: skipped {len(unreadable)} image(s) that no longer decode "
+                f"(--skip-bad), the first: {unreadable[0]}"
+            )
         images_per_s = seen / max(time.perf_counter() - started, 1e-9)
         train_loss = distributed.mean_across(loss_sum.item() / max(batches, 1), context)
 
-        scores = predict_scores(
-            model, val_set, config.optim.eval_batch_size, context, model_input, options=options
-        )
+        with _unreadable_stops_the_run(state_note):
+            scores = predict_scores(
+                model, val_set, config.optim.eval_batch_size, context, model_input, options=options
+            )
         if not (np.isfinite(scores).all() and math.isfinite(train_loss)):
             raise NonFiniteLoss(
                 f"non-finite {'val scores' if math.isfinite(train_loss) else 'train loss'} "
@@ -294,6 +305,21 @@ def _checked_split(config: TrainConfig, split: str, skip_bad: bool, log) -> Labe
         f"{split}: leaving out {len({p.row for p in problems})} bad entries ({summarize(problems)})"
     )
     return index.without([p.row for p in problems])
+
+
+@contextmanager
+def _unreadable_stops_the_run(state_note: Callable[[], str]) -> Iterator[None]:
+    """An image that stopped decoding mid-run ends it in one line naming the file, saying what
+    is left to resume from (nothing is saved on the way out)."""
+    try:
+        yield
+    except UnreadableImage as err:
+        raise UnreadableImage(f"{err}; stopped, {state_note()}") from None
+
+
+def _batches(batches: Iterator[TrainBatch], state_note: Callable[[], str]) -> Iterator[TrainBatch]:
+    with _unreadable_stops_the_run(state_note):
+        yield from batches
 
 
 def _check_finite(

@@ -26,8 +26,8 @@ from fake_image_server import (
 )
 from PIL import Image
 
-from intclip.shrink import RESIZE_JPEG_QUALITY
 from intclip.image_files import decode_problem
+from intclip.shrink import RESIZE_JPEG_QUALITY
 
 # Few attempts keep every fault quick; the timeout is long enough for a loaded test machine.
 FAST = ("--timeout", "5", "--max-attempts", "2", "--rate", "200")

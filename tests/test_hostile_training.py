@@ -141,6 +141,61 @@ def test_images_are_decoded_once_across_runs(train_cli, workspace, monkeypatch):
     assert decoded == [victim] and str(victim) in line
 
 
+# ---- images that change on disk after the check ----
+
+
+def cut_after_the_check(monkeypatch, victim: Path) -> None:
+    """Truncate `victim` once the run has checked (and decoded) train, then val."""
+    import intclip.train
+
+    original = intclip.train.check_index
+    checked = []
+
+    def check_then_cut(index, **kwargs):
+        problems = original(index, **kwargs)
+        checked.append(index)
+        if len(checked) == 2:
+            victim.write_bytes(victim.read_bytes()[:60])
+        return problems
+
+    monkeypatch.setattr(intclip.train, "check_index", check_then_cut)
+
+
+def test_an_image_cut_mid_run_stops_it_naming_the_file(
+    train_cli, workspace, stopped_run, monkeypatch
+):
+    victim = sorted(workspace["images"].glob("train*.png"))[5]
+    last = (stopped_run / "last.pt").read_bytes()
+    cut_after_the_check(monkeypatch, victim)
+
+    line = one_error(train_cli("run", "--resume", stopped_run), 2)
+
+    assert line.startswith("error: ") and f"{victim} cannot be read any more (" in line
+    assert line.endswith(f"stopped, and {stopped_run / 'last.pt'} still holds the last good epoch")
+    assert (stopped_run / "last.pt").read_bytes() == last
+
+
+@pytest.mark.slow
+def test_the_file_is_named_when_a_loader_worker_meets_it(train_cli, workspace, monkeypatch):
+    victim = sorted(workspace["images"].glob("val*.png"))[2]
+    cut_after_the_check(monkeypatch, victim)
+    args = ("run", "--config", workspace["config"], "--set", "data.num_workers=2")
+    line = one_error(train_cli(*args), 2)
+    assert f"{victim} cannot be read any more (" in line and "before any epoch was saved" in line
+
+
+def test_skip_bad_skips_an_image_cut_mid_run_and_says_so(train_cli, workspace, monkeypatch):
+    victim = sorted(workspace["images"].glob("train*.png"))[5]
+    cut_after_the_check(monkeypatch, victim)
+    code, _, err = train_cli("run", "--config", workspace["config"], "--skip-bad")
+    assert code == 0, err
+    for epoch in (1, 2):
+        assert (
+            f"epoch {epoch}: skipped 1 image(s) that no longer decode (--skip-bad), the first: "
+        ) in err
+    assert str(victim) in err
+
+
 # ---- non-finite values ----
 
 

@@ -123,7 +123,7 @@ def _loader_batches(photos, workers: int, epoch: int) -> list[torch.Tensor]:
         ImageDataset(index, fast.train), 2, 7, context, LoaderOptions(workers)
     )
     seeds.set_epoch(epoch)
-    return [images for images, _, _ in loader]
+    return [batch.images for batch in loader]
 
 
 def test_augmentation_depends_on_seed_and_epoch_not_on_the_workers(photos):
