@@ -1,10 +1,11 @@
 """Data loaders that keep a GPU fed and a resumed run exact.
 
-Workers default to the machine's cores, prefetch several batches each, pin memory for CUDA and,
-for training, persist across epochs. Persistent workers keep their random state from epoch to
-epoch, so augmentation cannot rely on seeding the workers: each training item carries its own
-seed, drawn from (seed, epoch, rank), and the item's transform runs under it. Augmentation then
-depends on neither the worker count nor on whether the workers were restarted by `--resume`.
+Workers default to the machine's cores, prefetch several batches each, pin memory for CUDA and
+persist across epochs, for training and for the val pass. Persistent workers keep their random
+state from epoch to epoch, so augmentation cannot rely on seeding the workers: each training
+item carries its own seed, drawn from (seed, epoch, rank), and the item's transform runs under
+it. Augmentation then depends on neither the worker count nor on whether the workers were
+restarted by `--resume`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.data import (
     DistributedSampler,
     RandomSampler,
     Sampler,
+    Subset,
     default_collate,
 )
 
@@ -155,3 +157,17 @@ def train_loader(
         **options.kwargs(persistent=True),
     )
     return loader, seeds
+
+
+def scoring_loader(
+    dataset: Dataset,
+    batch_size: int,
+    context: distributed.Context,
+    options: LoaderOptions,
+    persistent: bool = False,
+) -> DataLoader:
+    """Rank r's rows r, r + W, r + 2W, ... in order (see `intclip.evaluation`). Persistent for
+    the val pass after every epoch: evaluation transforms draw nothing at random, so reused
+    workers change no score, and a resumed run scores exactly as a straight one."""
+    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+    return DataLoader(shard, batch_size=batch_size, shuffle=False, **options.kwargs(persistent))

@@ -32,7 +32,7 @@ from intclip.data import ImageDataset, LabelIndex, UnreadableImage, load_split
 from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
 from intclip.factory import build_components
-from intclip.loader import LoaderOptions, TrainBatch, train_loader
+from intclip.loader import LoaderOptions, TrainBatch, scoring_loader, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP, ParameterGroup
@@ -155,6 +155,9 @@ def _train(
     loader, seeds = train_loader(
         train_set, batch_size, config.seed, context, options, skip_unreadable=skip_bad
     )
+    val_loader = scoring_loader(
+        val_set, config.optim.eval_batch_size, context, options, persistent=True
+    )
     last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
     for epoch in range(progress.epoch, last_epoch):
         _seed_epoch(config.seed, epoch, context.rank)
@@ -196,7 +199,12 @@ def _train(
 
         with _unreadable_stops_the_run(state_note):
             scores = predict_scores(
-                model, val_set, config.optim.eval_batch_size, context, model_input, options=options
+                model,
+                val_set,
+                config.optim.eval_batch_size,
+                context,
+                model_input,
+                loader=val_loader,
             )
         if not (np.isfinite(scores).all() and math.isfinite(train_loss)):
             raise NonFiniteLoss(

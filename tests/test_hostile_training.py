@@ -260,6 +260,26 @@ def test_resume_after_a_partial_epoch_never_duplicates_metrics(train_cli, stoppe
     assert [row["epoch"] for row in state["progress"]["rows"]] == [1, 2]
 
 
+@pytest.mark.slow
+def test_resume_with_persistent_loader_workers_is_exact(train_cli, workspace):
+    """Train and val workers persist across epochs; a resumed run starts new ones."""
+    workers = ("--set", "data.num_workers=2")
+    straight = ("run", "--config", workspace["config"], *workers, "--set", "run_name=straight")
+    assert train_cli(*straight)[0] == 0
+    code, out, err = train_cli("run", "--config", workspace["config"], *workers,
+                               "--stop-after", "1")  # fmt: skip
+    assert code == 0, err
+    assert train_cli("run", "--resume", out.strip())[0] == 0
+    resumed, whole = Path(out.strip()), workspace["runs"] / "straight"
+    columns = ("epoch", "train_loss", "val_mAP", "val_macro_f1")
+    assert [[r[c] for c in columns] for r in rows(resumed)] == [
+        [r[c] for c in columns] for r in rows(whole)
+    ]
+    model = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    expected = torch.load(whole / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(model[key], expected[key]) for key in expected)
+
+
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [
