@@ -78,12 +78,21 @@ class DataConfig(_Section):
     pipeline: Literal["fast", "torchvision"] = "fast"
     """`fast`: JPEGs decoded at reduced scale, uint8 to the device, normalised there;
     `torchvision`: the plain transforms, full decode and float tensors in the workers."""
+    decode: Literal["cpu", "gpu"] = "cpu"
+    """`gpu` (with `pipeline: fast` and a CUDA device): workers only read the files; JPEGs are
+    decoded with nvJPEG, cropped, resized and augmented on the GPU (see intclip.device_decode)."""
     eval_resize: Literal["crop", "squash"] = "crop"
     """Evaluation images: shorter side resized then centre-cropped, as CLIP was pre-trained
     (`crop`), or squashed to a square whatever their aspect ratio (`squash`, the official code)."""
     normalize: bool = True
     """Normalise images with CLIP's mean and std. `false` reproduces the official code's omission,
     for parity only: CLIP was trained on normalised images."""
+
+    @model_validator(mode="after")
+    def _gpu_decoding_is_fast(self) -> DataConfig:
+        if self.decode == "gpu" and self.pipeline != "fast":
+            raise ValueError("decode: gpu needs pipeline: fast")
+        return self
 
 
 class ClipSection(_Section):

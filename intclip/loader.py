@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import (
@@ -23,12 +23,13 @@ from torch.utils.data import (
     RandomSampler,
     Sampler,
     Subset,
-    default_collate,
 )
+from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from intclip import distributed
 from intclip.config import DataConfig
 from intclip.data import UnreadableImage
+from intclip.device_decode import EncodedImage
 
 SeededRow = tuple[int, int]
 
@@ -122,19 +123,32 @@ class SeededItems(Dataset):
 class TrainBatch(NamedTuple):
     """A training batch: `images` is None when every item of it was skipped."""
 
-    images: torch.Tensor | None
+    images: Any
     targets: torch.Tensor | None
     rows: torch.Tensor | None
     skipped: list[str]
 
 
+def _files(batch: list[EncodedImage], *, collate_fn_map: dict | None = None) -> list:
+    return list(batch)
+
+
+COLLATE_FNS = {**default_collate_fn_map, EncodedImage: _files}
+
+
+def collate_images(items: list) -> Any:
+    """`default_collate`, except that the files of `data.decode: gpu` stay a list (their
+    lengths differ) for the device to decode."""
+    return collate(items, collate_fn_map=COLLATE_FNS)
+
+
 def collate_skipping(items: list) -> TrainBatch:
-    """The default collation of the items that were read, and the reasons of those skipped."""
+    """`collate_images` of the items that were read, and the reasons of those skipped."""
     kept = [item for item in items if not isinstance(item, Skipped)]
     skipped = [item.reason for item in items if isinstance(item, Skipped)]
     if not kept:
         return TrainBatch(None, None, None, skipped)
-    return TrainBatch(*default_collate(kept), skipped)
+    return TrainBatch(*collate_images(kept), skipped)
 
 
 def train_loader(
@@ -170,4 +184,10 @@ def scoring_loader(
     the val pass after every epoch: evaluation transforms draw nothing at random, so reused
     workers change no score, and a resumed run scores exactly as a straight one."""
     shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
-    return DataLoader(shard, batch_size=batch_size, shuffle=False, **options.kwargs(persistent))
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_images,
+        **options.kwargs(persistent),
+    )

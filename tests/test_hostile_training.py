@@ -196,6 +196,15 @@ def test_skip_bad_skips_an_image_cut_mid_run_and_says_so(train_cli, workspace, m
     assert str(victim) in err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_gpu_decoding_without_cuda_is_refused_before_any_run_directory(train_cli, workspace):
+    result = train_cli("run", "--config", workspace["config"], "--set", "data.decode=gpu")
+    assert one_error(result, 2) == (
+        "error: data.decode: gpu needs a CUDA device, and this run's is cpu; set data.decode: cpu"
+    )
+    assert not workspace["runs"].exists()
+
+
 # ---- non-finite values ----
 
 
