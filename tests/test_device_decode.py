@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_image_pipeline import photo_index
 
 from bench.workload import write_jpeg
 from intclip import distributed
 from intclip.config import AugmentConfig, DataConfig
-from intclip.data import ImageDataset, LabelIndex
+from intclip.data import ImageDataset
 from intclip.device_decode import DeviceDecode, EncodedImage
 from intclip.image_pipeline import ModelInput, build_image_pipeline
 from intclip.loader import LoaderOptions, scoring_loader, train_loader
@@ -93,13 +94,7 @@ def test_device_train_draws_the_same_crops_and_statistics(photos):
 
 
 def test_loaders_keep_the_files_a_list_through_workers(photos):
-    index = LabelIndex(
-        photos[0].parent,
-        photos[0].parent,
-        tuple(p.name for p in photos),
-        np.zeros((len(photos), 2), dtype=np.float32),
-        tuple(p.name for p in photos),
-    )
+    index = photo_index(photos)
     gpu = _pipeline("gpu")
     context = distributed.Context(0, 1, CPU)
     loader, seeds = train_loader(ImageDataset(index, gpu.train), 2, 7, context, LoaderOptions(2))

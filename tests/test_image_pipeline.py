@@ -30,6 +30,14 @@ def photos(tmp_path_factory):
     return [write_jpeg(folder / f"{i}.jpg", w, h, rng) for i, (w, h) in enumerate(shapes)]
 
 
+def photo_index(photos) -> LabelIndex:
+    """The photos as a split of two classes, no label set."""
+    names = tuple(p.name for p in photos)
+    return LabelIndex(
+        photos[0].parent, photos[0].parent, names, np.zeros((len(photos), 2), np.float32), names
+    )
+
+
 def _pipelines(augment: AugmentConfig = AugmentConfig(), **data):
     return tuple(
         build_image_pipeline(
@@ -111,13 +119,7 @@ def test_model_input_converts_on_the_device_as_normalize_would():
 
 
 def _loader_batches(photos, workers: int, epoch: int) -> list[torch.Tensor]:
-    index = LabelIndex(
-        photos[0].parent,
-        photos[0].parent,
-        tuple(p.name for p in photos),
-        np.zeros((len(photos), 2), dtype=np.float32),
-        tuple(p.name for p in photos),
-    )
+    index = photo_index(photos)
     fast, _ = _pipelines()
     context = distributed.Context(0, 1, torch.device("cpu"))
     loader, seeds = train_loader(
@@ -137,13 +139,7 @@ def test_augmentation_depends_on_seed_and_epoch_not_on_the_workers(photos):
 
 
 def test_a_persistent_val_loader_scores_every_epoch_as_a_fresh_one(photos):
-    index = LabelIndex(
-        photos[0].parent,
-        photos[0].parent,
-        tuple(p.name for p in photos),
-        np.zeros((len(photos), 2), dtype=np.float32),
-        tuple(p.name for p in photos),
-    )
+    index = photo_index(photos)
     dataset = ImageDataset(index, _pipelines()[0].eval)
     context = distributed.Context(0, 1, torch.device("cpu"))
     persistent = scoring_loader(dataset, 3, context, LoaderOptions(2), persistent=True)

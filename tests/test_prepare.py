@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_when
 from PIL import Image
 from torchvision import transforms as T
 
@@ -204,17 +205,11 @@ def test_ctrl_c_and_sigterm_leave_whole_images_and_a_rerun_finishes(tmp_path, st
     out = tmp_path / "prepared"
     command = [sys.executable, "-c", "from intclip.cli import main; main()"]
     args = [*command, *map(str, prepare_args(images, out, "--workers", 1))]
-    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=CHILD_ENV)
-    deadline = time.monotonic() + WAIT_LIMIT_S
-    while not list(out.glob("img*.jpg")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(stop)
-    try:
-        _, err = process.communicate(timeout=WAIT_LIMIT_S)
-    finally:
-        process.kill()
+    code, err = interrupt_when(
+        args, lambda: bool(list(out.glob("img*.jpg"))), stop, CHILD_ENV, WAIT_LIMIT_S
+    )
 
-    assert process.returncode == 130, err
+    assert code == 130, err
     assert "stopped: resized" in err and "Traceback" not in err
     done = list(out.glob("img*.jpg"))
     assert 1 <= len(done) < 40 and not list(out.rglob(f"*{TEMP_SUFFIX}"))
