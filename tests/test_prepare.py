@@ -217,3 +217,9 @@ def test_ctrl_c_and_sigterm_leave_whole_images_and_a_rerun_finishes(tmp_path, st
     finished = subprocess.run(args, capture_output=True, text=True, env=CHILD_ENV)
     assert finished.returncode == 0, finished.stderr
     assert f"{len(done)} up to date" in finished.stdout
+
+
+def test_the_help_states_the_short_side_rule(train_cli):
+    code, out, _ = train_cli("prepare", "--help")
+    flat = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "At least crop size * sqrt(4 / (3 * crop scale min)), e.g. 366" in flat
