@@ -41,7 +41,8 @@ def _per_core_rate(paths: list[Path], transform, finish) -> float:
 
 MISSED = (
     "On the fast path a prepared image costs about 0.6 ms of JPEG decoding, 0.8 ms of bicubic "
-    "crop-resize and 0.4 ms of flip and RandAugment per core (PIL, measured here), whatever the "
+    "crop-resize and 0.4 ms of flip and RandAugment on one core (PIL, profiled on the machine "
+    "this measure was written on), whatever the "
     "original's size; the plain path costs more the larger the original. On full-size photos "
     "the prepared lines pass 5x, on 400-1080 px originals they cannot: 5x needs about 1 ms per "
     "image there, under what decoding and resizing a 366 px image take on one core. What would "
