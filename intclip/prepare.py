@@ -91,9 +91,15 @@ def check_short_side(short_side: int, crop_size: int, crop_scale_min: float) -> 
 
 
 def image_files(root: Path) -> list[str]:
-    """Paths under `root`, relative, of the files Pillow can write back in their own format;
-    hidden files and symlinked folders (which could loop) are left out."""
-    suffixes = Image.registered_extensions()
+    """Paths under `root`, relative, of the files Pillow can read and write back in their own
+    format (not, say, a PDF, which it only writes); hidden files and symlinked folders (which
+    could loop) are left out."""
+    Image.init()
+    suffixes = {
+        suffix
+        for suffix, name in Image.registered_extensions().items()
+        if name in Image.OPEN and name in Image.SAVE
+    }
     found = []
     for folder, subfolders, files in os.walk(root, onerror=_unlistable):
         subfolders[:] = sorted(

@@ -35,14 +35,15 @@ def noise(path: Path, width: int, height: int, seed: int = 0) -> Path:
 
 @pytest.fixture
 def originals(tmp_path: Path) -> Path:
-    """A landscape and a portrait JPEG, a PNG in a subfolder, one image small already, and a
-    file that is no image."""
+    """A landscape and a portrait JPEG, a PNG in a subfolder, one image small already, and
+    two files Pillow cannot read: a text file and a PDF (a format it only writes)."""
     root = tmp_path / "images"
     noise(root / "wide.jpg", 900, 600)
     noise(root / "tall.jpg", 500, 800, seed=1)
     noise(root / "sub" / "square.png", 700, 700, seed=2)
     noise(root / "small.jpg", 300, 200, seed=3)
     (root / "notes.txt").write_text("not an image")
+    (root / "paper.pdf").write_bytes(b"%PDF-1.4 Pillow writes PDFs but cannot read them")
     return root
 
 
