@@ -167,7 +167,12 @@ def _train(
         loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
         for batch in _batches(_progress_bar(loader, epoch, context), state_note):
             unreadable += batch.skipped
-            if batch.images is None:
+            if batch.images is None:  # every image of this rank's batch was skipped
+                if context.distributed:  # the other ranks would wait for its gradients
+                    raise UnreadableImage(
+                        f"a whole batch no longer decodes on rank {context.rank}, the first: "
+                        f"{batch.skipped[0]}; stopped, {state_note()}"
+                    )
                 continue
             images = model_input(batch.images)
             targets = batch.targets.to(context.device, non_blocking=True)

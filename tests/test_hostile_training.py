@@ -144,8 +144,8 @@ def test_images_are_decoded_once_across_runs(train_cli, workspace, monkeypatch):
 # ---- images that change on disk after the check ----
 
 
-def cut_after_the_check(monkeypatch, victim: Path) -> None:
-    """Truncate `victim` once the run has checked (and decoded) train, then val."""
+def cut_after_the_check(monkeypatch, *victims: Path) -> None:
+    """Truncate the victims once the run has checked (and decoded) train, then val."""
     import intclip.train
 
     original = intclip.train.check_index
@@ -154,7 +154,7 @@ def cut_after_the_check(monkeypatch, victim: Path) -> None:
     def check_then_cut(index, **kwargs):
         problems = original(index, **kwargs)
         checked.append(index)
-        if len(checked) == 2:
+        for victim in victims if len(checked) == 2 else ():
             victim.write_bytes(victim.read_bytes()[:60])
         return problems
 
@@ -203,6 +203,14 @@ def test_gpu_decoding_without_cuda_is_refused_before_any_run_directory(train_cli
         "error: data.decode: gpu needs a CUDA device, and this run's is cpu; set data.decode: cpu"
     )
     assert not workspace["runs"].exists()
+
+
+def test_skip_bad_survives_batches_with_nothing_left(train_cli, workspace, monkeypatch):
+    cut_after_the_check(monkeypatch, *workspace["images"].glob("train*.png"))
+    args = ("run", "--config", workspace["config"], "--skip-bad", "--stop-after", "1")
+    code, _, err = train_cli(*args)
+    assert code == 0, err
+    assert "epoch 1: skipped 16 image(s) that no longer decode (--skip-bad)" in err
 
 
 # ---- non-finite values ----
