@@ -121,7 +121,8 @@ class SeededItems(Dataset):
 
 
 class TrainBatch(NamedTuple):
-    """A training batch: `images` is None when every item of it was skipped."""
+    """A training batch. `images`: a tensor, or the list of files `data.decode: gpu` leaves
+    to the device; None when every item of the batch was skipped."""
 
     images: Any
     targets: torch.Tensor | None
