@@ -7,15 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-DECODE_ERRORS = (
-    OSError,
-    UnidentifiedImageError,
-    ValueError,
-    SyntaxError,
-    Image.DecompressionBombError,
-)
+from pipeline.image_errors import DECODE_ERRORS
 
 
 def outside_root(root: Path, relative: str) -> str | None:

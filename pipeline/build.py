@@ -7,6 +7,7 @@ everything that request depends on, and whether the committed file already answe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -17,6 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.clip_tokens import clip_tokenizer
 from pipeline.descriptions import (
     SCHEMA_VERSION,
     ClassDescriptions,
@@ -37,6 +39,7 @@ from pipeline.taxonomy import FineClass, Taxonomy
 from pipeline.templates import PromptTemplates
 
 Outcome = Literal["kept", "cached", "sent", "failed"]
+LOAD_CHECKS_WAIT_S = 30.0  # past this without a request sent, the first check loads the tokenizer
 REVISION_TEMPLATE = (
     'A review found these descriptions nearer to the class "{other}" ({other_path}) than to '
     '"{name}". Write {count} new descriptions that fit "{name}" and not "{other}", following '
@@ -360,6 +363,8 @@ def run_build(
     for job in plan.jobs:
         if job.selected and job.fine.label not in sending:
             on_outcome(job, "kept")
+    if plan.to_send:
+        threading.Thread(target=_load_checks, args=(client,), name="checks", daemon=True).start()
     _run_cancellable(ask, plan.to_send, concurrency, stop, client)
     if fatal:
         raise fatal[0]
@@ -372,6 +377,16 @@ def run_build(
             EXIT_LLM_FAILURE,
         )
     return plan.document(answers)
+
+
+def _load_checks(client: LLMClient) -> None:
+    """Load CLIP's tokenizer, which checks every answer, while the first requests wait on the
+    server. Loaded before them it would delay them (the CPU is busy importing openai); loaded by
+    the first answer it would hold up every answer of that round. A failure to load is reported
+    by the first check, not here."""
+    if client.wait_for_a_request(LOAD_CHECKS_WAIT_S):
+        with contextlib.suppress(Exception):
+            clip_tokenizer()
 
 
 def _run_cancellable(

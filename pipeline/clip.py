@@ -19,7 +19,6 @@ import copy
 import difflib
 import functools
 import hashlib
-import json
 import logging
 import warnings
 import zipfile
@@ -41,6 +40,7 @@ from pipeline.devices import parse_device
 from pipeline.errors import UserError
 from pipeline.files import sha256_file, sha256_json
 from pipeline.hub import cached_hub_file, source_url, why_unreachable
+from pipeline.safe_load import load_json, read_text_file
 
 RANDOM_INIT = "random-init"
 REQUIRED_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
@@ -227,10 +227,7 @@ def _resolve_model(model: str) -> _ModelSpec:
 def _read_model_config(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"model config file not found: {path}")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not a JSON model config ({err})") from err
+    config = load_json(read_text_file(path, "model config"), path)
     missing = [
         key for key in REQUIRED_CONFIG_KEYS if not isinstance(config, dict) or key not in config
     ]

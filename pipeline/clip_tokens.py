@@ -5,6 +5,8 @@ touches a tensor (`build`, `build --check`) can even start. This is the same byt
 read from open_clip's own vocabulary file (found, not imported): the same cleaning (ftfy, HTML
 unescaping, whitespace, lower case), the same split pattern and the same merges, so it gives
 exactly open_clip's `SimpleTokenizer.encode` ids (the tests compare them on many strings).
+ftfy and regex are imported by the first tokenizer made: commands that check no description
+(`--help`, `validate`) do not pay for them.
 """
 
 from __future__ import annotations
@@ -13,18 +15,15 @@ import gzip
 import html
 import importlib.util
 import itertools
+import threading
 from functools import cache
 from pathlib import Path
-
-import ftfy
-import regex
 
 VOCABULARY_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MERGES = 49152 - 256 - 2  # the merges open_clip reads: a 49,408-entry vocabulary in all
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
-SPLIT = regex.compile(
-    "|".join(SPECIAL_TOKENS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-    regex.IGNORECASE,
+SPLIT_PATTERN = (
+    "|".join(SPECIAL_TOKENS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 )
 
 
@@ -57,6 +56,11 @@ class ClipTokenizer:
     """CLIP's byte-pair encoder; `encode` gives the ids without the start and end tokens."""
 
     def __init__(self, path: Path) -> None:
+        import ftfy
+        import regex
+
+        self.fix_text = ftfy.fix_text
+        self.split = regex.compile(SPLIT_PATTERN, regex.IGNORECASE)
         with gzip.open(path, "rt", encoding="utf-8") as merges_file:
             lines = merges_file.read().split("\n")[1 : MERGES + 1]
         merges = [tuple(line.split()) for line in lines]
@@ -92,17 +96,27 @@ class ClipTokenizer:
         return word
 
     def encode(self, text: str) -> list[int]:
-        cleaned = " ".join(html.unescape(html.unescape(ftfy.fix_text(text))).strip().split())
+        cleaned = " ".join(html.unescape(html.unescape(self.fix_text(text))).strip().split())
         ids = []
-        for token in SPLIT.findall(cleaned.lower()):
+        for token in self.split.findall(cleaned.lower()):
             mapped = "".join(self.byte_encoder[b] for b in token.encode("utf-8"))
             ids += [self.encoder[piece] for piece in self.bpe(mapped)]
         return ids
 
 
+_tokenizer_lock = threading.Lock()
+
+
 @cache
-def clip_tokenizer() -> ClipTokenizer:
+def _load_tokenizer() -> ClipTokenizer:
     return ClipTokenizer(vocabulary_file())
+
+
+def clip_tokenizer() -> ClipTokenizer:
+    """The one tokenizer, built once: `build`'s threads all check their first answers at about
+    the same moment, and `functools.cache` alone would let each of them build its own."""
+    with _tokenizer_lock:
+        return _load_tokenizer()
 
 
 def clip_token_count(text: str) -> int:

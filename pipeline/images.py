@@ -14,6 +14,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from pipeline.errors import UserError
+from pipeline.image_errors import DECODE_ERRORS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 BICUBIC = T.InterpolationMode.BICUBIC
@@ -56,7 +57,7 @@ def open_image(path: Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except DECODE_ERRORS as err:
         raise UserError(f"{path}: cannot read this image ({err})") from err
 
 

@@ -12,9 +12,8 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-import openai
 from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import EXIT_LLM_FAILURE
@@ -24,11 +23,15 @@ from pipeline.llm_transport import (
     FAILURE_RULES,
     UNCLASSIFIED_FAILURE,
     error_detail,
+    openai_module,
     rejects_response_format,
     root_cause,
     short_line,
     transport_policy,
 )
+
+if TYPE_CHECKING:  # imported by the first request: planning, or answering from the cache, never
+    import openai
 
 REASK_TEMPLATE = (
     "Your previous answer was rejected: {error}. "
@@ -123,6 +126,7 @@ class LLMClient:
         self._openai_client: openai.OpenAI | None = None
         self._client_lock = threading.Lock()
         self._cancelled = threading.Event()
+        self._requested = threading.Event()
         self._transport = transport_policy(settings, self._cancelled)
         self._mode_lock = threading.Lock()
         self._mode: RequestMode = (
@@ -133,6 +137,7 @@ class LLMClient:
     def _openai(self) -> openai.OpenAI:
         """The HTTP client, made at the first request: answering from the cache, or planning,
         needs no API key."""
+        openai = openai_module()
         with self._client_lock:
             if self._openai_client is None:
                 self._openai_client = openai.OpenAI(
@@ -151,6 +156,11 @@ class LLMClient:
     def response_mode(self) -> RequestMode:
         """The mode requests use now: auto starts with json_schema and may fall back."""
         return self._mode
+
+    def wait_for_a_request(self, timeout: float) -> bool:
+        """Whether a request went out within `timeout` seconds: work that no request needs
+        can then use the CPU while the server thinks, instead of delaying the first request."""
+        return self._requested.wait(timeout)
 
     def cancel(self) -> None:
         """Stop asking, from any thread: waits between retries end, and no request starts."""
@@ -262,6 +272,7 @@ class LLMClient:
         params: dict[str, Any],
     ) -> tuple[str, int]:
         """One reply body through the retry policy (and the auto fallback), with requests sent."""
+        openai = openai_module()
         requests = 0
         while True:
             mode = self._mode
@@ -291,6 +302,7 @@ class LLMClient:
         if self._cancelled.is_set():
             raise LLMError("cancelled before the request was sent", EXIT_LLM_FAILURE)
         completions = self._openai.chat.completions.with_raw_response
+        self._requested.set()
         request: dict[str, Any] = {
             "model": self.settings.model,
             "messages": conversation,

@@ -66,6 +66,9 @@ class LLMSettings(BaseModel):
     temperature: float = Field(default=0.7, ge=0, le=2)
     seed: int | None = None
     max_tokens: int | None = Field(default=None, ge=1, description="longest answer, tokens")
+    extra_sampling: dict[str, int | float] = Field(
+        default_factory=dict, description="server-specific sampling fields (llama.cpp's top_k...)"
+    )
     timeout: float = Field(default=60.0, gt=0, description="seconds per HTTP request")
     response_mode: ResponseMode = "auto"
     max_answer_attempts: int = Field(default=3, ge=1, description="answers asked per request")
@@ -95,11 +98,15 @@ class LLMSettings(BaseModel):
 
     @property
     def sampling_params(self) -> dict[str, Any]:
-        """What changes the answer besides the messages: sent with each request, part of the key."""
+        """What changes the answer besides the messages: sent with each request, part of the key.
+
+        Fields OpenAI's API lacks travel in `extra_body`, which the openai client merges into the
+        request body as they are."""
         optional = {"seed": self.seed, "max_tokens": self.max_tokens}
         return {
             "temperature": self.temperature,
             **{name: value for name, value in optional.items() if value is not None},
+            **({"extra_body": dict(self.extra_sampling)} if self.extra_sampling else {}),
         }
 
     def client_api_key(self) -> str:

@@ -6,16 +6,21 @@ retrying cannot fix (a bad key, an unknown model, no quota) is reported at once.
 
 from __future__ import annotations
 
+import gc
 import socket
+import sys
 import threading
 from collections.abc import Callable
-
-import openai
-import tenacity
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE
 from pipeline.llm_settings import API_KEY_ENV, LLMSettings, one_line
 from pipeline.retry import backoff_policy, is_transient_status, retry_after_from_headers
+
+if TYPE_CHECKING:
+    import openai
+    import tenacity
 
 QUOTA_EXHAUSTED_CODE = "insufficient_quota"
 # llama.cpp's C++ server once answered 500 'response_format type must be one of "text" or
@@ -26,16 +31,32 @@ FORMAT_REJECTION_WORDS = ("response_format", "json_schema")
 ERROR_DETAIL_MAX_CHARS = 300
 
 
+def openai_module() -> ModuleType:
+    """openai, imported at the first request, not before: its errors exist only once a request
+    was made, and a command that asks nothing (`--help`, a locked build) never pays for it.
+    The import builds thousands of pydantic models and frees nothing, so the garbage collector
+    is paused meanwhile: its passes would cost a fifth of the import and find no garbage."""
+    was_enabled = gc.isenabled()
+    if "openai" not in sys.modules:
+        gc.disable()
+    try:
+        import openai  # waits, in any thread, until another thread's import of it is done
+    finally:
+        if was_enabled:
+            gc.enable()
+    return openai
+
+
 def retry_after_seconds(error: BaseException) -> float | None:
     """The delay the server asked for, if the error is an HTTP answer that says so."""
-    if not isinstance(error, openai.APIStatusError):
+    if not isinstance(error, openai_module().APIStatusError):
         return None
     return retry_after_from_headers(error.response.headers)
 
 
 def rejects_response_format(error: BaseException) -> bool:
     """Whether the server refused the structured-output request itself, not the moment."""
-    if not isinstance(error, openai.APIStatusError):
+    if not isinstance(error, openai_module().APIStatusError):
         return False
     message = error.message.lower()
     return error.status_code in FORMAT_REJECTION_STATUS_CODES and any(
@@ -44,14 +65,14 @@ def rejects_response_format(error: BaseException) -> bool:
 
 
 def is_quota_exhausted(error: BaseException) -> bool:
-    return isinstance(error, openai.APIStatusError) and error.code == QUOTA_EXHAUSTED_CODE
+    return isinstance(error, openai_module().APIStatusError) and error.code == QUOTA_EXHAUSTED_CODE
 
 
 def is_unreachable(error: BaseException) -> bool:
     """Nothing listens at the address, or the host name does not resolve: a wrong --base-url,
     which no retry fixes, so the whole build stops at the first request."""
-    if not isinstance(error, openai.APIConnectionError) or isinstance(
-        error, openai.APITimeoutError
+    if not isinstance(error, openai_module().APIConnectionError) or isinstance(
+        error, openai_module().APITimeoutError
     ):
         return False
     cause: BaseException | None = error
@@ -64,9 +85,9 @@ def is_unreachable(error: BaseException) -> bool:
 
 def is_transient(error: BaseException) -> bool:
     """Worth another try: network trouble, timeouts, 408, 429 (unless out of quota) and 5xx."""
-    if isinstance(error, openai.APIConnectionError):
+    if isinstance(error, openai_module().APIConnectionError):
         return not is_unreachable(error)
-    if not isinstance(error, openai.APIStatusError):
+    if not isinstance(error, openai_module().APIStatusError):
         return False
     if is_quota_exhausted(error) or rejects_response_format(error):
         return False
@@ -114,15 +135,15 @@ def status_is(status_code: int) -> Callable[[BaseException], bool]:
 
 
 def is_status_error(error: BaseException) -> bool:
-    return isinstance(error, openai.APIStatusError)
+    return isinstance(error, openai_module().APIStatusError)
 
 
 def is_timeout(error: BaseException) -> bool:
-    return isinstance(error, openai.APITimeoutError)
+    return isinstance(error, openai_module().APITimeoutError)
 
 
 def is_connection_error(error: BaseException) -> bool:
-    return isinstance(error, openai.APIConnectionError)
+    return isinstance(error, openai_module().APIConnectionError)
 
 
 # The first rule that matches names the failure and its exit code: configuration mistakes exit 2,

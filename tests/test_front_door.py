@@ -1,7 +1,8 @@
-"""The commands a newcomer runs first: fast (no torch), offline, and needing no key.
+"""The commands a newcomer runs first: fast (no torch, openai or numpy), offline, and needing no
+key.
 
 Each runs in a subprocess through `tests/light_entry.py`, which refuses the network and reports
-whether torch, torchvision or open_clip were imported.
+which heavy libraries were imported.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run(root: Path, entry: str, *args: str) -> subprocess.CompletedProcess[str]:
     ],
     ids=["prompts-help", "train-help", "validate", "diff", "build-check"],
 )
-def test_commands_without_tensors_import_no_torch(entry, args):
+def test_commands_without_tensors_import_no_heavy_library(entry, args):
     done = run(ROOT, entry, *args)
     assert done.returncode == 0, done.stderr
     assert LIGHT in done.stderr
@@ -87,3 +88,20 @@ def test_locked_build_on_a_fresh_clone_needs_no_key_and_sends_nothing(fresh_clon
         check=True,
     )
     assert status.stdout == ""
+
+
+def test_a_command_skips_the_last_collection_at_exit():
+    """Everything left at exit is frozen first: Python's last collection would only walk the
+    objects that the process is about to free anyway (openai's models after a build)."""
+    report = "atexit.register(lambda: print('frozen', gc.get_freeze_count(), file=sys.stderr))"
+    code = f"import atexit, gc, sys; {report}; from pipeline.cli import main; main(sys.argv[1:])"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "validate", "--taxonomy", "prompts/intentonomy.yaml"],
+        cwd=ROOT,
+        env=offline_env(ROOT),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stderr.split("frozen ")[1].split()[0]) > 0

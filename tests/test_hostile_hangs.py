@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import TOY_TAXONOMY
-from fake_openai import FakeOpenAI, Hang
+
+from testkit.fake_openai import FakeOpenAI, Hang
 
 BIN = Path(sys.executable).parent
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from intclip.image_files import decode_problem
 from pipeline.errors import UserError
 from pipeline.images import eval_transform, list_images, open_image
 
@@ -47,6 +50,40 @@ def test_a_file_that_is_not_an_image_is_named(tmp_path):
     truncated.write_bytes(save_image(tmp_path / "whole.png", (64, 64)).read_bytes()[:60])
     with pytest.raises(UserError, match=r"truncated\.png: cannot read this image"):
         open_image(truncated)
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def write_broken_png(path: Path) -> Path:
+    """A 4x4 PNG whose pixels span two IDAT chunks, the second with a garbage chunk type: PIL
+    opens it, then raises SyntaxError (not OSError) while decoding."""
+    pixels = zlib.compress(b"".join(b"\0" + b"\xff\0\0" * 4 for _ in range(4)))
+    header = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)
+    broken = struct.pack(">I", len(pixels) - 5) + b"\x00\x01\x02\x03" + pixels[5:] + bytes(4)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", pixels[:5])
+        + broken + png_chunk(b"IEND", b"")
+    )  # fmt: skip
+    return path
+
+
+def test_a_broken_png_is_named_by_every_reader(tmp_path):
+    broken = write_broken_png(tmp_path / "broken.png")
+    with pytest.raises(SyntaxError), Image.open(broken) as image:
+        image.load()
+    with pytest.raises(UserError, match=r"broken\.png: cannot read this image \(broken PNG"):
+        open_image(broken)
+    assert decode_problem(broken) == (
+        "corrupt",
+        f"{broken}: broken PNG file (chunk b'\\x00\\x01\\x02\\x03')",
+    )
 
 
 def test_open_image_gives_rgb(tmp_path):

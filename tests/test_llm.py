@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -11,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_openai import (
+from pydantic import BaseModel, Field
+
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
+from pipeline.llm import LLMAnswer, LLMClient
+from pipeline.llm_cache import LLMCache
+from pipeline.llm_settings import LLMError, LLMSettings
+from testkit.fake_openai import (
     Body,
     Content,
     ErrorReply,
@@ -25,12 +34,6 @@ from fake_openai import (
     server_error,
     unauthorized,
 )
-from pydantic import BaseModel, Field
-
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_LLM_FAILURE, UserError
-from pipeline.llm import LLMAnswer, LLMClient
-from pipeline.llm_cache import LLMCache
-from pipeline.llm_settings import LLMError, LLMSettings
 
 COUNT = 3
 MAX_WORDS = 12
@@ -94,6 +97,37 @@ def test_a_valid_answer_takes_one_request(fake_openai: FakeOpenAI) -> None:
     assert body["messages"] == MESSAGES
     assert body["response_format"]["type"] == "json_schema"
     assert body["response_format"]["json_schema"]["name"] == "DescriptionsAnswer"
+
+
+def test_waiting_for_a_request_ends_once_one_is_sent(fake_openai: FakeOpenAI) -> None:
+    """What `build` waits for before loading CLIP's tokenizer, off the first request's path."""
+    client = LLMClient(fast_settings(fake_openai))
+    assert not client.wait_for_a_request(0.01)
+    ask(client)
+    assert client.wait_for_a_request(0.01)
+
+
+@pytest.mark.parametrize(
+    ("collecting", "after"), [("gc.enable()", "True"), ("gc.disable()", "False")]
+)
+def test_openai_is_imported_with_the_collector_paused(collecting: str, after: str) -> None:
+    """Its import frees nothing: no collection runs during it, and the collector is left as
+    it was found."""
+    code = (
+        f"import gc, sys; {collecting}; from pipeline.llm_transport import openai_module; "
+        "runs = []; gc.callbacks.append(lambda phase, info: runs.append(phase)); "
+        "assert 'openai' not in sys.modules; module = openai_module(); "
+        "print(module.__name__, len(runs), gc.isenabled())"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split() == ["openai", "0", after], done.stderr
 
 
 @pytest.mark.parametrize(

