@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import TOY_TAXONOMY, descriptions_document
-from fake_openai import FakeOpenAI
 from tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
 from intclip.synthetic import make_synthetic_intentonomy
 from pipeline.descriptions import write_descriptions
+from testkit.fake_openai import FakeOpenAI
 
 BIN = Path(sys.executable).parent
 DENIED = "Permission denied"
