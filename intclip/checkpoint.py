@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import safetensors
 import safetensors.torch
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from intclip.class_text import ClassTextSource, text_mode_of
@@ -95,19 +96,38 @@ def load_model(path: Path, clip: LoadedClip, class_text: ClassTextSource) -> Int
     `model.text: prompts`), refusing any that differ from what it was trained with."""
     path = Path(path)
     header = read_checkpoint_header(path)
-    differences = header.clip.differences(clip.identity)
+    _refuse_other_clip_or_text(path, header, clip.identity, text_mode_of(class_text))
+    tensors = _checked_tensors(path, header)
+    model = IntCLIP(clip, class_text, header.config)
+    _refuse_other_classes(path, header, model)
+    model.load_trained_state_dict(tensors, str(path))
+    return model
+
+
+def load_weights(model: IntCLIP, path: Path) -> None:
+    """Copy a checkpoint's trained tensors into `model`, built from another config (a new run
+    started from them), refusing another CLIP, text mode or class set as `load_model` does."""
+    header = read_checkpoint_header(path)
+    _refuse_other_clip_or_text(path, header, model.clip_identity, model.config.text)
+    _refuse_other_classes(path, header, model)
+    model.load_trained_state_dict(_checked_tensors(path, header), str(path))
+
+
+def _refuse_other_clip_or_text(
+    path: Path, header: CheckpointHeader, clip: ClipIdentity, mode: str
+) -> None:
+    differences = header.clip.differences(clip)
     if differences:
         raise UserError(f"{path} was trained on another CLIP: {'; '.join(differences)}")
-    mode = header.config.text
-    if text_mode_of(class_text) != mode:
+    if mode != header.config.text:
         raise UserError(
-            f"{path} was trained with model.text: {mode}; it cannot load as "
-            f"model.text: {text_mode_of(class_text)}"
+            f"{path} was trained with model.text: {header.config.text}; it cannot load as "
+            f"model.text: {mode}"
         )
-    tensors = safetensors.torch.load_file(path, device="cpu")
-    if state_dict_sha256(tensors) != header.trained_sha256:
-        raise UserError(f"{path} is corrupted: its tensors do not match their recorded checksum")
-    model = IntCLIP(clip, class_text, header.config)
+
+
+def _refuse_other_classes(path: Path, header: CheckpointHeader, model: IntCLIP) -> None:
+    mode = header.config.text
     if model.num_classes != header.num_classes:
         raise UserError(
             f"{path} was trained for {header.num_classes} classes; "
@@ -117,5 +137,10 @@ def load_model(path: Path, clip: LoadedClip, class_text: ClassTextSource) -> Int
         raise UserError(
             f"{path} was trained with other {_TEXT_SOURCE[mode]} ({_TEXT_CHECKSUM[mode]} differs)"
         )
-    model.load_trained_state_dict(tensors, str(path))
-    return model
+
+
+def _checked_tensors(path: Path, header: CheckpointHeader) -> dict[str, torch.Tensor]:
+    tensors = safetensors.torch.load_file(path, device="cpu")
+    if state_dict_sha256(tensors) != header.trained_sha256:
+        raise UserError(f"{path} is corrupted: its tensors do not match their recorded checksum")
+    return tensors

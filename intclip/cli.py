@@ -6,6 +6,7 @@ methods trained elsewhere are compared under exactly the same threshold rule.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -283,23 +284,43 @@ def run(
         int | None,
         typer.Option(min=1, help="Stop once this many epochs are done; --resume continues."),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            metavar="RUN_DIR|F.safetensors",
+            show_default=False,
+            help="Start from the trained weights of a run (its best checkpoint) or of a"
+            " checkpoint file, with a fresh optimiser and schedule (sets init_from.path).",
+        ),
+    ] = None,
 ) -> None:
     """Train the semantic branch, aggregation and head; choose the best epoch on val only.
 
     Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
+    Everything the run prints is also written to train.log in its run directory.
     """
     from intclip.config import load_config
+    from intclip.run_log import captured_output
     from intclip.train import resumable_config, train
 
     if (config is None) == (resume is None):
         raise UserError("give --config F for a new run, or --resume RUN_DIR to continue one")
+    if resume is not None and init_from is not None:
+        raise UserError(
+            "--init-from starts a new run from trained weights and --resume continues a run:"
+            " give one of them"
+        )
     if resume is not None and overrides:
         raise UserError("--set cannot change a run being resumed: it would no longer be exact")
+    if init_from is not None:
+        overrides = [*(overrides or []), f"init_from={{path: {json.dumps(str(init_from))}}}"]
     settings = load_config(config or resumable_config(resume), overrides)
     name = config.stem if config else resume.name
-    run_dir = train(settings, name, resume, skip_bad, stop_after)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
-        Console().print(str(run_dir), markup=False)
+    with captured_output() as log:
+        run_dir = train(settings, name, resume, skip_bad, stop_after, log)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
+            print(run_dir)  # one line, never wrapped: scripts read it
 
 
 @app.command("eval")

@@ -172,6 +172,11 @@ class OptimConfig(_Section):
     """Channels-last memory format for ResNet towers (faster convolutions on GPUs)."""
     check_finite_every: PositiveInt = 50
     """Steps between checks that the loss is finite: each check waits for the device."""
+    grad_accumulation: PositiveInt = 1
+    """Micro-batches of `batch_size` per optimiser step: the effective batch is
+    `batch_size * grad_accumulation`. An epoch's last step takes the micro-batches left."""
+    early_stop_patience: PositiveInt | None = None
+    """Stop once val mAP has not improved for this many validations; None trains every epoch."""
 
     @model_validator(mode="after")
     def _whole_warmup_epochs_per_epoch(self) -> OptimConfig:
@@ -193,6 +198,18 @@ class LossConfig(_Section):
     """Multiplies the loss (the official code's `--loss_w` 0.03)."""
 
 
+class InitFrom(_Section):
+    """Trained weights a new run starts from (`--init-from`), with the checksum they had."""
+
+    path: Path
+    """A run directory (its best checkpoint) or a `.safetensors` checkpoint."""
+    sha256: str | None = None
+    """The checkpoint's sha256; filled in when the run starts, checked when given."""
+
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class TrainConfig(_Section):
     data: DataConfig
     clip: ClipSection
@@ -207,6 +224,11 @@ class TrainConfig(_Section):
     run_name: RunName | None = None
     """Run directory name under `output_dir`; default: config name and a timestamp."""
     tensorboard: bool = False
+    precision: Precision = "auto"
+    """Autocast of the forward pass: `auto` (bf16 on CUDA, fp32 elsewhere), `fp32`, `bf16`, or
+    `fp16` with a scaled loss (torch.amp.GradScaler)."""
+    init_from: InitFrom | None = None
+    """Start from another run's trained weights, with a fresh optimiser and schedule."""
 
     @model_validator(mode="after")
     def _prompts_read_the_descriptions(self) -> TrainConfig:

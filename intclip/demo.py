@@ -167,8 +167,7 @@ def main(workdir: str = "demo-run") -> None:
                 "augment": {"randaugment_ops": 0, "crop_scale": [0.8, 1.0]},
                 "optim": {"optimizer": "adamw", "lr": 0.01, "epochs": 6, "batch_size": 16},
                 "device": "cpu",
-                "output_dir": str(root / "runs"),
-                "run_name": "demo",
+                "output_dir": str(root / "runs"),  # a fresh run directory each time
             }
         )
     )

@@ -85,3 +85,12 @@ def mean_across(value: float, context: Context) -> float:
 def barrier(context: Context) -> None:
     if context.distributed:
         dist.barrier()
+
+
+def all_true(flag: torch.Tensor, context: Context) -> bool:
+    """Whether a boolean device tensor is true on every rank. Every rank must call it at the
+    same point, so that a condition seen by one rank (a non-finite loss) stops them all."""
+    value = flag.to(torch.int32)
+    if context.distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())

@@ -9,7 +9,7 @@ from pathlib import Path
 from intclip.download import DEFAULT_REPORT_NAME, DownloadReport, Tally, download
 from intclip.download_settings import DownloadSettings
 from intclip.download_sources import read_sources
-from intclip.progress import progress_bar
+from intclip.file_progress import progress_bar
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.files import atomic_write_text, stable_json
 

@@ -8,7 +8,6 @@ back in dataset order, so 1 and N processes give the same matrix.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -16,8 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from intclip import distributed
+from intclip.config import Precision
 from intclip.data import ImageDataset
 from intclip.loader import LoaderOptions, scoring_loader
+from intclip.precision import autocast
 
 
 @torch.no_grad()
@@ -29,6 +30,7 @@ def predict_scores(
     model_input: Callable[[torch.Tensor], torch.Tensor],
     activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
     options: LoaderOptions = LoaderOptions(),
+    precision: Precision = "auto",
     loader: DataLoader | None = None,
 ) -> np.ndarray:
     """Scores [images, classes] (`activation` of the logits) in dataset order, on every rank;
@@ -38,14 +40,9 @@ def predict_scores(
     model.eval()
     if loader is None:
         loader = scoring_loader(dataset, batch_size, context, options)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if context.device.type == "cuda"
-        else nullcontext()
-    )
     rows, scores = [], []
     for images, _, row in loader:
-        with autocast:
+        with autocast(precision, context.device):
             logits = model(model_input(images))
         scores.append(activation(logits.float()).cpu().numpy())
         rows.append(row.numpy())

@@ -23,8 +23,8 @@ from pathlib import Path
 from PIL import Image
 from pydantic import BaseModel, Field, ValidationError
 
+from intclip.file_progress import progress_bar
 from intclip.image_files import DECODE_ERRORS
-from intclip.progress import progress_bar
 from intclip.shrink import RESIZE_JPEG_QUALITY, shrink_or_copy, smallest_short_side
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.files import atomic_write_text, stable_json

@@ -1,47 +1,75 @@
-"""The progress bar of the passes over image files (`download`, `prepare`): counts as they
-go, and on Ctrl-C where things stood and that rerunning the command continues."""
+"""Training progress: a live bar on a terminal, periodic plain lines anywhere else.
+
+A log file or a CI console gets `epoch 3/60 step 120/400 42.1 img/s loss 0.1234` every
+`PLAIN_LINE_EVERY_S` seconds and at the end of each epoch, never carriage returns or blank
+lines. On a terminal the bar is drawn on the terminal itself and the same lines go to the run
+log only. Each line reads the loss from the device, so lines are rare by design.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
+import time
+from collections.abc import Callable
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
+from intclip.run_log import RunLog
 from pipeline.console import stderr
 
-T = TypeVar("T")
+PLAIN_LINE_EVERY_S = 30.0
 
 
-@contextmanager
-def progress_bar(
-    total: int, start: T, describe: Callable[[T], str], done: Callable[[T], int]
-) -> Iterator[Callable[[T], None]]:
-    """A bar on stderr; yields the callback that moves it with the latest counts. Says where
-    things stood if stopped, and that the same command continues."""
-    latest = start
-    columns = (
-        TextColumn("images"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=stderr) as progress:
-        task = progress.add_task("images", total=total, counts=describe(latest))
+class EpochProgress:
+    """One epoch's progress, updated after every optimiser step."""
 
-        def update(counts: T) -> None:
-            nonlocal latest
-            latest = counts
-            progress.update(task, completed=done(counts), counts=describe(counts))
-
-        try:
-            yield update
-        except KeyboardInterrupt:
-            progress.stop()
-            stderr.print(
-                f"stopped: {describe(latest)}; run the same command again to do the rest",
-                markup=False,
+    def __init__(self, epoch: int, epochs: int, steps: int, log: RunLog, shown: bool) -> None:
+        """`shown`: this process reports (rank 0); the others stay silent."""
+        self.epoch, self.epochs, self.steps, self.shown = epoch, epochs, steps, shown
+        self.started = self.last_line = time.perf_counter()
+        live = shown and stderr.is_terminal
+        self.bar = (
+            Progress(
+                f"epoch {epoch + 1}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=log.terminal),
+                transient=True,
             )
-            raise
+            if live
+            else None
+        )
+        self.say: Callable[[str], None] = (
+            (lambda line: log.write(line + "\n"))
+            if live
+            else (lambda line: stderr.print(line, markup=False))
+        )
+
+    def __enter__(self) -> EpochProgress:
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=self.steps)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, done: int, images: int, loss_sum: torch.Tensor, micro_batches: int) -> None:
+        """`done` steps of this epoch, `images` seen by all processes, the sum of the losses of
+        its `micro_batches` so far."""
+        if not self.shown:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done)
+        now = time.perf_counter()
+        if done < self.steps and now - self.last_line < PLAIN_LINE_EVERY_S:
+            return
+        self.last_line = now
+        images_per_s = images / max(now - self.started, 1e-9)
+        self.say(
+            f"epoch {self.epoch + 1}/{self.epochs} step {done}/{self.steps} "
+            f"{images_per_s:.1f} img/s loss {loss_sum.item() / max(micro_batches, 1):.4f}"
+        )

@@ -9,33 +9,39 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from intclip import distributed
+from intclip import distributed, precision
 from intclip.acceleration import compiled, fused_optimizer, to_channels_last
+from intclip.accumulation import AccumulationPlan
 from intclip.checkpoint import save_model
 from intclip.config import OptimConfig, TrainConfig, config_leaves, save_config
 from intclip.data import ImageDataset, LabelIndex, UnreadableImage, load_split
 from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
 from intclip.factory import build_components
-from intclip.loader import LoaderOptions, TrainBatch, scoring_loader, train_loader
+from intclip.init_from import initialise
+from intclip.loader import EpochSeeds, LoaderOptions, TrainBatch, scoring_loader, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP, ParameterGroup
+from intclip.progress import EpochProgress
+from intclip.run_log import RunLog, captured_output
+from intclip.tensorboard_log import TensorBoardLog
 from pipeline.console import stderr
 from pipeline.errors import EXIT_FAILED, UserError
 from pipeline.files import atomic_write_bytes, atomic_write_text, cache_root, stable_json
@@ -57,6 +63,7 @@ METRIC_COLUMNS = (
     "val_threshold",
     "lr",
     "images_per_s",
+    "epochs_since_best",
 )
 
 
@@ -74,7 +81,115 @@ class TrainingProgress:
     epoch: int = 0  # epochs completed
     step: int = 0
     best_val_map: float = -1.0
+    epochs_since_best: int = 0  # validations without a better val mAP, for early stopping
     rows: list[dict[str, float]] = field(default_factory=list)  # metrics.csv, one per epoch
+
+
+@dataclass
+class _Optimisation:
+    """One optimiser step over accumulated micro-batches, with fp16's loss scaling if any."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler | None
+    parameters: list[torch.Tensor]
+    grad_clip: float | None
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def step(self) -> None:
+        if self.scaler is not None and self.grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def learning_rates(self) -> dict[str, float]:
+        return {group["name"]: group["lr"] for group in self.optimizer.param_groups}
+
+
+@dataclass
+class _TrainingPass:
+    """One epoch over the training set: micro-batches, optimiser steps, progress, checks."""
+
+    config: TrainConfig
+    context: distributed.Context
+    loader: DataLoader
+    seeds: EpochSeeds
+    plan: AccumulationPlan
+    model: IntCLIP
+    trainable: nn.Module
+    ddp: DistributedDataParallel | None
+    model_input: Callable[[torch.Tensor], torch.Tensor]
+    autocast: AbstractContextManager
+    criterion: AsymmetricLoss
+    optimisation: _Optimisation
+    board: TensorBoardLog | None
+    run_log: RunLog
+    state_note: Callable[[], str]
+
+    def run(self, epoch: int, progress: TrainingProgress) -> tuple[float, float]:
+        """Train epoch `epoch`, counting steps in `progress`; (mean train loss, images/s)."""
+        context, plan, board, optimisation = self.context, self.plan, self.board, self.optimisation
+        _seed_epoch(self.config.seed, epoch, context.rank)
+        self.seeds.set_epoch(epoch)
+        self.model.train()
+        started, seen, batches, done, unreadable = time.perf_counter(), 0, 0, 0, []
+        loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
+        step_loss = torch.zeros((), device=context.device)
+        shown = EpochProgress(
+            epoch, self.config.optim.epochs, plan.steps, self.run_log, context.is_main
+        )
+        with shown:
+            for micro, batch in enumerate(_batches(self.loader, self.state_note)):
+                unreadable += batch.skipped
+                if batch.images is None:  # a skipped micro-batch would upset the step plan
+                    raise UnreadableImage(
+                        f"a whole batch no longer decodes, the first: {batch.skipped[0]}; "
+                        f"stopped, {self.state_note()}"
+                    )
+                images = self.model_input(batch.images)
+                targets = batch.targets.to(context.device, non_blocking=True)
+                ends_step = plan.ends_step(micro)
+                # DDP averages gradients across processes on the step's last micro-batch only
+                with nullcontext() if ends_step or self.ddp is None else self.ddp.no_sync():
+                    with self.autocast:
+                        logits = self.trainable(images)
+                    loss = self.criterion(logits.float(), targets)
+                    weighted = loss * plan.weight(micro, len(images))
+                    optimisation.backward(weighted)
+                seen += len(images) * context.world_size
+                loss_sum += loss.detach()  # a nan or inf stays in the sum until it is checked
+                step_loss += weighted.detach()
+                batches += 1
+                if ends_step:
+                    done += 1
+                    if board is not None:
+                        board.step(progress.step + 1, step_loss, optimisation.learning_rates())
+                    optimisation.step()
+                    progress.step += 1
+                    step_loss = torch.zeros((), device=context.device)
+                    shown.update(done, seen, loss_sum, batches)
+                if batches % self.config.optim.check_finite_every == 0:
+                    _check_finite(loss_sum, epoch, progress.step, self.state_note, context)
+                    if board is not None:
+                        board.flush()
+        _check_finite(loss_sum, epoch, progress.step, self.state_note, context)
+        if unreadable and context.is_main:
+            stderr.print(
+                f"epoch {epoch + 1}: skipped {len(unreadable)} image(s) that no longer decode "
+                f"(--skip-bad), the first: {unreadable[0]}",
+                markup=False,
+            )
+        images_per_s = seen / max(time.perf_counter() - started, 1e-9)
+        return distributed.mean_across(loss_sum.item() / max(batches, 1), context), images_per_s
 
 
 def train(
@@ -83,17 +198,21 @@ def train(
     resume: Path | None = None,
     skip_bad: bool = False,
     stop_after: int | None = None,
+    log: RunLog | None = None,
 ) -> Path:
     """Train as configured; return the run directory.
 
     `stop_after` ends the run once that many epochs are complete, with the schedule of the
-    full run, so that `--resume` continues it exactly.
+    full run, so that `--resume` continues it exactly. What the run prints goes to its
+    `train.log` as well: into `log` when given (the CLI's, which also holds what it prints
+    after), otherwise into a capture of this call alone.
     """
-    context = distributed.setup(config.device)
-    try:
-        return _train(config, config_name, context, resume, skip_bad, stop_after)
-    finally:
-        distributed.teardown()
+    with nullcontext(log) if log is not None else captured_output() as run_log:
+        context = distributed.setup(config.device)
+        try:
+            return _train(config, config_name, context, resume, skip_bad, stop_after, run_log)
+        finally:
+            distributed.teardown()
 
 
 def _train(
@@ -103,9 +222,12 @@ def _train(
     resume: Path | None,
     skip_bad: bool,
     stop_after: int | None,
+    run_log: RunLog,
 ) -> Path:
     run_dir = _run_directory(config, config_name, context, resume)
     log = stderr.print if context.is_main else _silent
+    if resume is not None and context.is_main:
+        run_log.attach(run_dir)
     state_note = _state_note(run_dir)
 
     # Data: train and val only. The test split is never looked at while training.
@@ -115,9 +237,14 @@ def _train(
     components = build_components(config, context.device)
     _seed_everything(config.seed)  # the new modules' initial weights depend on the seed alone
     model = IntCLIP(components.clip, components.class_text, config.model)
+    if config.init_from is not None and resume is None:
+        config = config.model_copy(
+            update={"init_from": initialise(model, config.init_from, BEST_MODEL)}
+        )
+        log(f"initialised from {config.init_from.path}")
     channels_last = to_channels_last(model, components.clip.module.visual, config.optim)
-    trainable = DistributedDataParallel(model) if context.distributed else model
-    trainable = compiled(trainable, config.optim)
+    ddp = DistributedDataParallel(model) if context.distributed else None
+    trainable = compiled(ddp or model, config.optim)
     groups = model.parameter_groups()
     log(", ".join(f"{g.role}: {g.count:,} trained parameters" for g in groups))
 
@@ -132,85 +259,49 @@ def _train(
         raise UserError(
             f"optim.batch_size {config.optim.batch_size} is smaller than the world size"
         )
-    steps_per_epoch = math.ceil(len(train_set) / (batch_size * context.world_size))
-
-    optimizer = _optimizer(config.optim, groups, context.device)
-    scheduler = _scheduler(config.optim, optimizer, steps_per_epoch)
-    criterion = AsymmetricLoss(**config.loss.model_dump())
-    progress = TrainingProgress()
-    if resume is None and context.is_main:
-        _create_run_directory(config, run_dir)
-    if resume is not None:
-        progress = _restore(run_dir / LAST_STATE, config, model, optimizer, scheduler)
-        if context.is_main:
-            _write_metrics(run_dir / METRICS_FILE, progress.rows)
-        log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
-    writer = _tensorboard(config, run_dir) if context.is_main else None
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if context.device.type == "cuda"
-        else nullcontext()
-    )
-
     loader, seeds = train_loader(
         train_set, batch_size, config.seed, context, options, skip_unreadable=skip_bad
     )
     val_loader = scoring_loader(
         val_set, config.optim.eval_batch_size, context, options, persistent=True
     )
-    last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
-    for epoch in range(progress.epoch, last_epoch):
-        _seed_epoch(config.seed, epoch, context.rank)
-        seeds.set_epoch(epoch)
-        model.train()
-        started, seen, batches, unreadable = time.perf_counter(), 0, 0, []
-        loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
-        for batch in _batches(_progress_bar(loader, epoch, context), state_note):
-            unreadable += batch.skipped
-            if batch.images is None:  # every image of this rank's batch was skipped
-                if context.distributed:  # the other ranks would wait for its gradients
-                    raise UnreadableImage(
-                        f"a whole batch no longer decodes on rank {context.rank}, the first: "
-                        f"{batch.skipped[0]}; stopped, {state_note()}"
-                    )
-                continue
-            images = model_input(batch.images)
-            targets = batch.targets.to(context.device, non_blocking=True)
-            with autocast:
-                logits = trainable(images)
-            loss = criterion(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in groups for p in g.parameters], config.optim.grad_clip
-                )
-            optimizer.step()
-            scheduler.step()
-            progress.step += 1
-            seen += len(images) * context.world_size
-            loss_sum += loss.detach()  # a nan or inf stays in the sum until it is checked
-            batches += 1
-            if batches % config.optim.check_finite_every == 0:
-                _check_finite(loss_sum, epoch, progress.step, state_note)
-        _check_finite(loss_sum, epoch, progress.step, state_note)
-        if unreadable:
-            log(
-                f"epoch {epoch + 1}: skipped {len(unreadable)} image(s) that no longer decode "
-                f"(--skip-bad), the first: {unreadable[0]}"
-            )
-        images_per_s = seen / max(time.perf_counter() - started, 1e-9)
-        train_loss = distributed.mean_across(loss_sum.item() / max(batches, 1), context)
+    plan = AccumulationPlan(
+        len(seeds), batch_size, config.optim.grad_accumulation, config.loss.reduction
+    )
 
+    optimizer = _optimizer(config.optim, groups, context.device)
+    optimisation = _Optimisation(
+        optimizer,
+        _scheduler(config.optim, optimizer, plan.steps),
+        precision.grad_scaler(config.precision, context.device),
+        [p for g in groups for p in g.parameters],
+        config.optim.grad_clip,
+    )
+    progress = TrainingProgress()
+    if resume is None and context.is_main:
+        _create_run_directory(config, run_dir)
+        run_log.attach(run_dir)
+    if resume is not None:
+        progress = _restore(run_dir / LAST_STATE, config, model, optimisation)
+        if context.is_main:
+            _write_metrics(run_dir / METRICS_FILE, progress.rows)
+        log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
+    board = TensorBoardLog(run_dir) if config.tensorboard and context.is_main else None
+    passes = _TrainingPass(
+        config, context, loader, seeds, plan, model, trainable, ddp, model_input,
+        precision.autocast(config.precision, context.device),
+        AsymmetricLoss(**config.loss.model_dump()), optimisation, board, run_log, state_note,
+    )  # fmt: skip
+
+    last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
+    stopped_early = _patience_spent(progress, config.optim)
+    for epoch in range(progress.epoch, progress.epoch if stopped_early else last_epoch):
+        train_loss, images_per_s = passes.run(epoch, progress)
         with _unreadable_stops_the_run(state_note):
             scores = predict_scores(
-                model,
-                val_set,
-                config.optim.eval_batch_size,
-                context,
-                model_input,
-                loader=val_loader,
-            )
+                model, val_set, config.optim.eval_batch_size, context, model_input,
+                precision=config.precision, loader=val_loader,
+            )  # fmt: skip
         if not (np.isfinite(scores).all() and math.isfinite(train_loss)):
             raise NonFiniteLoss(
                 f"non-finite {'val scores' if math.isfinite(train_loss) else 'train loss'} "
@@ -218,25 +309,55 @@ def _train(
             )
         progress.epoch = epoch + 1
         if context.is_main:
-            row = _validate(val_index, scores, progress, train_loss, scheduler, images_per_s)
+            row = _validate(val_index, scores, progress, train_loss, optimisation, images_per_s)
+            improved = row["val_mAP"] > progress.best_val_map
+            progress.epochs_since_best = 0 if improved else progress.epochs_since_best + 1
+            row["epochs_since_best"] = progress.epochs_since_best
             progress.rows.append(row)
-            if writer is not None:
-                for key, value in row.items():
-                    writer.add_scalar(key, value, progress.step)
-            if row["val_mAP"] > progress.best_val_map:
+            if board is not None:
+                board.epoch(row)
+            if improved:
                 progress.best_val_map = row["val_mAP"]
                 save_model(model, run_dir / BEST_MODEL, config)
                 atomic_write_text(run_dir / BEST_SUMMARY, stable_json(row))
-            _save_state(run_dir / LAST_STATE, config, model, optimizer, scheduler, progress)
+            _save_state(run_dir / LAST_STATE, config, model, optimisation, progress)
             _write_metrics(run_dir / METRICS_FILE, progress.rows)
             log(
                 f"epoch {progress.epoch}/{config.optim.epochs}: loss {train_loss:.4f}, "
                 f"val mAP {row['val_mAP']:.2f}, val macro F1 {row['val_macro_f1']:.2f}"
             )
+        stopped_early = distributed.broadcast_object(
+            _patience_spent(progress, config.optim), context
+        )
         distributed.barrier(context)
-    if writer is not None:
-        writer.close()
+        if stopped_early:
+            break
+    if board is not None:
+        board.close()
+    log(_summary(progress, config.optim, stopped_early))
     return run_dir
+
+
+def _patience_spent(progress: TrainingProgress, optim: OptimConfig) -> bool:
+    patience = optim.early_stop_patience
+    return patience is not None and progress.epochs_since_best >= patience
+
+
+def _summary(progress: TrainingProgress, optim: OptimConfig, stopped_early: bool) -> str:
+    """The run's last line: how it ended and its best epoch."""
+    if stopped_early:
+        ending = (
+            f"stopped early after epoch {progress.epoch}: val mAP has not improved for "
+            f"{optim.early_stop_patience} validations (optim.early_stop_patience)"
+        )
+    elif progress.epoch < optim.epochs:
+        ending = f"stopped after epoch {progress.epoch} of {optim.epochs}; --resume continues"
+    else:
+        ending = f"finished {progress.epoch} epochs"
+    if not progress.rows:
+        return ending
+    best = max(progress.rows, key=lambda row: row["val_mAP"])
+    return f"{ending}; best val mAP {best['val_mAP']:.2f} at epoch {int(best['epoch'])}"
 
 
 def resumable_config(run_dir: Path) -> Path:
@@ -259,8 +380,7 @@ def _run_directory(
         return resume
     run_dir = None
     if context.is_main:
-        name = config.run_name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
-        run_dir = config.output_dir / name
+        run_dir = config.output_dir / (config.run_name or _fresh_name(config, config_name))
         if (run_dir / LAST_STATE).exists():
             raise UserError(f"{run_dir} already holds a run: resume it with --resume {run_dir}")
         if run_dir.exists():
@@ -268,6 +388,13 @@ def _run_directory(
                 f"{run_dir} exists already and is not a run to resume: choose another run_name"
             )
     return Path(distributed.broadcast_object(str(run_dir), context))
+
+
+def _fresh_name(config: TrainConfig, config_name: str) -> str:
+    """The config's name and the time, with `-2`, `-3`... if a run of that second exists."""
+    stamp = f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    names = (stamp if n == 1 else f"{stamp}-{n}" for n in itertools.count(1))
+    return next(name for name in names if not (config.output_dir / name).exists())
 
 
 def _create_run_directory(config: TrainConfig, run_dir: Path) -> None:
@@ -330,21 +457,31 @@ def _unreadable_stops_the_run(state_note: Callable[[], str]) -> Iterator[None]:
         raise UnreadableImage(f"{err}; stopped, {state_note()}") from None
 
 
-def _batches(batches: Iterator[TrainBatch], state_note: Callable[[], str]) -> Iterator[TrainBatch]:
+def _batches(batches: Iterable[TrainBatch], state_note: Callable[[], str]) -> Iterator[TrainBatch]:
     with _unreadable_stops_the_run(state_note):
         yield from batches
 
 
 def _check_finite(
-    loss_sum: torch.Tensor, epoch: int, step: int, state_note: Callable[[], str]
+    loss_sum: torch.Tensor,
+    epoch: int,
+    step: int,
+    state_note: Callable[[], str],
+    context: distributed.Context,
 ) -> None:
-    """Exit 3 once a loss was nan or inf: checked every few steps, since each check waits for
-    the device. Nothing is saved before the check, so the last good epoch stays on disk."""
-    if not torch.isfinite(loss_sum):
-        raise NonFiniteLoss(
-            f"loss is {loss_sum.item()} at epoch {epoch + 1}, step {step} or before; "
-            f"stopped, {state_note()}"
-        )
+    """Exit 3 once a loss was nan or inf on any process (all stop together): checked every few
+    steps, since each check waits for the device. Nothing is saved before the check, so the
+    last good epoch stays on disk."""
+    if distributed.all_true(torch.isfinite(loss_sum), context):
+        return
+    where = (
+        f"loss is {loss_sum.item()}"
+        if not torch.isfinite(loss_sum)
+        else "loss is not finite on another process"
+    )
+    raise NonFiniteLoss(
+        f"{where} at epoch {epoch + 1}, step {step} or before; stopped, {state_note()}"
+    )
 
 
 def _optimizer(
@@ -415,30 +552,12 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     _seed_everything((seed * 100_003 + epoch * 1_009 + rank) % 2**31)
 
 
-def _progress_bar(loader: DataLoader, epoch: int, context: distributed.Context) -> Iterator:
-    if not context.is_main:
-        yield from loader
-        return
-    with Progress(
-        f"epoch {epoch + 1}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=stderr,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("train", total=len(loader))
-        for batch in loader:
-            yield batch
-            bar.advance(task)
-
-
 def _validate(
     val_index: LabelIndex,
     scores: np.ndarray,
     progress: TrainingProgress,
     train_loss: float,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    optimisation: _Optimisation,
     images_per_s: float,
 ) -> dict[str, float]:
     """Val metrics at the threshold that is best on val, as the protocol will choose it."""
@@ -454,7 +573,7 @@ def _validate(
         "val_micro_f1": metrics.micro_f1,
         "val_samples_f1": metrics.samples_f1,
         "val_threshold": threshold,
-        "lr": scheduler.get_last_lr()[0],
+        "lr": optimisation.scheduler.get_last_lr()[0],
         "images_per_s": images_per_s,
     }
 
@@ -497,23 +616,31 @@ RESUME_FREE_KEYS = frozenset(
     {"device", "data.num_workers", "output_dir", "run_name", "tensorboard"}
 )
 """Config keys a resumed run may change: where and how fast it runs, not what it computes."""
+KEYS_ADDED_SINCE = {
+    "precision": "auto",
+    "optim.grad_accumulation": 1,
+    "optim.early_stop_patience": None,
+    "init_from": None,
+}
+"""Keys newer than some `last.pt` files, with the value that gives what those runs did."""
 
 
 def _save_state(
     path: Path,
     config: TrainConfig,
     model: IntCLIP,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    optimisation: _Optimisation,
     progress: TrainingProgress,
 ) -> None:
     """Everything `--resume` needs, and the config it was trained with, in one atomic file."""
+    scaler = optimisation.scaler
     state = {
         "format": STATE_FORMAT,
         "config": dict(config_leaves(config.model_dump(mode="json"))),
         "model": model.trained_state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": optimisation.optimizer.state_dict(),
+        "scheduler": optimisation.scheduler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": _rng_state(),
         "progress": vars(progress).copy(),
     }
@@ -523,11 +650,7 @@ def _save_state(
 
 
 def _restore(
-    path: Path,
-    config: TrainConfig,
-    model: IntCLIP,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    path: Path, config: TrainConfig, model: IntCLIP, optimisation: _Optimisation
 ) -> TrainingProgress:
     """The state of `last.pt`, refused when it is not ours or the config changed since."""
     try:
@@ -539,9 +662,9 @@ def _restore(
         raise UserError(f"{path}: not a {STATE_FORMAT} file of intclip-train run; cannot resume")
     recorded, now = state["config"], dict(config_leaves(config.model_dump(mode="json")))
     changed = [
-        f"{key} {recorded.get(key)!r} -> {now.get(key)!r}"
+        f"{key} {_recorded(recorded, key)!r} -> {now.get(key)!r}"
         for key in [*now, *(key for key in recorded if key not in now)]
-        if key not in RESUME_FREE_KEYS and recorded.get(key) != now.get(key)
+        if key not in RESUME_FREE_KEYS and _recorded(recorded, key) != now.get(key)
     ]
     if changed:
         raise UserError(
@@ -550,21 +673,16 @@ def _restore(
         )
     model.load_trained_state_dict(state["model"], str(path))
     try:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        optimisation.optimizer.load_state_dict(state["optimizer"])
+        optimisation.scheduler.load_state_dict(state["scheduler"])
+        if optimisation.scaler is not None:
+            optimisation.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
         return TrainingProgress(**state["progress"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise UserError(f"{path}: its optimiser or progress do not fit this run ({err})") from err
 
 
-def _tensorboard(config: TrainConfig, run_dir: Path):
-    if not config.tensorboard:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as err:
-        raise UserError(
-            "tensorboard: true needs the tensorboard extra: pip install -e '.[tensorboard]'"
-        ) from err
-    return SummaryWriter(str(run_dir / "tensorboard"))
+def _recorded(recorded: dict[str, object], key: str) -> object:
+    """A key's value in `last.pt`; keys added since it was written count as their default."""
+    return recorded.get(key, KEYS_ADDED_SINCE.get(key))

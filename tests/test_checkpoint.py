@@ -11,7 +11,7 @@ import safetensors.torch
 import torch
 from tiny_clip import TINY_CLIP_CONFIGS, random_class_embeddings, save_random_clip
 
-from intclip.checkpoint import load_model, read_checkpoint_header, save_model
+from intclip.checkpoint import load_model, load_weights, read_checkpoint_header, save_model
 from intclip.loss import AsymmetricLoss
 from intclip.model import IntCLIP, ModelConfig
 from pipeline.clip import LoadedClip, load_clip
@@ -113,6 +113,25 @@ def test_other_class_embeddings_are_refused(
         load_model(path, tiny_clip, random_class_embeddings(6, seed=2))
     with pytest.raises(UserError, match="trained with other class embeddings"):
         load_model(path, tiny_clip, random_class_embeddings(NUM_CLASSES, seed=3))
+
+
+def test_load_weights_starts_another_config_from_them_and_refuses_other_classes(
+    saved: tuple[IntCLIP, Path], tiny_clip: LoadedClip
+) -> None:
+    """`--init-from`: the trained tensors go into a model built from the new run's config."""
+    model, path = saved
+    settings = model.config.model_dump()
+    config = ModelConfig.model_validate({**settings, "pooling_temperature": {"initial": 5.0}})
+    started = IntCLIP(tiny_clip, random_class_embeddings(NUM_CLASSES, seed=2), config)
+    load_weights(started, path)
+    for name, tensor in model.trained_state_dict().items():
+        assert torch.equal(started.trained_state_dict()[name], tensor), name
+
+    with pytest.raises(UserError, match="trained for 5 classes; the class embeddings given have 6"):
+        load_weights(IntCLIP(tiny_clip, random_class_embeddings(6, seed=2), config), path)
+    deeper = ModelConfig.model_validate({**settings, "semantic_depth": 2})
+    with pytest.raises(UserError, match="the semantic tensors do not fit this model"):
+        load_weights(IntCLIP(tiny_clip, random_class_embeddings(NUM_CLASSES, seed=2), deeper), path)
 
 
 def flip_a_tensor_byte(data: bytes) -> bytes:

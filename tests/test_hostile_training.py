@@ -205,12 +205,12 @@ def test_gpu_decoding_without_cuda_is_refused_before_any_run_directory(train_cli
     assert not workspace["runs"].exists()
 
 
-def test_skip_bad_survives_batches_with_nothing_left(train_cli, workspace, monkeypatch):
+def test_a_batch_with_nothing_left_stops_even_under_skip_bad(train_cli, workspace, monkeypatch):
     cut_after_the_check(monkeypatch, *workspace["images"].glob("train*.png"))
-    args = ("run", "--config", workspace["config"], "--skip-bad", "--stop-after", "1")
-    code, _, err = train_cli(*args)
-    assert code == 0, err
-    assert "epoch 1: skipped 16 image(s) that no longer decode (--skip-bad)" in err
+    result = train_cli("run", "--config", workspace["config"], "--skip-bad")
+    line = one_error(result, 2)
+    assert line.startswith("error: a whole batch no longer decodes, the first: ")
+    assert line.endswith("stopped, before any epoch was saved (no last.pt yet)")
 
 
 # ---- non-finite values ----
@@ -232,7 +232,9 @@ def test_non_finite_loss_in_the_first_epoch_says_there_is_no_last_pt(
         r"was saved \(no last\.pt yet\)",
         line,
     )
-    assert sorted(p.name for p in (workspace["runs"] / "r").iterdir()) == ["config.yaml"]
+    run_dir = workspace["runs"] / "r"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "train.log"]
+    assert (run_dir / "train.log").read_text().endswith(line + "\n")
 
 
 def test_non_finite_val_scores_stop_the_run(train_cli, workspace, monkeypatch):

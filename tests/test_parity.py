@@ -225,6 +225,7 @@ def test_each_official_value_is_one_setting_away_from_the_recommended_config() -
         "loss.eps=1.0e-6",
         "loss.reduction=sum",
         "loss.weight=0.03",
+        "precision=fp16",
     ]
     assert load_config(RECOMMENDED, overrides) == official
 

@@ -215,6 +215,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_epoch(workspace, monkeypa
     run_dir = workspace["root"] / "runs" / "diverge"
     assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 1
     assert len(metrics(run_dir)) == 1
+    assert "error: loss is nan at epoch 2" in (run_dir / "train.log").read_text()
 
 
 @pytest.mark.slow
@@ -272,18 +273,6 @@ def test_zeroshot_baseline_is_beaten_by_training(straight_run, workspace):
     )
     assert baseline["split"] == "test" and set(baseline["levels"]) == {"coarse"}
     assert trained["fine"]["mAP"] > baseline["fine"]["mAP"] + 10
-
-
-@pytest.mark.slow
-def test_tensorboard_logs_every_metric(workspace):
-    run_dir = train(workspace, "board", "--stop-after", 1, "--set", "tensorboard=true")
-    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert len(events) == 1 and events[0].stat().st_size > 0
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
-    accumulator.Reload()
-    assert {"train_loss", "val_mAP", "lr"} <= set(accumulator.Tags()["scalars"])
 
 
 @pytest.mark.parametrize(
