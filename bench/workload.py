@@ -34,10 +34,14 @@ def write_jpeg(path: Path, width: int, height: int, rng: np.random.Generator) ->
     return path
 
 
-def write_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    """`count` JPEGs of 400-1080 px per side (Unsplash's small and regular sizes)."""
+def write_jpegs(
+    folder: Path, count: int, seed: int = 0, sides: tuple[int, int] = (400, 1080)
+) -> list[Path]:
+    """`count` JPEGs with sides drawn from `sides` (default: 400-1080 px, Unsplash's small and
+    regular sizes)."""
     rng = np.random.default_rng(seed)
-    sizes = [tuple(int(v) for v in rng.integers(400, 1081, size=2)) for _ in range(count)]
+    low, high = sides
+    sizes = [tuple(int(v) for v in rng.integers(low, high + 1, size=2)) for _ in range(count)]
     return [write_jpeg(folder / f"{i:05d}.jpg", w, h, rng) for i, (w, h) in enumerate(sizes)]
 
 

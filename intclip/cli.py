@@ -229,6 +229,54 @@ def download(
 
 
 @app.command()
+def prepare(
+    images: Annotated[
+        Path, typer.Option("--images", help="The folder of the original images (an image root).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Where the smaller copies go, same relative paths.")
+    ],
+    resize_short_side: Annotated[
+        int,
+        typer.Option(
+            "--resize-short-side",
+            min=1,
+            help="Shorter side of the stored images (never enlarged; Lanczos, JPEG quality 90)."
+            " At least crop size * sqrt(4 / (3 * crop scale min)), e.g. 366 for 224 and 0.5:"
+            " then every RandomResizedCrop still spans the crop size, so no crop is enlarged.",
+        ),
+    ],
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Images resized at once; default: the machine's cores."),
+    ] = None,
+    crop_size: Annotated[
+        int, typer.Option(min=1, help="The training crop, the model's image size.")
+    ] = 224,
+    crop_scale_min: Annotated[
+        float | None,
+        typer.Option(
+            show_default=False,
+            help="The lower end of augment.crop_scale, in (0, 1]; default: its default.",
+        ),
+    ] = None,
+) -> None:
+    """Store the images of a folder smaller, once, so that training decodes small files:
+    resumable (up-to-date copies are skipped), recorded in <out>/prepare.json, and refused
+    when the short side would let a training crop be enlarged. Point data.image_root at --out."""
+    from intclip.prepare import PrepareSettings, run_prepare
+    from intclip.shrink import DEFAULT_CROP_SCALE_MIN
+
+    settings = PrepareSettings(
+        source=str(images.resolve()),
+        resize_short_side=resize_short_side,
+        crop_size=crop_size,
+        crop_scale_min=DEFAULT_CROP_SCALE_MIN if crop_scale_min is None else crop_scale_min,
+    )
+    run_prepare(images, out, settings, workers or os.cpu_count() or 1, typer.echo)
+
+
+@app.command()
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", help="Training config YAML.", show_default=False)

@@ -25,6 +25,7 @@ from pydantic import (
 
 from intclip.loss import Reduction
 from intclip.model import ModelConfig, Role
+from intclip.shrink import DEFAULT_CROP_SCALE_MIN
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
 from pipeline.safe_load import load_yaml, read_text_file
@@ -77,12 +78,21 @@ class DataConfig(_Section):
     pipeline: Literal["fast", "torchvision"] = "fast"
     """`fast`: JPEGs decoded at reduced scale, uint8 to the device, normalised there;
     `torchvision`: the plain transforms, full decode and float tensors in the workers."""
+    decode: Literal["cpu", "gpu"] = "cpu"
+    """`gpu` (with `pipeline: fast` and a CUDA device): workers only read the files; JPEGs are
+    decoded with nvJPEG, cropped, resized and augmented on the GPU (see intclip.device_decode)."""
     eval_resize: Literal["crop", "squash"] = "crop"
     """Evaluation images: shorter side resized then centre-cropped, as CLIP was pre-trained
     (`crop`), or squashed to a square whatever their aspect ratio (`squash`, the official code)."""
     normalize: bool = True
     """Normalise images with CLIP's mean and std. `false` reproduces the official code's omission,
     for parity only: CLIP was trained on normalised images."""
+
+    @model_validator(mode="after")
+    def _gpu_decoding_is_fast(self) -> DataConfig:
+        if self.decode == "gpu" and self.pipeline != "fast":
+            raise ValueError("decode: gpu needs pipeline: fast")
+        return self
 
 
 class ClipSection(_Section):
@@ -113,7 +123,7 @@ class AugmentConfig(_Section):
 
     enabled: bool = True
     """`false` trains on the evaluation transform, as the official code in effect does."""
-    crop_scale: tuple[float, float] = (0.5, 1.0)
+    crop_scale: tuple[float, float] = (DEFAULT_CROP_SCALE_MIN, 1.0)
     flip: bool = True
     randaugment_ops: int = Field(default=2, ge=0)
     randaugment_magnitude: int = Field(default=9, ge=0, le=30)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from intclip.image_files import DECODE_ERRORS
 from intclip.manifest import IMAGE, csv_rows, jsonl_rows
 from pipeline.errors import UserError
 from pipeline.safe_load import load_json, read_text_file
@@ -222,6 +223,17 @@ def load_split(data: DataConfig, split: Split) -> LabelIndex | None:
     return load_manifest(path, data.image_root, data.num_classes)
 
 
+class UnreadableImage(UserError):
+    """An image that decoded when the run started but not now: changed, cut off or removed on
+    disk since. Exit 2 like any bad input; `--skip-bad` skips it in training instead."""
+
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker sends its exception back as the traceback's text and re-raises
+        # `UnreadableImage(text)`; the message is the text's last line, after the class name.
+        lines = message.strip().splitlines() or [message]
+        super().__init__(lines[-1].split(f"{UnreadableImage.__name__}: ", 1)[-1])
+
+
 class ImageDataset(Dataset):
     """Images of a `LabelIndex` through a transform; yields (image tensor, target, row).
 
@@ -237,6 +249,13 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         path = self.index.image_root / self.index.paths[row]
-        with Image.open(path) as image:
-            tensor = self.transform(image)
+        try:
+            with Image.open(path) as image:
+                tensor = self.transform(image)
+        except DECODE_ERRORS as err:
+            detail = " ".join(str(err).split())
+            raise UnreadableImage(
+                f"{self.index.where(row)}: {path} cannot be read any more ({detail}); it "
+                "decoded when the run started, so it changed on disk since"
+            ) from None
         return tensor, torch.from_numpy(self.index.targets[row]), row

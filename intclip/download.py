@@ -23,19 +23,17 @@ from urllib.parse import urljoin
 
 import httpx2
 import tenacity
-from PIL import Image
 from pydantic import BaseModel, Field
 
 from intclip.download_settings import DownloadSettings
 from intclip.download_sources import ImageSource
 from intclip.image_files import decode_problem, outside_root
+from intclip.shrink import RESIZE_JPEG_QUALITY, shrink
 from pipeline.retry import backoff_policy, is_transient_status, retry_after_from_headers
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
 MAX_REDIRECTS = 5
 CHUNK_BYTES = 1 << 16
-RESIZE_JPEG_QUALITY = 90
-RESIZE_FILTER = Image.Resampling.LANCZOS
 PART_SUFFIX = ".part"
 DEFAULT_REPORT_NAME = "download-report.json"
 USER_AGENT = (
@@ -177,25 +175,10 @@ def _store(part: Path, target: Path, resize_short_side: int | None) -> None:
         kind, detail = problem
         raise Refused("not decodable", f"{kind}: {detail.removeprefix(f'{part}: ')}", 200)
     if resize_short_side is not None:
-        _downscale(part, target.suffix, resize_short_side)
+        shrink(part, part, resize_short_side, target.suffix)
     with open(part, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(part, target)
-
-
-def _downscale(path: Path, suffix: str, short_side: int) -> None:
-    """Shrink so the shorter side is `short_side` (never enlarge), in the format of `suffix`."""
-    with Image.open(path) as image:
-        scale = short_side / min(image.size)
-        if scale >= 1:
-            return
-        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-        image_format = Image.registered_extensions().get(suffix.lower(), image.format)
-        small = image.resize(size, RESIZE_FILTER)
-    if image_format == "JPEG":
-        small.convert("RGB").save(path, "JPEG", quality=RESIZE_JPEG_QUALITY)
-    else:
-        small.save(path, image_format)
 
 
 class Downloader:

@@ -3,16 +3,13 @@ report, say in one line how it went and exit 0 (every image present), 1 (some fa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from intclip.download import DEFAULT_REPORT_NAME, DownloadReport, Tally, download
 from intclip.download_settings import DownloadSettings
 from intclip.download_sources import read_sources
-from pipeline.console import stderr
+from intclip.file_progress import progress_bar
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.files import atomic_write_text, stable_json
 
@@ -29,35 +26,8 @@ def _counts(tally: Tally) -> str:
     )
 
 
-@contextmanager
-def _progress_bar(total: int) -> Iterator[Callable[[Tally], None]]:
-    """A bar on stderr; yields the callback that moves it. Says where things stood if stopped."""
-    latest = Tally()
-    columns = (
-        TextColumn("images"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[counts]}"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=stderr) as progress:
-        task = progress.add_task("images", total=total, counts=_counts(latest))
-
-        def update(tally: Tally) -> None:
-            nonlocal latest
-            latest = tally
-            completed = tally.downloaded + tally.skipped + tally.failed
-            progress.update(task, completed=completed, counts=_counts(tally))
-
-        try:
-            yield update
-        except KeyboardInterrupt:
-            progress.stop()
-            stderr.print(
-                f"stopped: {_counts(latest)}; run the same command again to fetch the rest",
-                markup=False,
-            )
-            raise
+def _done(tally: Tally) -> int:
+    return tally.downloaded + tally.skipped + tally.failed
 
 
 def summary_line(report: DownloadReport, report_path: Path) -> str:
@@ -88,7 +58,7 @@ def run_download(
         image_root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"{image_root}: cannot create the image root ({err.strerror})") from err
-    with _progress_bar(len(sources)) as update:
+    with progress_bar(len(sources), Tally(), _counts, _done) as update:
         report = download(sources, image_root, annotations, settings, update)
     atomic_write_text(report_path, stable_json(report.model_dump(mode="json")))
     echo(summary_line(report, report_path))

@@ -12,12 +12,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from intclip import distributed
 from intclip.config import Precision
 from intclip.data import ImageDataset
-from intclip.loader import LoaderOptions
+from intclip.loader import LoaderOptions, scoring_loader
 from intclip.precision import autocast
 
 
@@ -31,15 +31,15 @@ def predict_scores(
     activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
     options: LoaderOptions = LoaderOptions(),
     precision: Precision = "auto",
+    loader: DataLoader | None = None,
 ) -> np.ndarray:
     """Scores [images, classes] (`activation` of the logits) in dataset order, on every rank;
-    `model_input` moves each batch to the device and finishes it there."""
+    `model_input` moves each batch to the device and finishes it there. `loader`, from
+    `scoring_loader` over the same dataset, is reused (with its workers) instead of a new one."""
     was_training = model.training
     model.eval()
-    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
-    loader = DataLoader(
-        shard, batch_size=batch_size, shuffle=False, **options.kwargs(persistent=False)
-    )
+    if loader is None:
+        loader = scoring_loader(dataset, batch_size, context, options)
     rows, scores = [], []
     for images, _, row in loader:
         with autocast(precision, context.device):

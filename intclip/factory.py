@@ -25,6 +25,7 @@ from pipeline.embeddings import (
     embedding_cache_key,
     load_class_embeddings,
 )
+from pipeline.errors import UserError
 from pipeline.files import cache_root
 from pipeline.images import ImageTransform
 from pipeline.taxonomy import Taxonomy, load_taxonomy
@@ -65,7 +66,16 @@ class Components:
         mean, std = self.clip.image_mean, self.clip.image_std
         if not self.data.normalize:
             mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-        return ModelInput(device, mean, std, pipeline.normalized_on_device, channels_last)
+        decode = None
+        if pipeline.device_decode is not None:
+            if device.type != "cuda":
+                raise UserError(
+                    f"data.decode: gpu needs a CUDA device, and this run's is {device.type}; "
+                    "set data.decode: cpu"
+                )
+            decode = pipeline.device_decode(device)
+        normalized = pipeline.normalized_on_device
+        return ModelInput(device, mean, std, normalized, channels_last, decode)
 
 
 def class_embeddings_file(config: TrainConfig) -> tuple[Path, CacheKey | None]:

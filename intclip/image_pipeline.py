@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -25,6 +26,7 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
 from intclip.config import AugmentConfig, DataConfig
+from intclip.shrink import CROP_RATIO
 from intclip.transforms import eval_transform, train_transform
 
 Box = tuple[float, float, float, float]  # left, top, right, bottom in full-size pixels
@@ -65,6 +67,17 @@ EVAL_BOXES: dict[str, Callable[[int, int, int], Box]] = {
 }
 
 
+def eval_box(resize: str, width: int, height: int, size: int) -> Box:
+    """The region `data.eval_resize` keeps of a width x height image."""
+    return EVAL_BOXES[resize](width, height, size)
+
+
+def train_box(image: Image.Image, scale: tuple[float, float]) -> Box:
+    """RandomResizedCrop's region, drawn on the full-size geometry (the header suffices)."""
+    top, left, height, width = T.RandomResizedCrop.get_params(image, scale, CROP_RATIO)
+    return left, top, left + width, top + height
+
+
 def to_uint8_tensor(image: Image.Image) -> torch.Tensor:
     """[3, H, W] uint8: what workers send; `ModelInput` makes floats of it on the device."""
     return F.pil_to_tensor(image)
@@ -74,11 +87,10 @@ class FastEval:
     """The evaluation view (`data.eval_resize`: crop or squash) as uint8, decoded small."""
 
     def __init__(self, size: int, resize: str = "crop") -> None:
-        self.size = size
-        self.box = EVAL_BOXES[resize]
+        self.size, self.resize = size, resize
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        box = self.box(*image.size, self.size)
+        box = eval_box(self.resize, *image.size, self.size)
         return to_uint8_tensor(draft_resize(image, box, self.size))
 
 
@@ -88,7 +100,6 @@ class FastTrain:
     def __init__(self, size: int, augment: AugmentConfig) -> None:
         self.size = size
         self.scale = augment.crop_scale
-        self.ratio = (3.0 / 4.0, 4.0 / 3.0)
         after: list[Callable] = []
         if augment.flip:
             after.append(T.RandomHorizontalFlip())
@@ -101,8 +112,7 @@ class FastTrain:
         self.after = T.Compose(after)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        top, left, height, width = T.RandomResizedCrop.get_params(image, self.scale, self.ratio)
-        crop = draft_resize(image, (left, top, left + width, top + height), self.size)
+        crop = draft_resize(image, train_box(image, self.scale), self.size)
         return to_uint8_tensor(self.after(crop))
 
 
@@ -117,6 +127,8 @@ class ImagePipeline:
     train: FileTransform
     eval: FileTransform
     normalized_on_device: bool
+    device_decode: Callable[[torch.device], Callable[[Any], torch.Tensor]] | None = None
+    """`data.decode: gpu`: makes the stage that turns a batch of files into images there."""
 
 
 def build_image_pipeline(
@@ -127,7 +139,20 @@ def build_image_pipeline(
     data: DataConfig,
 ) -> ImagePipeline:
     """`data.pipeline`: `fast` (uint8 out, finished on the device) or `torchvision` (floats
-    out, as before); both honour `augment.enabled`, `data.eval_resize` and `data.normalize`."""
+    out, as before); `data.decode: gpu` leaves decoding to the device as well. All honour
+    `augment.enabled`, `data.eval_resize` and `data.normalize`."""
+    if data.decode == "gpu":
+        # imported here: device_decode builds on this module's crops
+        from intclip.device_decode import DeviceDecode, EncodedEval, EncodedTrain
+
+        on_device = augment if augment.enabled else None
+        encoded_eval = EncodedEval(size, data.eval_resize)
+        return ImagePipeline(
+            EncodedTrain(size, augment) if augment.enabled else encoded_eval,
+            encoded_eval,
+            True,
+            lambda device: DeviceDecode(size, on_device, device),
+        )
     if data.pipeline == "fast":
         fast_eval = FastEval(size, data.eval_resize)
         fast_train = FastTrain(size, augment) if augment.enabled else fast_eval
@@ -140,8 +165,9 @@ def build_image_pipeline(
 
 
 class ModelInput:
-    """A batch from the loader as the model takes it: on the device (uint8 while it travels),
-    normalised there when the workers did not, in the tower's memory format."""
+    """A batch from the loader as the model takes it: on the device (uint8 while it travels, or
+    files that `decode` turns into images there), normalised there when the workers did not,
+    in the tower's memory format."""
 
     def __init__(
         self,
@@ -150,8 +176,10 @@ class ModelInput:
         std: Sequence[float],
         normalize: bool,
         channels_last: bool = False,
+        decode: Callable[[Any], torch.Tensor] | None = None,
     ) -> None:
         self.device = device
+        self.decode = decode
         self.normalize = normalize
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         shape = (1, -1, 1, 1)
@@ -161,7 +189,9 @@ class ModelInput:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -mean_t / std_t
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: Any) -> torch.Tensor:
+        if self.decode is not None:
+            images = self.decode(images)
         images = images.to(self.device, non_blocking=True)
         if self.normalize:
             images = torch.addcmul(self.shift, images.float(), self.scale)

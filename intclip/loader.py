@@ -1,10 +1,11 @@
 """Data loaders that keep a GPU fed and a resumed run exact.
 
-Workers default to the machine's cores, prefetch several batches each, pin memory for CUDA and,
-for training, persist across epochs. Persistent workers keep their random state from epoch to
-epoch, so augmentation cannot rely on seeding the workers: each training item carries its own
-seed, drawn from (seed, epoch, rank), and the item's transform runs under it. Augmentation then
-depends on neither the worker count nor on whether the workers were restarted by `--resume`.
+Workers default to the machine's cores, prefetch several batches each, pin memory for CUDA and
+persist across epochs, for training and for the val pass. Persistent workers keep their random
+state from epoch to epoch, so augmentation cannot rely on seeding the workers: each training
+item carries its own seed, drawn from (seed, epoch, rank), and the item's transform runs under
+it. Augmentation then depends on neither the worker count nor on whether the workers were
+restarted by `--resume`.
 """
 
 from __future__ import annotations
@@ -12,12 +13,23 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    Subset,
+)
+from torch.utils.data._utils.collate import collate, default_collate_fn_map
 
 from intclip import distributed
 from intclip.config import DataConfig
+from intclip.data import UnreadableImage
+from intclip.device_decode import EncodedImage
 
 SeededRow = tuple[int, int]
 
@@ -78,11 +90,20 @@ class EpochSeeds(Sampler[SeededRow]):
         return iter(zip(rows, seeds, strict=True))
 
 
-class SeededItems(Dataset):
-    """`dataset[row]` with the torch RNG seeded for that row in this epoch."""
+@dataclass(frozen=True)
+class Skipped:
+    """An item left out of its batch (`--skip-bad`), and why."""
 
-    def __init__(self, dataset: Dataset) -> None:
+    reason: str
+
+
+class SeededItems(Dataset):
+    """`dataset[row]` with the torch RNG seeded for that row in this epoch; with
+    `skip_unreadable`, an image that no longer decodes becomes `Skipped`."""
+
+    def __init__(self, dataset: Dataset, skip_unreadable: bool = False) -> None:
         self.dataset = dataset
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -91,7 +112,44 @@ class SeededItems(Dataset):
         row, seed = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.dataset[row]
+            try:
+                return self.dataset[row]
+            except UnreadableImage as err:
+                if not self.skip_unreadable:
+                    raise
+                return Skipped(str(err))
+
+
+class TrainBatch(NamedTuple):
+    """A training batch. `images`: a tensor, or the list of files `data.decode: gpu` leaves
+    to the device; None when every item of the batch was skipped."""
+
+    images: Any
+    targets: torch.Tensor | None
+    rows: torch.Tensor | None
+    skipped: list[str]
+
+
+def _files(batch: list[EncodedImage], *, collate_fn_map: dict | None = None) -> list:
+    return list(batch)
+
+
+COLLATE_FNS = {**default_collate_fn_map, EncodedImage: _files}
+
+
+def collate_images(items: list) -> Any:
+    """`default_collate`, except that the files of `data.decode: gpu` stay a list (their
+    lengths differ) for the device to decode."""
+    return collate(items, collate_fn_map=COLLATE_FNS)
+
+
+def collate_skipping(items: list) -> TrainBatch:
+    """`collate_images` of the items that were read, and the reasons of those skipped."""
+    kept = [item for item in items if not isinstance(item, Skipped)]
+    skipped = [item.reason for item in items if isinstance(item, Skipped)]
+    if not kept:
+        return TrainBatch(None, None, None, skipped)
+    return TrainBatch(*collate_images(kept), skipped)
 
 
 def train_loader(
@@ -100,14 +158,37 @@ def train_loader(
     seed: int,
     context: distributed.Context,
     options: LoaderOptions,
+    skip_unreadable: bool = False,
 ) -> tuple[DataLoader, EpochSeeds]:
-    """One loader for the whole run; call `seeds.set_epoch(epoch)` before each epoch."""
+    """One loader for the whole run, of `TrainBatch`es; call `seeds.set_epoch(epoch)` before
+    each epoch."""
     seeds = EpochSeeds(dataset, seed, context, len(dataset))
     loader = DataLoader(
-        SeededItems(dataset),
+        SeededItems(dataset, skip_unreadable),
         batch_size=batch_size,
         sampler=seeds,
+        collate_fn=collate_skipping,
         drop_last=False,
         **options.kwargs(persistent=True),
     )
     return loader, seeds
+
+
+def scoring_loader(
+    dataset: Dataset,
+    batch_size: int,
+    context: distributed.Context,
+    options: LoaderOptions,
+    persistent: bool = False,
+) -> DataLoader:
+    """Rank r's rows r, r + W, r + 2W, ... in order (see `intclip.evaluation`). Persistent for
+    the val pass after every epoch: evaluation transforms draw nothing at random, so reused
+    workers change no score, and a resumed run scores exactly as a straight one."""
+    shard = Subset(dataset, range(context.rank, len(dataset), context.world_size))
+    return DataLoader(
+        shard,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_images,
+        **options.kwargs(persistent),
+    )

@@ -13,8 +13,8 @@ import itertools
 import math
 import random
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -30,12 +30,12 @@ from intclip.acceleration import compiled, fused_optimizer, to_channels_last
 from intclip.accumulation import AccumulationPlan
 from intclip.checkpoint import save_model
 from intclip.config import OptimConfig, TrainConfig, config_leaves, save_config
-from intclip.data import ImageDataset, LabelIndex, load_split
+from intclip.data import ImageDataset, LabelIndex, UnreadableImage, load_split
 from intclip.data_check import DecodedImages, check_index, summarize
 from intclip.evaluation import predict_scores
 from intclip.factory import Components, build_components, class_embeddings_file
 from intclip.init_from import initialise
-from intclip.loader import EpochSeeds, LoaderOptions, train_loader
+from intclip.loader import EpochSeeds, LoaderOptions, TrainBatch, scoring_loader, train_loader
 from intclip.loss import AsymmetricLoss
 from intclip.metrics import evaluate_split, select_threshold
 from intclip.model import IntCLIP, ParameterGroup
@@ -142,16 +142,22 @@ class _TrainingPass:
         _seed_epoch(self.config.seed, epoch, context.rank)
         self.seeds.set_epoch(epoch)
         self.model.train()
-        started, seen, batches, done = time.perf_counter(), 0, 0, 0
+        started, seen, batches, done, unreadable = time.perf_counter(), 0, 0, 0, []
         loss_sum = torch.zeros((), device=context.device)  # on the device: no sync per step
         step_loss = torch.zeros((), device=context.device)
         shown = EpochProgress(
             epoch, self.config.optim.epochs, plan.steps, self.run_log, context.is_main
         )
         with shown:
-            for micro, (images, targets, _) in enumerate(self.loader):
-                images = self.model_input(images)
-                targets = targets.to(context.device, non_blocking=True)
+            for micro, batch in enumerate(_batches(self.loader, self.state_note)):
+                unreadable += batch.skipped
+                if batch.images is None:  # a skipped micro-batch would upset the step plan
+                    raise UnreadableImage(
+                        f"a whole batch no longer decodes, the first: {batch.skipped[0]}; "
+                        f"stopped, {self.state_note()}"
+                    )
+                images = self.model_input(batch.images)
+                targets = batch.targets.to(context.device, non_blocking=True)
                 ends_step = plan.ends_step(micro)
                 # DDP averages gradients across processes on the step's last micro-batch only
                 with nullcontext() if ends_step or self.ddp is None else self.ddp.no_sync():
@@ -177,6 +183,12 @@ class _TrainingPass:
                     if board is not None:
                         board.flush()
         _check_finite(loss_sum, epoch, progress.step, self.state_note, context)
+        if unreadable and context.is_main:
+            stderr.print(
+                f"epoch {epoch + 1}: skipped {len(unreadable)} image(s) that no longer decode "
+                f"(--skip-bad), the first: {unreadable[0]}",
+                markup=False,
+            )
         images_per_s = seen / max(time.perf_counter() - started, 1e-9)
         return distributed.mean_across(loss_sum.item() / max(batches, 1), context), images_per_s
 
@@ -250,7 +262,12 @@ def _train(
         raise UserError(
             f"optim.batch_size {config.optim.batch_size} is smaller than the world size"
         )
-    loader, seeds = train_loader(train_set, batch_size, config.seed, context, options)
+    loader, seeds = train_loader(
+        train_set, batch_size, config.seed, context, options, skip_unreadable=skip_bad
+    )
+    val_loader = scoring_loader(
+        val_set, config.optim.eval_batch_size, context, options, persistent=True
+    )
     plan = AccumulationPlan(
         len(seeds), batch_size, config.optim.grad_accumulation, config.loss.reduction
     )
@@ -284,10 +301,11 @@ def _train(
     stopped_early = _patience_spent(progress, config.optim)
     for epoch in range(progress.epoch, progress.epoch if stopped_early else last_epoch):
         train_loss, images_per_s = passes.run(epoch, progress)
-        scores = predict_scores(
-            model, val_set, config.optim.eval_batch_size, context, model_input,
-            options=options, precision=config.precision,
-        )  # fmt: skip
+        with _unreadable_stops_the_run(state_note):
+            scores = predict_scores(
+                model, val_set, config.optim.eval_batch_size, context, model_input,
+                precision=config.precision, loader=val_loader,
+            )  # fmt: skip
         if not (np.isfinite(scores).all() and math.isfinite(train_loss)):
             raise NonFiniteLoss(
                 f"non-finite {'val scores' if math.isfinite(train_loss) else 'train loss'} "
@@ -437,6 +455,21 @@ def _checked_split(config: TrainConfig, split: str, skip_bad: bool, log) -> Labe
         f"{split}: leaving out {len({p.row for p in problems})} bad entries ({summarize(problems)})"
     )
     return index.without([p.row for p in problems])
+
+
+@contextmanager
+def _unreadable_stops_the_run(state_note: Callable[[], str]) -> Iterator[None]:
+    """An image that stopped decoding mid-run ends it in one line naming the file, saying what
+    is left to resume from (nothing is saved on the way out)."""
+    try:
+        yield
+    except UnreadableImage as err:
+        raise UnreadableImage(f"{err}; stopped, {state_note()}") from None
+
+
+def _batches(batches: Iterable[TrainBatch], state_note: Callable[[], str]) -> Iterator[TrainBatch]:
+    with _unreadable_stops_the_run(state_note):
+        yield from batches
 
 
 def _check_finite(

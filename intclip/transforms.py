@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from torchvision import transforms as T
 
 from intclip.config import AugmentConfig, DataConfig
+from intclip.shrink import CROP_RATIO
 from pipeline.images import BICUBIC, ImageTransform
 
 RESIZES: dict[str, Callable[[int], list[Callable]]] = {
@@ -49,7 +50,7 @@ def train_transform(
     if not augment.enabled:
         return eval_transform(size, mean, std, data)
     steps: list[Callable] = [
-        T.RandomResizedCrop(size, scale=augment.crop_scale, interpolation=BICUBIC)
+        T.RandomResizedCrop(size, scale=augment.crop_scale, ratio=CROP_RATIO, interpolation=BICUBIC)
     ]
     if augment.flip:
         steps.append(T.RandomHorizontalFlip())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -61,6 +63,23 @@ def invoke(
         main([str(arg) for arg in args])
     captured = capsys.readouterr()
     return stopped.value.code, captured.out, captured.err
+
+
+def interrupt_when(
+    command: list[str], ready: Callable[[], bool], stop: int, env: dict[str, str], limit: float
+) -> tuple[int, str]:
+    """Start `command`, send it `stop` once `ready()` holds (or `limit` seconds passed, a bound
+    on waiting, never an expectation of speed); (exit code, stderr)."""
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + limit
+    while not ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(stop)
+    try:
+        _, err = process.communicate(timeout=limit)
+    finally:
+        process.kill()
+    return process.returncode, err
 
 
 def word_embedder(texts: list[str]) -> np.ndarray:

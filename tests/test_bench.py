@@ -60,3 +60,15 @@ def test_prompts_step_compares_both_text_modes_on_the_same_model(capsys, tmp_pat
     )
     assert code == 0 and "168 prompts of 16 contexts" in out
     assert "prompts " in out and "cached " in out and "ratio" in out
+
+
+def test_image_pipeline_labels_what_the_fast_path_reads(capsys, tmp_path):
+    report = tmp_path / "b.md"
+    code, out, _ = run_bench(capsys, "--only", "image_pipeline", "--quick", "--out", report)
+    assert code == 0
+    for originals in ("regular originals (400-1080 px)", "full-size originals (1500-3000 px)"):
+        for kind in ("train", "eval"):
+            assert f"{kind}, {originals}: fast on originals " in out
+            assert f"{kind}, {originals}: fast on prepared 366 px " in out
+        assert f"prepare once, {originals}: prepare --resize-short-side 366 " in out
+    assert out.count("| torchvision on originals ") == 10

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import interrupt_when
 from fake_image_server import (
     ImageServer,
     hang,
@@ -26,8 +27,8 @@ from fake_image_server import (
 )
 from PIL import Image
 
-from intclip.download import RESIZE_JPEG_QUALITY
 from intclip.image_files import decode_problem
+from intclip.shrink import RESIZE_JPEG_QUALITY
 
 # Few attempts keep every fault quick; the timeout is long enough for a loaded test machine.
 FAST = ("--timeout", "5", "--max-attempts", "2", "--rate", "200")
@@ -214,18 +215,10 @@ def test_ctrl_c_and_sigterm_stop_a_hanging_download_at_once(tmp_path, server, st
     annotations = write_annotations(tmp_path / "train.json", server, names)
     root = tmp_path / "images"
     args = ["download", "--annotations", str(annotations), "--image-root", str(root)]
-    process = subprocess.Popen(
-        [*CLI, *args, "--timeout", "600"], stderr=subprocess.PIPE, text=True, env=CHILD_ENV
+    code, err = interrupt_when(
+        [*CLI, *args, "--timeout", "600"], lambda: bool(server.log), stop, CHILD_ENV, WAIT_LIMIT_S
     )
-    deadline = time.monotonic() + WAIT_LIMIT_S
-    while not server.log and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(stop)
-    try:
-        _, err = process.communicate(timeout=WAIT_LIMIT_S)
-    finally:
-        process.kill()
-    assert process.returncode == 130, err
+    assert code == 130, err
     assert "stopped: done 0, skipped 0, failed 0" in err and "Traceback" not in err
     assert not real_files(root) and not list(root.rglob("*.part"))
     assert not (root / "download-report.json").exists()

@@ -141,6 +141,78 @@ def test_images_are_decoded_once_across_runs(train_cli, workspace, monkeypatch):
     assert decoded == [victim] and str(victim) in line
 
 
+# ---- images that change on disk after the check ----
+
+
+def cut_after_the_check(monkeypatch, *victims: Path) -> None:
+    """Truncate the victims once the run has checked (and decoded) train, then val."""
+    import intclip.train
+
+    original = intclip.train.check_index
+    checked = []
+
+    def check_then_cut(index, **kwargs):
+        problems = original(index, **kwargs)
+        checked.append(index)
+        for victim in victims if len(checked) == 2 else ():
+            victim.write_bytes(victim.read_bytes()[:60])
+        return problems
+
+    monkeypatch.setattr(intclip.train, "check_index", check_then_cut)
+
+
+def test_an_image_cut_mid_run_stops_it_naming_the_file(
+    train_cli, workspace, stopped_run, monkeypatch
+):
+    victim = sorted(workspace["images"].glob("train*.png"))[5]
+    last = (stopped_run / "last.pt").read_bytes()
+    cut_after_the_check(monkeypatch, victim)
+
+    line = one_error(train_cli("run", "--resume", stopped_run), 2)
+
+    assert line.startswith("error: ") and f"{victim} cannot be read any more (" in line
+    assert line.endswith(f"stopped, and {stopped_run / 'last.pt'} still holds the last good epoch")
+    assert (stopped_run / "last.pt").read_bytes() == last
+
+
+@pytest.mark.slow
+def test_the_file_is_named_when_a_loader_worker_meets_it(train_cli, workspace, monkeypatch):
+    victim = sorted(workspace["images"].glob("val*.png"))[2]
+    cut_after_the_check(monkeypatch, victim)
+    args = ("run", "--config", workspace["config"], "--set", "data.num_workers=2")
+    line = one_error(train_cli(*args), 2)
+    assert f"{victim} cannot be read any more (" in line and "before any epoch was saved" in line
+
+
+def test_skip_bad_skips_an_image_cut_mid_run_and_says_so(train_cli, workspace, monkeypatch):
+    victim = sorted(workspace["images"].glob("train*.png"))[5]
+    cut_after_the_check(monkeypatch, victim)
+    code, _, err = train_cli("run", "--config", workspace["config"], "--skip-bad")
+    assert code == 0, err
+    for epoch in (1, 2):
+        assert (
+            f"epoch {epoch}: skipped 1 image(s) that no longer decode (--skip-bad), the first: "
+        ) in err
+    assert str(victim) in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_gpu_decoding_without_cuda_is_refused_before_any_run_directory(train_cli, workspace):
+    result = train_cli("run", "--config", workspace["config"], "--set", "data.decode=gpu")
+    assert one_error(result, 2) == (
+        "error: data.decode: gpu needs a CUDA device, and this run's is cpu; set data.decode: cpu"
+    )
+    assert not workspace["runs"].exists()
+
+
+def test_a_batch_with_nothing_left_stops_even_under_skip_bad(train_cli, workspace, monkeypatch):
+    cut_after_the_check(monkeypatch, *workspace["images"].glob("train*.png"))
+    result = train_cli("run", "--config", workspace["config"], "--skip-bad")
+    line = one_error(result, 2)
+    assert line.startswith("error: a whole batch no longer decodes, the first: ")
+    assert line.endswith("stopped, before any epoch was saved (no last.pt yet)")
+
+
 # ---- non-finite values ----
 
 
@@ -206,6 +278,26 @@ def test_resume_after_a_partial_epoch_never_duplicates_metrics(train_cli, stoppe
     assert [row["epoch"] for row in rows(stopped_run)] == ["1", "2"]
     state = torch.load(stopped_run / "last.pt", weights_only=True)
     assert [row["epoch"] for row in state["progress"]["rows"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_resume_with_persistent_loader_workers_is_exact(train_cli, workspace):
+    """Train and val workers persist across epochs; a resumed run starts new ones."""
+    workers = ("--set", "data.num_workers=2")
+    straight = ("run", "--config", workspace["config"], *workers, "--set", "run_name=straight")
+    assert train_cli(*straight)[0] == 0
+    code, out, err = train_cli("run", "--config", workspace["config"], *workers,
+                               "--stop-after", "1")  # fmt: skip
+    assert code == 0, err
+    assert train_cli("run", "--resume", out.strip())[0] == 0
+    resumed, whole = Path(out.strip()), workspace["runs"] / "straight"
+    columns = ("epoch", "train_loss", "val_mAP", "val_macro_f1")
+    assert [[r[c] for c in columns] for r in rows(resumed)] == [
+        [r[c] for c in columns] for r in rows(whole)
+    ]
+    model = torch.load(resumed / "last.pt", weights_only=True)["model"]
+    expected = torch.load(whole / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(model[key], expected[key]) for key in expected)
 
 
 @pytest.mark.parametrize(

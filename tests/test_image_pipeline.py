@@ -13,8 +13,9 @@ from intclip import distributed
 from intclip.acceleration import compiled, to_channels_last
 from intclip.config import AugmentConfig, DataConfig, OptimConfig
 from intclip.data import ImageDataset, LabelIndex
+from intclip.evaluation import predict_scores
 from intclip.image_pipeline import ModelInput, build_image_pipeline, draft_resize
-from intclip.loader import LoaderOptions, train_loader
+from intclip.loader import LoaderOptions, scoring_loader, train_loader
 from intclip.model import IntCLIP, ModelConfig
 
 MEAN, STD = (0.48, 0.46, 0.41), (0.27, 0.26, 0.28)
@@ -27,6 +28,14 @@ def photos(tmp_path_factory):
     shapes = [(600, 400), (300, 500), (256, 256), (48, 80)]  # the last one is upsampled
     rng = np.random.default_rng(0)
     return [write_jpeg(folder / f"{i}.jpg", w, h, rng) for i, (w, h) in enumerate(shapes)]
+
+
+def photo_index(photos) -> LabelIndex:
+    """The photos as a split of two classes, no label set."""
+    names = tuple(p.name for p in photos)
+    return LabelIndex(
+        photos[0].parent, photos[0].parent, names, np.zeros((len(photos), 2), np.float32), names
+    )
 
 
 def _pipelines(augment: AugmentConfig = AugmentConfig(), **data):
@@ -110,20 +119,14 @@ def test_model_input_converts_on_the_device_as_normalize_would():
 
 
 def _loader_batches(photos, workers: int, epoch: int) -> list[torch.Tensor]:
-    index = LabelIndex(
-        photos[0].parent,
-        photos[0].parent,
-        tuple(p.name for p in photos),
-        np.zeros((len(photos), 2), dtype=np.float32),
-        tuple(p.name for p in photos),
-    )
+    index = photo_index(photos)
     fast, _ = _pipelines()
     context = distributed.Context(0, 1, torch.device("cpu"))
     loader, seeds = train_loader(
         ImageDataset(index, fast.train), 2, 7, context, LoaderOptions(workers)
     )
     seeds.set_epoch(epoch)
-    return [images for images, _, _ in loader]
+    return [batch.images for batch in loader]
 
 
 def test_augmentation_depends_on_seed_and_epoch_not_on_the_workers(photos):
@@ -133,6 +136,22 @@ def test_augmentation_depends_on_seed_and_epoch_not_on_the_workers(photos):
     assert all(torch.equal(a, b) for a, b in zip(in_process, with_workers, strict=True))
     other_epoch = _loader_batches(photos, 0, epoch=2)
     assert not all(torch.equal(a, b) for a, b in zip(in_process, other_epoch, strict=True))
+
+
+def test_a_persistent_val_loader_scores_every_epoch_as_a_fresh_one(photos):
+    index = photo_index(photos)
+    dataset = ImageDataset(index, _pipelines()[0].eval)
+    context = distributed.Context(0, 1, torch.device("cpu"))
+    persistent = scoring_loader(dataset, 3, context, LoaderOptions(2), persistent=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model.num_classes = 2
+    model_input = ModelInput(torch.device("cpu"), MEAN, STD, normalize=True)
+    fresh = predict_scores(model, dataset, 3, context, model_input, options=LoaderOptions(2))
+    first = predict_scores(model, dataset, 3, context, model_input, loader=persistent)
+    workers = persistent._iterator
+    second = predict_scores(model, dataset, 3, context, model_input, loader=persistent)
+    assert persistent._iterator is workers  # the same worker processes served both passes
+    assert np.array_equal(first, fresh) and np.array_equal(second, fresh)
 
 
 def test_loader_options_default_to_the_machines_cores(monkeypatch):

@@ -38,8 +38,8 @@ def _loader_rate(folder: Path, settings: Settings, workers: int, device: torch.d
     batches = iter(loader)
     next(batches)
     started, seen = time.perf_counter(), 0
-    for images, _, _ in batches:
-        seen += len(images)
+    for batch in batches:
+        seen += len(batch.targets)
     return seen / (time.perf_counter() - started)
 
 
