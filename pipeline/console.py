@@ -70,6 +70,9 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> Non
         code = app(args=args, prog_name=prog_name, standalone_mode=False)
     except typer.TyperException as err:
         _usage_error(err, " ".join([prog_name, *_command_path(app, args)]))
+    except typer.Abort:
+        fail("aborted: the input ended (end of file) while a command was reading it")
+        sys.exit(1)
     except UserError as err:
         for line in str(err).splitlines():
             fail(line)

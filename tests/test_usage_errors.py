@@ -94,3 +94,12 @@ def test_ctrl_c_exits_130(prompts_cli, monkeypatch):
     monkeypatch.setattr(pipeline.cli, "load_taxonomy", interrupted)
     code, _, err = prompts_cli("validate", "--taxonomy", "t.yaml")
     assert code == 130 and "failed unexpectedly" not in err
+
+
+def test_end_of_input_is_one_line_not_the_crash_guard(prompts_cli, monkeypatch):
+    def end_of_input(*_: object) -> None:
+        raise EOFError
+
+    monkeypatch.setattr(pipeline.cli, "load_taxonomy", end_of_input)
+    code, _, err = prompts_cli("validate", "--taxonomy", "t.yaml")
+    assert code == 1 and err.strip().startswith("error: aborted") and "\n" not in err.strip()
