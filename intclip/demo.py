@@ -149,15 +149,7 @@ def main(workdir: str = "demo-run") -> None:
     config.write_text(
         yaml.safe_dump(
             {
-                "data": {
-                    "image_root": str(dataset.image_root),
-                    "train": str(dataset.train),
-                    "val": str(dataset.val),
-                    "test": str(dataset.test),
-                    "num_classes": len(COLOURS),
-                    "taxonomy": str(taxonomy),
-                    "num_workers": 0,
-                },
+                "data": dataset.data_config(taxonomy=str(taxonomy), num_workers=0),
                 "clip": {
                     "name": str(config_file),
                     "pretrained": str(weights),

@@ -26,6 +26,17 @@ class SyntheticDataset:
     test: Path
     num_classes: int
 
+    def data_config(self, **settings: object) -> dict[str, object]:
+        """The `data:` section of a training config reading this dataset, plus `settings`."""
+        return {
+            "image_root": str(self.image_root),
+            "train": str(self.train),
+            "val": str(self.val),
+            "test": str(self.test),
+            "num_classes": self.num_classes,
+            **settings,
+        }
+
 
 def _colour(label: int, num_classes: int) -> tuple[int, int, int]:
     red, green, blue = colorsys.hsv_to_rgb(label / num_classes, 0.9, 1.0)

@@ -22,6 +22,9 @@ import threading
 import time
 from pathlib import Path
 
+# Run as a script (as the real server module is), so the repository root that holds testkit/
+# is not on the path the way pytest's `pythonpath` puts it there for the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from testkit.fake_openai import FakeOpenAI, describing_responder
 
 FOREVER_S = 3600

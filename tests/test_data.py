@@ -85,15 +85,7 @@ def test_manifest_errors_name_the_line(tmp_path, name, text, expected):
 
 
 def write_config(tmp_path: Path, dataset, **data_overrides) -> Path:
-    data = {
-        "format": "intentonomy",
-        "image_root": str(dataset.image_root),
-        "train": str(dataset.train),
-        "val": str(dataset.val),
-        "test": str(dataset.test),
-        "num_classes": dataset.num_classes,
-        **data_overrides,
-    }
+    data = dataset.data_config(format="intentonomy", **data_overrides)
     config = {"data": data, "clip": {"name": "RN50", "embeddings": "unused.safetensors"}}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))

@@ -123,14 +123,7 @@ def test_training_into_a_read_only_output_directory(tmp_path, prompts_cli):
     config.write_text(
         yaml.safe_dump(
             {
-                "data": {
-                    "image_root": str(dataset.image_root),
-                    "train": str(dataset.train),
-                    "val": str(dataset.val),
-                    "test": str(dataset.test),
-                    "num_classes": 4,
-                    "num_workers": 0,
-                },
+                "data": dataset.data_config(num_workers=0),
                 "clip": {
                     "name": str(TINY_CLIP_CONFIGS["vit"]),
                     "pretrained": str(weights),

@@ -76,15 +76,7 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
     )  # fmt: skip
     embeddings = Path(embedded.stdout.strip().splitlines()[-1])
     config = {
-        "data": {
-            "image_root": str(dataset.image_root),
-            "train": str(dataset.train),
-            "val": str(dataset.val),
-            "test": str(dataset.test),
-            "num_classes": 4,
-            "taxonomy": str(taxonomy),
-            "num_workers": 0,
-        },
+        "data": dataset.data_config(taxonomy=str(taxonomy), num_workers=0),
         "clip": {
             "name": str(TINY_CLIP_CONFIGS["vit"]),
             "pretrained": str(weights),
