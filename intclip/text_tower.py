@@ -2,8 +2,9 @@
 
 Learned prompts live in the token-embedding space, so `encode_text` (which starts from ids)
 cannot take them. `FrozenTextTower` runs the same steps as open_clip's `CLIP.encode_text` after
-the token lookup: position embeddings, transformer with the causal mask, final layer norm,
-pooling at the end-of-text token and projection. Only `open_clip.CLIP`'s built-in text
+the token lookup (`pipeline.text_features`, which also stops at the batch's longest prompt):
+position embeddings, transformer with the causal mask, final layer norm, pooling at the
+end-of-text token and projection. Only `open_clip.CLIP`'s built-in text
 transformer, with open_clip's own CLIP tokenizer, is driven this way; a Hugging Face or other
 custom text tower (`CustomTextCLIP`) is refused, because its embedding layer and pooling differ.
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import open_clip
 import torch
-from open_clip.transformer import text_global_pool
 from torch import nn
 
 from pipeline.clip import LoadedClip
 from pipeline.errors import UserError
+from pipeline.text_features import text_transformer_features
 
 
 class FrozenTextTower(nn.Module):
@@ -44,8 +45,8 @@ class FrozenTextTower(nn.Module):
         self.transformer = module.transformer
         self.ln_final = module.ln_final
         self.text_projection = module.text_projection
-        self.pool_type = module.text_pool_type
-        self.eos_id = getattr(module, "text_eos_id", None)
+        self.text_pool_type = module.text_pool_type
+        self.text_eos_id = getattr(module, "text_eos_id", None)
         self.register_buffer("attn_mask", module.attn_mask, persistent=False)
         self.requires_grad_(False)
         self.eval()
@@ -66,11 +67,4 @@ class FrozenTextTower(nn.Module):
 
     def forward(self, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Text features [P, D] of token embeddings [P, L, W] whose ids are `tokens` [P, L]."""
-        cast_dtype = self.transformer.get_cast_dtype()
-        x = embedded.to(cast_dtype) + self.positional_embedding.to(cast_dtype)
-        x = self.transformer(x, attn_mask=self.attn_mask)
-        x = self.ln_final(x)
-        x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_id)
-        if isinstance(self.text_projection, nn.Linear):
-            return self.text_projection(x)
-        return x if self.text_projection is None else x @ self.text_projection
+        return text_transformer_features(self, embedded, tokens)

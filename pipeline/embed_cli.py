@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from pipeline.class_embedding import Aggregate
+from pipeline.class_embedding import TEXT_BATCH_SIZE, Aggregate
 from pipeline.console import stderr
 from pipeline.descriptions import read_descriptions
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
@@ -52,7 +52,9 @@ def embed(
         str, typer.Option(help="open_clip pretrained tag, or a local .pt/.bin/.safetensors file.")
     ] = "openai",
     device: DeviceOption = "auto",
-    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Texts per forward pass.")
+    ] = TEXT_BATCH_SIZE,
     aggregate: Annotated[
         Aggregate, typer.Option(help="Class embedding: mean of descriptions, or with the name.")
     ] = "mean",

@@ -25,7 +25,7 @@ import torch
 from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.class_embedding import Aggregate
+from pipeline.class_embedding import TEXT_BATCH_SIZE, Aggregate
 from pipeline.clip import (
     Activation,
     ClipIdentity,
@@ -36,6 +36,7 @@ from pipeline.clip import (
 from pipeline.descriptions import DescriptionsFile, read_descriptions
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_bytes, sha256_file, sha256_json
+from pipeline.text_features import encode_token_ids
 
 FORMAT = "intclip-embeddings-v1"
 CLASS_TENSOR = "class_embeddings"
@@ -196,7 +197,10 @@ def token_count(tokenizer: Any, text: str) -> int:
 
 @torch.no_grad()
 def compute_embeddings(
-    document: DescriptionsFile, clip: LoadedClip, aggregate: Aggregate, batch_size: int = 64
+    document: DescriptionsFile,
+    clip: LoadedClip,
+    aggregate: Aggregate,
+    batch_size: int = TEXT_BATCH_SIZE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(class embeddings [N, D], description embeddings [N, K, D]), float32 on the CPU."""
     per_class = _descriptions_per_class(document)
@@ -240,12 +244,16 @@ def _check_context(document: DescriptionsFile, tokenizer: Any) -> None:
 
 
 def _encode(clip: LoadedClip, texts: list[str], batch_size: int) -> torch.Tensor:
+    """Features of `texts` in their order, batched shortest first so that each batch stops at
+    its own longest text (`encode_token_ids`) instead of the 77-token context."""
     device = next(clip.module.parameters()).device
-    chunks = []
-    for start in range(0, len(texts), batch_size):
-        tokens = clip.tokenizer(texts[start : start + batch_size]).to(device)
-        chunks.append(clip.module.encode_text(tokens, normalize=True).float().cpu())
-    return torch.cat(chunks)
+    tokens = clip.tokenizer(texts)
+    order = torch.argsort((tokens != 0).sum(dim=-1), stable=True)
+    chunks = [
+        encode_token_ids(clip.module, tokens[order[start : start + batch_size]].to(device))
+        for start in range(0, len(texts), batch_size)
+    ]
+    return torch.cat([chunk.float().cpu() for chunk in chunks])[torch.argsort(order)]
 
 
 def write_embeddings(
@@ -268,7 +276,7 @@ def embed_descriptions(
     pretrained_source: str,
     aggregate: Aggregate,
     cache_root: Path,
-    batch_size: int = 64,
+    batch_size: int = TEXT_BATCH_SIZE,
 ) -> ClassEmbeddings:
     """Compute and write the cache file for `descriptions` with `clip`. The sources `clip` was
     loaded from (model name or config path, tag or checkpoint path) are recorded so that

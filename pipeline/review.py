@@ -159,13 +159,14 @@ def clip_embedder(model: str, pretrained: str, device: str) -> Embedder:
     import torch
 
     from pipeline.clip import load_clip
+    from pipeline.text_features import encode_token_ids
 
     clip = load_clip(model, pretrained, device)
 
     def embed(texts: list[str]) -> np.ndarray:
         with torch.no_grad():
             tokens = clip.tokenizer(texts).to(next(clip.module.parameters()).device)
-            features = clip.module.encode_text(tokens, normalize=True)
+            features = encode_token_ids(clip.module, tokens)
         return features.float().cpu().double().numpy()
 
     return embed

@@ -1,0 +1,110 @@
+"""Text features cut at the batch's longest text: the same as open_clip's, for less work."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import descriptions_document
+from tiny_clip import TINY_CLIP_CONFIGS
+
+from intclip.text_tower import FrozenTextTower
+from pipeline.clip import LoadedClip, load_clip
+from pipeline.embeddings import compute_embeddings
+from pipeline.text_features import encode_token_ids, needed_length
+
+TEXTS = [
+    "A cat.",
+    "Waves break on the sand while gulls circle over the old harbour at dawn!",
+    "Two dogs share a bowl in the kitchen.",
+    "Sun",
+]
+
+
+@contextmanager
+def transformer_lengths(clip: LoadedClip) -> Iterator[list[int]]:
+    """The sequence length of each call of the text transformer while in the block."""
+    lengths: list[int] = []
+    handle = clip.module.transformer.register_forward_pre_hook(
+        lambda _module, arguments: lengths.append(arguments[0].shape[1])
+    )
+    try:
+        yield lengths
+    finally:
+        handle.remove()
+
+
+def longest(clip: LoadedClip, texts: list[str]) -> int:
+    """Tokens of the longest text, start and end included."""
+    return max(len(clip.tokenizer.encode(text)) + 2 for text in texts)
+
+
+@torch.no_grad()
+def test_cut_features_are_open_clips_and_skip_the_padding(tiny_clip: LoadedClip) -> None:
+    tokens = tiny_clip.tokenizer(TEXTS)
+    expected = tiny_clip.module.encode_text(tokens, normalize=True)
+    with transformer_lengths(tiny_clip) as lengths:
+        features = encode_token_ids(tiny_clip.module, tokens)
+
+    torch.testing.assert_close(features, expected, rtol=0, atol=1e-5)
+    assert lengths == [longest(tiny_clip, TEXTS)]
+    assert lengths[0] < tokens.shape[1]
+
+
+def test_the_prompt_tower_is_open_clips_forward_and_backward(tiny_clip: LoadedClip) -> None:
+    tower = FrozenTextTower(tiny_clip)
+    tokens = tiny_clip.tokenizer(TEXTS)
+    embedded = tower.embed(tokens).requires_grad_(True)
+    with transformer_lengths(tiny_clip) as lengths:
+        tower(embedded, tokens).sum().backward()
+    expected = tiny_clip.module.encode_text(tokens)
+
+    with torch.no_grad():
+        torch.testing.assert_close(tower(embedded, tokens), expected, rtol=0, atol=1e-5)
+    assert lengths == [longest(tiny_clip, TEXTS)]
+    assert embedded.grad is not None
+    assert embedded.grad[:, lengths[0] :].abs().max() == 0
+    assert embedded.grad[:, : lengths[0]].abs().max() > 0
+
+
+@torch.no_grad()
+def test_a_tower_without_the_causal_mask_runs_at_full_length(tmp_path: Path) -> None:
+    config = json.loads(TINY_CLIP_CONFIGS["resnet"].read_text())
+    config["text_cfg"]["no_causal_mask"] = True
+    path = tmp_path / "bidirectional.json"
+    path.write_text(json.dumps(config))
+    clip = load_clip(str(path), None)
+    tokens = clip.tokenizer(TEXTS)
+    with transformer_lengths(clip) as lengths:
+        features = encode_token_ids(clip.module, tokens)
+
+    torch.testing.assert_close(features, clip.module.encode_text(tokens, normalize=True))
+    assert lengths == [tokens.shape[1]]
+
+
+@pytest.mark.parametrize(
+    ("pool_type", "mask", "expected"),
+    [("argmax", True, 6), ("eos", True, 4), ("last", True, 8), ("argmax", False, 8)],
+)
+def test_needed_length_follows_the_pooling_and_the_mask(
+    pool_type: str, mask: bool, expected: int
+) -> None:
+    tokens = torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 7, 3, 2, 5, 9, 0, 0]])
+    attn_mask = torch.zeros(8, 8) if mask else None
+    assert needed_length(tokens, pool_type, 2, attn_mask) == expected
+
+
+@torch.no_grad()
+def test_embeddings_keep_the_texts_order_whatever_the_batching(tiny_clip: LoadedClip) -> None:
+    texts = {"long": TEXTS[1:3], "short": [TEXTS[3], TEXTS[0]]}
+    for batch_size in (1, 3, 64):
+        _, descriptions = compute_embeddings(
+            descriptions_document(texts), tiny_clip, "mean", batch_size=batch_size
+        )
+        for row, class_texts in zip(descriptions, texts.values(), strict=True):
+            expected = tiny_clip.module.encode_text(tiny_clip.tokenizer(class_texts), True)
+            torch.testing.assert_close(row, expected, rtol=0, atol=1e-5)
