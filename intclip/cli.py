@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from intclip.download_settings import DownloadSettings, download_settings
+from pipeline.collector import tensor_command
 from pipeline.console import VersionOption, run_app, stderr
 from pipeline.errors import UserError
 from pipeline.files import stable_json
@@ -133,6 +134,7 @@ SetOption = Annotated[
 
 
 @app.command("check-data")
+@tensor_command
 def check_data(
     config: ConfigOption,
     overrides: SetOption = None,
@@ -277,6 +279,7 @@ def prepare(
 
 
 @app.command()
+@tensor_command
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", help="Training config YAML.", show_default=False)
@@ -333,6 +336,7 @@ def run(
 
 
 @app.command("eval")
+@tensor_command
 def evaluate(
     run_dir: RunOption,
     split: SplitOption = "test",
@@ -362,6 +366,7 @@ def evaluate(
 
 
 @app.command()
+@tensor_command
 def zeroshot(
     config: ConfigOption,
     overrides: SetOption = None,
@@ -389,6 +394,7 @@ def zeroshot(
 
 
 @app.command()
+@tensor_command
 def predict(
     run_dir: RunOption,
     images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],

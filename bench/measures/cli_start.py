@@ -1,4 +1,5 @@
-"""3. CLI start: `intclip-prompts --help` and `validate` vs `python -c "import torch"`."""
+"""3. CLI start: `intclip-prompts --help` and `validate` vs `python -c "import torch"`; and what
+a command that needs torch pays before its work, with the collector paused or not."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import ROOT, prompts_cli
+from pipeline.collector import TENSOR_MODULES
 
 
 def _seconds(command: list[str], repeats: int) -> float:
@@ -45,7 +47,7 @@ def run(settings: Settings) -> list[Comparison]:
         "intclip-prompts --help": ["--help"],
         "intclip-prompts validate": ["validate", "--taxonomy", "prompts/intentonomy.yaml"],
     }
-    return [
+    comparisons = [
         Comparison(
             label,
             Side(label, _seconds(prompts_cli(*arguments), repeats), "s"),
@@ -55,3 +57,19 @@ def run(settings: Settings) -> list[Comparison]:
         )
         for label, arguments in commands.items()
     ]
+    stack = ", ".join(TENSOR_MODULES)
+    paused = (
+        f"from pipeline.collector import collector_paused\nwith collector_paused(): import {stack}"
+    )
+    comparisons.append(
+        Comparison(
+            "start of a tensor command",
+            Side("collector paused", _seconds([sys.executable, "-c", paused], repeats), "s"),
+            Side(
+                f"import {stack}", _seconds([sys.executable, "-c", f"import {stack}"], repeats), "s"
+            ),
+            note="what every command that needs torch pays before its work (`tensor_command`): "
+            f"report only, ratio < 1 is faster; median of {repeats} fresh interpreters each",
+        )
+    )
+    return comparisons
