@@ -153,6 +153,7 @@ def _index(
     for row, (where, path, labels) in enumerate(entries):
         if isinstance(labels, np.ndarray):
             targets[row] = labels
+            labelled = bool(labels.any())
         else:
             if not isinstance(labels, list) or not all(type(i) is int for i in labels):
                 raise UserError(f"{where}: labels must be a list of integer class ids")
@@ -162,7 +163,8 @@ def _index(
                 else:
                     detail = f"label {label} is not in 0..{num_classes - 1}"
                     problems.append(EntryProblem(row, where, "label out of range", detail))
-        if not targets[row].any():
+            labelled = any(0 <= label < num_classes for label in labels)
+        if not labelled:
             problems.append(EntryProblem(row, where, "no label", path))
         if path in first_row:
             detail = f"{path} is listed again (first at entry {first_row[path]})"
