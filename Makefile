@@ -11,8 +11,11 @@ BIN := $(VENV)/bin
 # the project is tested with. PyPI's Linux torch brings CUDA wheels (about 3 GB), which GPU
 # machines need; on a machine without a GPU that reaches PyTorch's own index,
 # `make setup TORCH_INDEX=<its cpu index URL>` installs the CPU build instead.
+# --compile-bytecode: where PYTHONDONTWRITEBYTECODE is set (CI here, many Docker images) Python
+# would otherwise compile torch's sources again in every process: 8.5 s for `import torch,
+# open_clip` instead of 3.8 s.
 UV_VERSION := 0.13.9
-UV := $(BIN)/uv pip install --quiet --python $(BIN)/python
+UV := $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python
 TORCH_INDEX ?=
 setup:
 	$(PYTHON) -m venv $(VENV)
