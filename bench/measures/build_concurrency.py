@@ -84,7 +84,8 @@ def _command(arguments: list[str]) -> float:
 @measure(
     "build_concurrency",
     "build, 28 classes, concurrency 8 vs 1, 200 ms per request",
-    defaults={"delay_s": 0.2, "concurrency": 8},
+    defaults={"delay_s": 0.2, "concurrency": 8, "repeats": 2},
+    quick={"repeats": 1},
     missed="Both sides pay the same fixed cost before their first request, which leaves at "
     "about 0.42 s on an idle core: Python and the CLI (0.17 s), `import openai` (0.2 s even "
     "with the garbage collector paused: the SDK's `types` package defines some 650 pydantic "
@@ -113,18 +114,21 @@ def run(settings: Settings) -> list[Comparison]:
             _in_process(_arguments(Path(folder), wide))
         comparisons = []
         for label, runner in (("in-process", _in_process), ("whole command", _command)):
-            seconds = {}
-            for concurrency in (wide, 1):
-                cache = Path(folder) / f"cache-{label}-{concurrency}"
-                with _environment(_server_env(server, cache)):
-                    seconds[concurrency] = runner(_arguments(Path(folder), concurrency))
+            seconds = {wide: float("inf"), 1: float("inf")}
+            for attempt in range(settings["repeats"]):  # best of: the least disturbed run
+                for concurrency in (wide, 1):
+                    cache = Path(folder) / f"cache-{label}-{concurrency}-{attempt}"
+                    with _environment(_server_env(server, cache)):
+                        took = runner(_arguments(Path(folder), concurrency))
+                    seconds[concurrency] = min(seconds[concurrency], took)
             comparisons.append(
                 Comparison(
                     label,
                     Side(f"concurrency {wide}", 1 / seconds[wide], "builds/s"),
                     Side("concurrency 1", 1 / seconds[1], "builds/s"),
                     Target(">=", 5.0) if label == "whole command" else None,
-                    f"{seconds[wide]:.2f} s vs {seconds[1]:.2f} s; a fresh LLM cache each",
+                    f"{seconds[wide]:.2f} s vs {seconds[1]:.2f} s, best of {settings['repeats']}; "
+                    "a fresh LLM cache each",
                 )
             )
     return comparisons
