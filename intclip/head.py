@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, PositiveFloat
 from torch import nn
 
 HeadMode = Literal["global", "regional", "both", "official"]
+HeadPrecision = Literal["fp32", "autocast"]
 
 
 class ScalarSetting(BaseModel):
@@ -133,8 +134,10 @@ class ClassHead(nn.Module):
         pooling_temperature: PositiveScalarSetting,
         logit_scale: PositiveScalarSetting,
         class_bias: ScalarSetting,
+        precision: HeadPrecision = "fp32",
     ) -> None:
         super().__init__()
+        self.in_fp32 = precision == "fp32"
         self._scalar(
             "log_pooling_temperature",
             math.log(pooling_temperature.initial),
@@ -160,14 +163,21 @@ class ClassHead(nn.Module):
     ) -> torch.Tensor:
         """Logits against `classes`: frozen cached embeddings or learned prompt features.
 
-        Computed in float32 even under autocast: a logit scale of 100 on bfloat16 similarities
-        (8 significant bits) would put an error of about 0.1 on logits of 20-30, as large as
-        the positive-minus-negative differences the prompts learn. The head is tiny; fp32 costs
-        nothing measurable."""
+        With precision `fp32` (the default) computed in float32 even under autocast: a logit
+        scale of 100 on bfloat16 similarities (8 significant bits) would put an error of about
+        0.1 on logits of 20-30, as large as the positive-minus-negative differences the prompts
+        learn. The head is tiny; fp32 costs nothing measurable. `autocast` leaves it to the
+        autocast in force, as the official code does."""
+        if not self.in_fp32:
+            return self._logits(dense, global_token, classes)
         with torch.autocast(dense.device.type, enabled=False):
-            classes = ClassFeatures(
-                *(f if f is None else F.normalize(f.float(), dim=-1) for f in classes)
-            )
-            temperature = self.log_pooling_temperature.exp()
-            similarity = self.similarity(classes, dense.float(), global_token.float(), temperature)
-            return self.log_logit_scale.exp() * similarity + self.class_bias
+            features = ClassFeatures(*(f if f is None else f.float() for f in classes))
+            return self._logits(dense.float(), global_token.float(), features)
+
+    def _logits(
+        self, dense: torch.Tensor, global_token: torch.Tensor, classes: ClassFeatures
+    ) -> torch.Tensor:
+        classes = ClassFeatures(*(f if f is None else F.normalize(f, dim=-1) for f in classes))
+        temperature = self.log_pooling_temperature.exp()
+        similarity = self.similarity(classes, dense, global_token, temperature)
+        return self.log_logit_scale.exp() * similarity + self.class_bias

@@ -49,7 +49,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from intclip.aggregation import SightAssistedAggregation
 from intclip.backbone import build_sight_semantic_encoder
 from intclip.class_text import ClassTextSource, TextMode, build_class_text
-from intclip.head import ClassHead, HeadMode, PositiveScalarSetting, ScalarSetting
+from intclip.head import (
+    ClassHead,
+    HeadMode,
+    HeadPrecision,
+    PositiveScalarSetting,
+    ScalarSetting,
+)
 from intclip.prompts import PromptConfig
 from pipeline.clip import LoadedClip
 from pipeline.errors import UserError
@@ -76,6 +82,9 @@ class ModelConfig(BaseModel):
     """Multiplier from pooled cosine similarity to logit (official: 100, fixed)."""
     class_bias: ScalarSetting = ScalarSetting(initial=0.0)
     """Per-class bias added to the logits (official: none, i.e. 0 and fixed)."""
+    head_precision: HeadPrecision = "fp32"
+    """The head's arithmetic under mixed precision: float32 always, or whatever autocast is in
+    force (`autocast`: the official code computes its logits in fp16)."""
     semantic_batchnorm: Literal["frozen", "train"] = "frozen"
     """The semantic copy's BatchNorm: eval mode with CLIP's statistics (`frozen`, as the
     official code runs), or train mode, updating its own statistics."""
@@ -144,6 +153,7 @@ class IntCLIP(nn.Module):
             config.pooling_temperature,
             config.logit_scale,
             config.class_bias,
+            config.head_precision,
         )
         self.to(next(clip.module.parameters()).device)
 

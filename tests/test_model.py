@@ -410,3 +410,9 @@ def test_head_scores_in_float32_under_bfloat16_autocast(tiny_clip: LoadedClip) -
     rounded = model.head(dense.bfloat16().float(), global_token.bfloat16().float(), classes)
     torch.testing.assert_close(autocast, rounded, rtol=0, atol=1e-5)
     assert (autocast - plain).abs().max() < 1.0
+
+    official = build(tiny_clip, head="both", aggregation=False, head_precision="autocast")
+    official.load_state_dict(model.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = official.head(dense.bfloat16(), global_token.bfloat16(), classes)
+    assert (low.float() - rounded).abs().max() > 1e-3

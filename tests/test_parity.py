@@ -212,6 +212,7 @@ def test_each_official_value_is_one_setting_away_from_the_recommended_config() -
         "model.pooling_temperature={initial: 20.0, learn: false}",
         "model.logit_scale={initial: 100.0, learn: false}",
         "model.class_bias={initial: 0.0, learn: false}",
+        "model.head_precision=autocast",
         "augment.enabled=false",
         "optim.lr=0.0004",
         "model.text=prompts",
