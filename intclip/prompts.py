@@ -116,6 +116,7 @@ class PromptedClassText(nn.Module):
         self.source_sha256 = texts.sha256
         self.num_classes = len(texts.classes)
         tokens, owner = _prompt_tokens(self.tower, texts, config.n_ctx)
+        tokens = tokens[:, : self.tower.needed_length(tokens)]  # the rest is padding
         embedded = self.tower.embed(tokens)
         self.register_buffer("tokens", tokens.to(embedded.device), persistent=False)
         self.register_buffer("owner", owner.to(embedded.device), persistent=False)

@@ -2,9 +2,9 @@
 
 Learned prompts live in the token-embedding space, so `encode_text` (which starts from ids)
 cannot take them. `FrozenTextTower` runs the same steps as open_clip's `CLIP.encode_text` after
-the token lookup (`pipeline.text_features`, which also stops at the batch's longest prompt):
-position embeddings, transformer with the causal mask, final layer norm, pooling at the
-end-of-text token and projection. Only `open_clip.CLIP`'s built-in text
+the token lookup (`pipeline.text_features`): position embeddings, transformer with the causal
+mask, final layer norm, pooling at the end-of-text token and projection, over the positions the
+prompts need (cut once, when they are built). Only `open_clip.CLIP`'s built-in text
 transformer, with open_clip's own CLIP tokenizer, is driven this way; a Hugging Face or other
 custom text tower (`CustomTextCLIP`) is refused, because its embedding layer and pooling differ.
 """
@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.clip import LoadedClip
 from pipeline.errors import UserError
-from pipeline.text_features import text_transformer_features
+from pipeline.text_features import needed_length, text_transformer_features
 
 
 class FrozenTextTower(nn.Module):
@@ -64,6 +64,11 @@ class FrozenTextTower(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings [P, L, W] of token ids [P, L], computed once for the frozen parts."""
         return self.token_embedding(tokens.to(self.token_embedding.weight.device))
+
+    def needed_length(self, tokens: torch.Tensor) -> int:
+        """Leading positions of token ids [P, L] that the features depend on (reads them on
+        the host: for prompts, once, when they are built)."""
+        return needed_length(tokens, self.text_pool_type, self.text_eos_id, self.attn_mask)
 
     def forward(self, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Text features [P, D] of token embeddings [P, L, W] whose ids are `tokens` [P, L]."""

@@ -6,6 +6,10 @@ context) can never change a pooled feature. Class texts are 3 to 35 tokens long:
 batch at its longest text gives the same features (up to float rounding) for a fraction of the
 work, on the CPU and the GPU alike, with or without gradients. Towers that are not causal, or
 that pool elsewhere, run at full length.
+
+Finding the cut reads the tokens on the host, so it is done where that costs nothing: per batch
+when embedding, and once, when the prompts are built, for learned prompts (whose tokens never
+change); `text_transformer_features` itself runs at the length it is given.
 """
 
 from __future__ import annotations
@@ -41,12 +45,11 @@ def text_transformer_features(
     `tower` has open_clip.CLIP's text attributes (`positional_embedding`, `transformer`,
     `ln_final`, `text_projection`, `text_pool_type`, `text_eos_id`, `attn_mask`): the CLIP
     itself, or a module that shares them. The same steps as `CLIP.encode_text` after the token
-    lookup, over the positions `needed_length` keeps.
+    lookup, at the given length L (at most the context; cut it with `needed_length`).
     """
     attn_mask = tower.attn_mask
     eos_id = getattr(tower, "text_eos_id", None)
-    length = needed_length(tokens, tower.text_pool_type, eos_id, attn_mask)
-    embedded, tokens = embedded[:, :length], tokens[:, :length]
+    length = tokens.shape[-1]
     if attn_mask is not None:
         attn_mask = attn_mask[:length, :length]
     cast_dtype = tower.transformer.get_cast_dtype()
@@ -64,5 +67,7 @@ def encode_token_ids(module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     cut at the batch's longest text for open_clip's built-in CLIP text tower."""
     if type(module) is not open_clip.CLIP:
         return module.encode_text(tokens, normalize=True)
+    eos_id = getattr(module, "text_eos_id", None)
+    tokens = tokens[:, : needed_length(tokens, module.text_pool_type, eos_id, module.attn_mask)]
     features = text_transformer_features(module, module.token_embedding(tokens), tokens)
     return torch.nn.functional.normalize(features, dim=-1)

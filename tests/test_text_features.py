@@ -12,8 +12,10 @@ import torch
 from conftest import descriptions_document
 from tiny_clip import TINY_CLIP_CONFIGS
 
+from intclip.prompts import PromptConfig, PromptedClassText, read_class_texts
 from intclip.text_tower import FrozenTextTower
 from pipeline.clip import LoadedClip, load_clip
+from pipeline.descriptions import write_descriptions
 from pipeline.embeddings import compute_embeddings
 from pipeline.text_features import encode_token_ids, needed_length
 
@@ -55,20 +57,38 @@ def test_cut_features_are_open_clips_and_skip_the_padding(tiny_clip: LoadedClip)
     assert lengths[0] < tokens.shape[1]
 
 
-def test_the_prompt_tower_is_open_clips_forward_and_backward(tiny_clip: LoadedClip) -> None:
+def test_the_prompt_tower_is_open_clips_at_full_length_and_cut(tiny_clip: LoadedClip) -> None:
     tower = FrozenTextTower(tiny_clip)
     tokens = tiny_clip.tokenizer(TEXTS)
-    embedded = tower.embed(tokens).requires_grad_(True)
-    with transformer_lengths(tiny_clip) as lengths:
-        tower(embedded, tokens).sum().backward()
     expected = tiny_clip.module.encode_text(tokens)
+    cut = tokens[:, : tower.needed_length(tokens)]
+    embedded = tower.embed(cut).requires_grad_(True)
 
-    with torch.no_grad():
-        torch.testing.assert_close(tower(embedded, tokens), expected, rtol=0, atol=1e-5)
-    assert lengths == [longest(tiny_clip, TEXTS)]
-    assert embedded.grad is not None
-    assert embedded.grad[:, lengths[0] :].abs().max() == 0
-    assert embedded.grad[:, : lengths[0]].abs().max() > 0
+    with transformer_lengths(tiny_clip) as lengths:
+        features = tower(embedded, cut)
+        features.sum().backward()
+        with torch.no_grad():
+            full = tower(tower.embed(tokens), tokens)
+
+    torch.testing.assert_close(features.detach(), expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(full, expected, rtol=0, atol=1e-5)
+    assert lengths == [longest(tiny_clip, TEXTS), tokens.shape[1]]
+    assert embedded.grad is not None and embedded.grad.abs().max() > 0
+
+
+def test_learned_prompts_run_only_as_far_as_the_longest_prompt(
+    tiny_clip: LoadedClip, tmp_path: Path
+) -> None:
+    path = tmp_path / "toy.descriptions.json"
+    write_descriptions(path, descriptions_document({"long": TEXTS[1:3], "short": TEXTS[::3]}))
+    prompts = PromptedClassText(
+        tiny_clip, read_class_texts(path, "descriptions"), PromptConfig(n_ctx=4)
+    )
+
+    with transformer_lengths(tiny_clip) as lengths:
+        prompts()
+
+    assert lengths == [4 + longest(tiny_clip, TEXTS)]
 
 
 @torch.no_grad()
