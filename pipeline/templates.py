@@ -38,9 +38,17 @@ class PromptTemplates:
 
 
 def default_template_dir(taxonomy_path: Path) -> Path:
-    """`templates/` beside the taxonomy when it exists, else the project's own templates."""
+    """`templates/` beside the taxonomy when it exists, else the project's own templates (a
+    checkout has them; an installed wheel does not, since they live outside the packages)."""
     beside = Path(taxonomy_path).parent / "templates"
-    return beside if beside.is_dir() else DEFAULT_TEMPLATE_DIR
+    if beside.is_dir():
+        return beside
+    if DEFAULT_TEMPLATE_DIR.is_dir():
+        return DEFAULT_TEMPLATE_DIR
+    raise UserError(
+        f"no prompt templates: neither {beside} nor the intclip checkout's prompts/templates "
+        "exists; pass --templates DIR (system.txt and user.txt)"
+    )
 
 
 def load_templates(directory: Path) -> PromptTemplates:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import TOY_TAXONOMY
 
-from pipeline import clip_tokens
+from pipeline import clip_tokens, templates
 from testkit.fake_openai import (
     Content,
     FakeOpenAI,
@@ -243,6 +243,17 @@ def test_bad_options_are_one_line_exit_2(project, fake_openai, build, args, expe
     code, _, err = build(project, *args)
     assert code == 2, err
     assert err.count("\n") == 1 and expected in err
+    assert fake_openai.request_count == 0
+
+
+def test_without_templates_anywhere_the_error_names_the_remedy(
+    project, fake_openai, build, monkeypatch, tmp_path
+):
+    """As in an installed wheel, which has no prompts/templates of the checkout to fall back on."""
+    monkeypatch.setattr(templates, "DEFAULT_TEMPLATE_DIR", tmp_path / "site-packages" / "none")
+    code, _, err = build(project)
+    assert code == 2 and err.count("\n") == 1, err
+    assert str(project.parent / "templates") in err and "pass --templates DIR" in err
     assert fake_openai.request_count == 0
 
 
