@@ -2,7 +2,8 @@
 
 Importing torch and open_clip, openai (thousands of pydantic models) or building CLIP's
 49,408-entry vocabulary creates long-lived objects only, yet the collector keeps walking them:
-on 2 cores `import torch, open_clip` took 3.6 s with it and 2.9 s without. Such work runs with
+on 2 cores `import torch, torchvision, open_clip` took 4.0 s with it and 2.5 s without
+(BENCHMARKS.md, cli_start). Such work runs with
 the collector paused, and what it built is frozen afterwards so that later collections (a
 training run's included) skip it too. Torch-free, so the light commands can import it.
 """

@@ -27,7 +27,8 @@ MAX_BYTES = 16 << 20
 FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-_NOT_A_BRACKET = re.compile(r'"(?:[^"\\]|\\.)*"|[^\[\]{}"]+')  # strings, and all but brackets
+# JSON strings (the unrolled form: runs of plain characters in one step), and all but brackets
+_NOT_A_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+')
 _INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
 
 

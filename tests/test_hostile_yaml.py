@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import TOY_TAXONOMY
 
+from pipeline.safe_load import UnsafeInput, load_json
+
 BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
 )
@@ -156,3 +158,12 @@ def test_the_toy_taxonomy_still_loads(prompts_cli, tmp_path):
     path.write_text(TOY_TAXONOMY + "extra_anchor_use: &x {a: 1}\n")
     code, _, err = prompts_cli("validate", "--taxonomy", path)
     assert code == 2 and "unknown key 'extra_anchor_use'" in err  # parsed, then validated
+
+
+def test_json_depth_counts_containers_not_brackets_inside_strings():
+    brackets = '"[[[[\\"{{{{ ]]"'
+    fits = '{"s": ' + brackets + ', "x": ' + "[" * 63 + "]" * 63 + "}"
+    assert load_json(fits, "fits.json")["s"] == '[[[["{{{{ ]]'
+    too_deep = '{"s": ' + brackets + ', "x": ' + "[" * 64 + "]" * 64 + "}"
+    with pytest.raises(UnsafeInput, match=r"deep\.json: nested deeper than 64 levels"):
+        load_json(too_deep, "deep.json")
