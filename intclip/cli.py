@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from intclip.download_settings import DownloadSettings, download_settings
-from pipeline.collector import tensor_command
+from pipeline.collector import imports_first, tensor_command
 from pipeline.console import VersionOption, run_app, stderr
 from pipeline.errors import UserError
 from pipeline.files import stable_json
@@ -68,6 +68,7 @@ def _results_table(result: ProtocolResult) -> Table:
 
 
 @app.command()
+@imports_first("numpy", "sklearn.metrics")
 def score(
     val_scores: Path = typer.Option(
         ..., "--val-scores", help="val scores, .npy (images x classes)"

@@ -36,15 +36,22 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def tensor_command(command: Callable[P, R]) -> Callable[P, R]:
-    """A CLI command that needs torch: it is imported first, with the collector paused.
-    `--help` and usage errors never reach here, so they still import no torch."""
+def imports_first(*modules: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A CLI command whose heavy libraries are imported before it runs, with the collector
+    paused. `--help` and usage errors never reach the command, so they still import none."""
 
-    @functools.wraps(command)
-    def run(*args: P.args, **kwargs: P.kwargs) -> R:
-        with collector_paused():
-            for name in TENSOR_MODULES:
-                importlib.import_module(name)
-        return command(*args, **kwargs)
+    def decorate(command: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(command)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            with collector_paused():
+                for name in modules:
+                    importlib.import_module(name)
+            return command(*args, **kwargs)
 
-    return run
+        return run
+
+    return decorate
+
+
+tensor_command = imports_first(*TENSOR_MODULES)
+"""A command that needs torch: torch, torchvision and open_clip come first."""

@@ -51,8 +51,12 @@ def run(root: Path, entry: str, *args: str) -> subprocess.CompletedProcess[str]:
         (PROMPTS, ["build", "--taxonomy", "prompts/intentonomy.yaml", "--check"]),
         (PROMPTS, ["embed", "--help"]),
         (TRAIN, ["run", "--help"]),
+        (TRAIN, ["score", "--help"]),
     ],
-    ids=["prompts-help", "train-help", "validate", "diff", "build-check", "embed-help", "run-help"],
+    ids=[
+        *("prompts-help", "train-help", "validate", "diff", "build-check"),
+        *("embed-help", "run-help", "score-help"),
+    ],
 )
 def test_commands_without_tensors_import_no_heavy_library(entry, args):
     done = run(ROOT, entry, *args)
