@@ -19,10 +19,10 @@ from rich.table import Table
 
 from intclip.hierarchy import levels_above_fine
 from intclip.metrics import INTENTONOMY_SUBSETS, SplitMetrics, evaluate_protocol, evaluate_split
-from pipeline.files import PROJECT_ROOT, atomic_write_bytes
+from pipeline.files import atomic_write_bytes, project_prompts
 from pipeline.taxonomy import Taxonomy, load_taxonomy
 
-INTENTONOMY_TAXONOMY = PROJECT_ROOT / "prompts" / "intentonomy.yaml"
+INTENTONOMY_TAXONOMY = project_prompts() / "intentonomy.yaml"
 
 
 class LevelReport(BaseModel):
@@ -89,7 +89,7 @@ def build_report(
 
 @functools.cache
 def _intentonomy_ids() -> tuple[str, ...]:
-    """The committed taxonomy's class ids; none where only the package is installed."""
+    """The committed taxonomy's class ids (none if that file was removed)."""
     if not INTENTONOMY_TAXONOMY.is_file():
         return ()
     return tuple(fine.id for fine in load_taxonomy(INTENTONOMY_TAXONOMY).classes)

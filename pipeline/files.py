@@ -14,6 +14,13 @@ from pipeline.errors import UserError
 
 CACHE_DIR_ENV = "INTCLIP_CACHE_DIR"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_WHEEL_PROMPTS = Path(__file__).resolve().parent / "bundled_prompts"
+
+
+def project_prompts() -> Path:
+    """The project's `prompts/` (Intentonomy's taxonomy and descriptions, the prompt
+    templates): the copy an installed wheel carries (pyproject.toml), else the checkout's."""
+    return _WHEEL_PROMPTS if _WHEEL_PROMPTS.is_dir() else PROJECT_ROOT / "prompts"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
-from pipeline.files import PROJECT_ROOT, sha256_json
+from pipeline.files import project_prompts, sha256_json
 
 TEMPLATE_FILES = {"system": "system.txt", "user": "user.txt"}
 PLACEHOLDERS = frozenset(
     {"class_name", "path", "siblings", "num_descriptions", "min_words", "max_words"}
 )
-DEFAULT_TEMPLATE_DIR = PROJECT_ROOT / "prompts" / "templates"
+DEFAULT_TEMPLATE_DIR = project_prompts() / "templates"
 
 
 @dataclass(frozen=True)
@@ -38,15 +38,14 @@ class PromptTemplates:
 
 
 def default_template_dir(taxonomy_path: Path) -> Path:
-    """`templates/` beside the taxonomy when it exists, else the project's own templates (a
-    checkout has them; an installed wheel does not, since they live outside the packages)."""
+    """`templates/` beside the taxonomy when it exists, else the project's own templates."""
     beside = Path(taxonomy_path).parent / "templates"
     if beside.is_dir():
         return beside
     if DEFAULT_TEMPLATE_DIR.is_dir():
         return DEFAULT_TEMPLATE_DIR
     raise UserError(
-        f"no prompt templates: neither {beside} nor the intclip checkout's prompts/templates "
+        f"no prompt templates: neither {beside} nor intclip's own {DEFAULT_TEMPLATE_DIR} "
         "exists; pass --templates DIR (system.txt and user.txt)"
     )
 
