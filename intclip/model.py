@@ -179,6 +179,13 @@ class IntCLIP(nn.Module):
             encoded.sight_map, encoded.semantic_map, fused, encoded.semantic_global
         )
 
+    @property
+    def trains_buffers(self) -> bool:
+        """Whether training changes any buffer. Only the semantic copy's BatchNorm statistics in
+        train mode do; every other buffer (frozen statistics, class embeddings, prompt tokens,
+        fixed head scalars) is a constant, which DDP need not send from rank 0 at every step."""
+        return self.config.semantic_batchnorm == "train"
+
     def train(self, mode: bool = True) -> IntCLIP:
         """`semantic_batchnorm: frozen` keeps the semantic copy's BatchNorm in eval mode too."""
         super().train(mode)

@@ -246,7 +246,11 @@ def _train(
         )
         log(f"initialised from {config.init_from.path}")
     channels_last = to_channels_last(model, components.clip.module.visual, config.optim)
-    ddp = DistributedDataParallel(model) if context.distributed else None
+    ddp = (
+        DistributedDataParallel(model, broadcast_buffers=model.trains_buffers)
+        if context.distributed
+        else None
+    )
     trainable = compiled(ddp or model, config.optim)
     groups = model.parameter_groups()
     log(", ".join(f"{g.role}: {g.count:,} trained parameters" for g in groups))

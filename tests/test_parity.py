@@ -165,8 +165,12 @@ def test_semantic_batchnorm_switch(tiny_clip_files: dict, mode: str) -> None:
     semantic_before = batchnorm_statistics(model.encoder.semantic)
     clip_before = batchnorm_statistics(clip.module)
     all_before = batchnorm_statistics(model)
+    buffers_before = {name: buffer.clone() for name, buffer in model.named_buffers()}
 
     one_training_step(model, clip)
+
+    changed = [n for n, b in model.named_buffers() if not torch.equal(b, buffers_before[n])]
+    assert bool(changed) == model.trains_buffers == (mode == "train")  # DDP sends them only then
 
     assert semantic_before and clip_before
     for name, tensor in clip_before.items():
