@@ -19,8 +19,6 @@ import threading
 from functools import cache
 from pathlib import Path
 
-from pipeline.collector import collector_paused
-
 VOCABULARY_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MERGES = 49152 - 256 - 2  # the merges open_clip reads: a 49,408-entry vocabulary in all
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
@@ -111,8 +109,7 @@ _tokenizer_lock = threading.Lock()
 
 @cache
 def _load_tokenizer() -> ClipTokenizer:
-    with collector_paused():  # ftfy, regex and a 49,408-entry vocabulary: nothing to collect
-        return ClipTokenizer(vocabulary_file())
+    return ClipTokenizer(vocabulary_file())
 
 
 def clip_tokenizer() -> ClipTokenizer:

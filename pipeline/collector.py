@@ -1,10 +1,9 @@
 """The garbage collector during start-up work that allocates much and frees nothing.
 
-Importing torch and open_clip, openai (thousands of pydantic models) or building CLIP's
-49,408-entry vocabulary creates long-lived objects only, yet the collector keeps walking them:
-on 2 cores `import torch, torchvision, open_clip` took 4.0 s with it and 2.5 s without
-(BENCHMARKS.md, cli_start). Such work runs with
-the collector paused, and what it built is frozen afterwards so that later collections (a
+Importing torch and open_clip, or openai (thousands of pydantic models), creates long-lived
+objects only, yet the collector keeps walking them: on 2 cores `import torch, torchvision,
+open_clip` took 4.0 s with it and 2.5 s without (BENCHMARKS.md, cli_start). Such work runs
+with the collector paused, and what it built is frozen afterwards so that later collections (a
 training run's included) skip it too. Torch-free, so the light commands can import it.
 """
 

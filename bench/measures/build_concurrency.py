@@ -97,8 +97,8 @@ def _command(arguments: list[str]) -> float:
     "design asks for) would remove 0.2 s; slower requests (a hosted model takes seconds) or "
     "more classes move the ratio toward the in-process one. Already cut: the CLIP tokenizer "
     "that each of the 8 threads built for itself (8 x 0.16 s of CPU) is built once, while the "
-    "first requests wait; torch, numpy and openai are imported only when needed, openai and "
-    "the tokenizer with the collector paused; the last collection at exit is skipped; the "
+    "first requests wait; torch, numpy and openai are imported only when needed, openai with "
+    "the collector paused; the last collection at exit is skipped; the "
     "taxonomy is parsed by libyaml (2 ms instead of 40).",
     order=4,
 )
