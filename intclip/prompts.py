@@ -27,6 +27,7 @@ from pipeline.clip import LoadedClip
 from pipeline.descriptions import read_descriptions
 from pipeline.errors import UserError
 from pipeline.files import sha256_file
+from pipeline.text_features import needed_length
 
 PLACEHOLDER = "X"  # the token the contexts replace; any token but the end-of-text one would do
 INIT_STD = 0.02
@@ -116,7 +117,7 @@ class PromptedClassText(nn.Module):
         self.source_sha256 = texts.sha256
         self.num_classes = len(texts.classes)
         tokens, owner = _prompt_tokens(self.tower, texts, config.n_ctx)
-        tokens = tokens[:, : self.tower.needed_length(tokens)]  # the rest is padding
+        tokens = tokens[:, : needed_length(self.tower, tokens)]  # the rest is padding
         embedded = self.tower.embed(tokens)
         self.register_buffer("tokens", tokens.to(embedded.device), persistent=False)
         self.register_buffer("owner", owner.to(embedded.device), persistent=False)

@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.clip import LoadedClip
 from pipeline.errors import UserError
-from pipeline.text_features import needed_length, text_transformer_features
+from pipeline.text_features import text_transformer_features
 
 
 class FrozenTextTower(nn.Module):
@@ -64,11 +64,6 @@ class FrozenTextTower(nn.Module):
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Token embeddings [P, L, W] of token ids [P, L], computed once for the frozen parts."""
         return self.token_embedding(tokens.to(self.token_embedding.weight.device))
-
-    def needed_length(self, tokens: torch.Tensor) -> int:
-        """Leading positions of token ids [P, L] that the features depend on (reads them on
-        the host: for prompts, once, when they are built)."""
-        return needed_length(tokens, self.text_pool_type, self.text_eos_id, self.attn_mask)
 
     def forward(self, embedded: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Text features [P, D] of token embeddings [P, L, W] whose ids are `tokens` [P, L]."""

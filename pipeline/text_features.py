@@ -24,17 +24,21 @@ from torch import nn
 POOLS_AT_END_OF_TEXT = ("argmax", "eos")
 
 
-def needed_length(
-    tokens: torch.Tensor, pool_type: str, eos_id: int | None, attn_mask: torch.Tensor | None
-) -> int:
-    """How many leading positions of token ids [B, L] the pooled features depend on."""
-    if attn_mask is None or pool_type not in POOLS_AT_END_OF_TEXT or tokens.numel() == 0:
+def needed_length(tower: Any, tokens: torch.Tensor) -> int:
+    """How many leading positions of token ids [B, L] the pooled features of `tower` (as in
+    `text_transformer_features`) depend on."""
+    pool_type = tower.text_pool_type
+    if tower.attn_mask is None or pool_type not in POOLS_AT_END_OF_TEXT or tokens.numel() == 0:
         return tokens.shape[-1]
     if pool_type == "argmax":
         ends = tokens.argmax(dim=-1)
     else:
-        ends = (tokens == eos_id).int().argmax(dim=-1)
+        ends = (tokens == _eos_id(tower)).int().argmax(dim=-1)
     return int(ends.max()) + 1
+
+
+def _eos_id(tower: Any) -> int | None:
+    return getattr(tower, "text_eos_id", None)  # older open_clip CLIPs lack it
 
 
 def text_transformer_features(
@@ -48,7 +52,6 @@ def text_transformer_features(
     lookup, at the given length L (at most the context; cut it with `needed_length`).
     """
     attn_mask = tower.attn_mask
-    eos_id = getattr(tower, "text_eos_id", None)
     length = tokens.shape[-1]
     if attn_mask is not None:
         attn_mask = attn_mask[:length, :length]
@@ -56,7 +59,7 @@ def text_transformer_features(
     x = embedded.to(cast_dtype) + tower.positional_embedding[:length].to(cast_dtype)
     x = tower.transformer(x, attn_mask=attn_mask)
     x = tower.ln_final(x)
-    x = text_global_pool(x, tokens, tower.text_pool_type, eos_token_id=eos_id)
+    x = text_global_pool(x, tokens, tower.text_pool_type, eos_token_id=_eos_id(tower))
     if isinstance(tower.text_projection, nn.Linear):
         return tower.text_projection(x)
     return x if tower.text_projection is None else x @ tower.text_projection
@@ -67,7 +70,6 @@ def encode_token_ids(module: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     cut at the batch's longest text for open_clip's built-in CLIP text tower."""
     if type(module) is not open_clip.CLIP:
         return module.encode_text(tokens, normalize=True)
-    eos_id = getattr(module, "text_eos_id", None)
-    tokens = tokens[:, : needed_length(tokens, module.text_pool_type, eos_id, module.attn_mask)]
+    tokens = tokens[:, : needed_length(module, tokens)]
     features = text_transformer_features(module, module.token_embedding(tokens), tokens)
     return torch.nn.functional.normalize(features, dim=-1)

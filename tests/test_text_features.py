@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -61,7 +62,7 @@ def test_the_prompt_tower_is_open_clips_at_full_length_and_cut(tiny_clip: Loaded
     tower = FrozenTextTower(tiny_clip)
     tokens = tiny_clip.tokenizer(TEXTS)
     expected = tiny_clip.module.encode_text(tokens)
-    cut = tokens[:, : tower.needed_length(tokens)]
+    cut = tokens[:, : needed_length(tower, tokens)]
     embedded = tower.embed(cut).requires_grad_(True)
 
     with transformer_lengths(tiny_clip) as lengths:
@@ -115,7 +116,8 @@ def test_needed_length_follows_the_pooling_and_the_mask(
 ) -> None:
     tokens = torch.tensor([[1, 5, 9, 0, 0, 0, 0, 0], [1, 7, 3, 2, 5, 9, 0, 0]])
     attn_mask = torch.zeros(8, 8) if mask else None
-    assert needed_length(tokens, pool_type, 2, attn_mask) == expected
+    tower = SimpleNamespace(text_pool_type=pool_type, text_eos_id=2, attn_mask=attn_mask)
+    assert needed_length(tower, tokens) == expected
 
 
 @torch.no_grad()
