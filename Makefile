@@ -33,6 +33,7 @@ test-fast: lint
 lint:
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo --no-cache
 
 format:
 	$(BIN)/ruff format .
@@ -40,7 +41,7 @@ format:
 
 # All three stages on generated data with a random tiny CLIP and a template LLM: a smoke run.
 demo:
-	$(BIN)/python -m intclip.demo demo-run
+	$(BIN)/python -m intclip.cli.demo demo-run
 
 # Speed measures, both sides in one run; writes BENCHMARKS.md (about 10 minutes on 2 cores).
 bench:

@@ -13,8 +13,8 @@ import yaml
 from bench.machine import describe_machine
 from bench.registry import Measure, Settings, discover
 from bench.report import render, show
-from pipeline.errors import UserError
-from pipeline.files import atomic_write_text
+from pipeline.common.errors import UserError
+from pipeline.common.files import atomic_write_text
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -67,7 +67,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     settings = _settings(chosen, args.set, args.quick)
     machine = describe_machine()
     # Every measure meets the collector as the CLIs leave it after their imports: what those
-    # built frozen (pipeline.collector), whichever measures ran before it in this process.
+    # built frozen (pipeline.common.collector), whichever measures ran before it in this process.
     gc.collect()
     gc.freeze()
     results = []

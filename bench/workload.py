@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from intclip.loss import AsymmetricLoss
-from intclip.model import IntCLIP, ModelConfig
-from pipeline.clip import LoadedClip, load_clip
+from intclip.model.intclip import IntCLIP, ModelConfig
+from intclip.training.loss import AsymmetricLoss
+from pipeline.clip.loading import LoadedClip, load_clip
 
 NUM_CLASSES = 28
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def write_jpegs(
 
 def prompts_cli(*arguments: str) -> list[str]:
     """`intclip-prompts ARGUMENTS` from this checkout, in a fresh interpreter."""
-    code = "import sys; from pipeline.cli import main; main(sys.argv[1:])"
+    code = "import sys; from pipeline.cli.main import main; main(sys.argv[1:])"
     return [sys.executable, "-c", code, *arguments]
 
 

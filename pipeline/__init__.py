@@ -1,1 +1,5 @@
-"""Offline stages of intclip: taxonomy -> LLM descriptions -> CLIP text embeddings."""
+"""The offline stages: taxonomy -> LLM class descriptions -> frozen CLIP text embeddings.
+
+Subpackages, each importing only those listed before it; a test holds this: `common`,
+`clip` and `llm`, `descriptions`, `embeddings`, `cli`. Nothing here imports `intclip`.
+"""

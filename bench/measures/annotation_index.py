@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.registry import Comparison, Settings, Side, Target, measure
-from intclip.data import load_intentonomy
+from intclip.data.dataset import load_intentonomy
 
 
 def _write_annotations(path: Path, images: int, seed: int) -> None:

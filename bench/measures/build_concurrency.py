@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import ROOT, prompts_cli
-from pipeline.cli import main as prompts_main
+from pipeline.cli.main import main as prompts_main
 from testkit.fake_openai import FakeOpenAI, describing_responder
 
 TAXONOMY = ROOT / "prompts" / "intentonomy.yaml"

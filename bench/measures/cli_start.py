@@ -11,7 +11,7 @@ import time
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import ROOT, prompts_cli
-from pipeline.collector import TENSOR_MODULES
+from pipeline.common.collector import TENSOR_MODULES
 
 
 def _seconds(command: list[str], repeats: int) -> float:
@@ -59,7 +59,8 @@ def run(settings: Settings) -> list[Comparison]:
     ]
     stack = ", ".join(TENSOR_MODULES)
     paused = (
-        f"from pipeline.collector import collector_paused\nwith collector_paused(): import {stack}"
+        "from pipeline.common.collector import collector_paused\n"
+        f"with collector_paused(): import {stack}"
     )
     comparisons.append(
         Comparison(

@@ -20,9 +20,9 @@ from PIL import Image
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import write_jpegs
-from intclip.config import AugmentConfig, DataConfig
-from intclip.image_pipeline import ModelInput, build_image_pipeline
-from intclip.shrink import shrink_or_copy, smallest_short_side
+from intclip.data.image_pipeline import ModelInput, build_image_pipeline
+from intclip.data.shrink import shrink_or_copy, smallest_short_side
+from intclip.training.config import AugmentConfig, DataConfig
 
 
 def _per_core_rate(paths: list[Path], transform, finish) -> float:

@@ -13,11 +13,11 @@ import torch
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import NUM_CLASSES, TINY_RN, random_intclip, timed, training_step, write_jpegs
-from intclip import distributed
-from intclip.config import AugmentConfig
-from intclip.data import ImageDataset, LabelIndex
-from intclip.image_pipeline import FastTrain
-from intclip.loader import LoaderOptions, train_loader
+from intclip.data.dataset import ImageDataset, LabelIndex
+from intclip.data.image_pipeline import FastTrain
+from intclip.data.loader import LoaderOptions, train_loader
+from intclip.runtime import distributed
+from intclip.training.config import AugmentConfig
 
 
 def _loader_rate(folder: Path, settings: Settings, workers: int, device: torch.device) -> float:

@@ -13,10 +13,10 @@ import torch
 
 from bench.registry import Comparison, Settings, Side, measure
 from bench.workload import ROOT, TINY_RN, timed, training_step
-from intclip.class_text import plain_class_embeddings
-from intclip.model import IntCLIP, ModelConfig
-from intclip.prompts import PromptConfig, read_class_texts
-from pipeline.clip import LoadedClip, load_clip
+from intclip.model.class_text import plain_class_embeddings
+from intclip.model.intclip import IntCLIP, ModelConfig
+from intclip.model.prompts import PromptConfig, read_class_texts
+from pipeline.clip.loading import LoadedClip, load_clip
 
 DESCRIPTIONS = ROOT / "prompts" / "intentonomy.descriptions.json"
 

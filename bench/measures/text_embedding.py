@@ -8,10 +8,10 @@ import torch
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import ROOT, TINY_RN, timed
-from pipeline.class_embedding import TEXT_BATCH_SIZE
-from pipeline.clip import LoadedClip, load_clip
-from pipeline.descriptions import read_descriptions
-from pipeline.embeddings import compute_embeddings
+from pipeline.clip.loading import LoadedClip, load_clip
+from pipeline.descriptions.format import read_descriptions
+from pipeline.embeddings.cache import compute_embeddings
+from pipeline.embeddings.class_embedding import TEXT_BATCH_SIZE
 
 DESCRIPTIONS = ROOT / "prompts" / "intentonomy.descriptions.json"
 

@@ -8,8 +8,8 @@ import torch
 
 from bench.registry import Comparison, Settings, Side, measure
 from bench.workload import TINY_RN, random_intclip, timed, training_step
-from intclip.acceleration import compiled, to_channels_last
-from intclip.config import OptimConfig
+from intclip.runtime.acceleration import compiled, to_channels_last
+from intclip.training.config import OptimConfig
 
 
 def _rate(settings: Settings, optim: OptimConfig, device: torch.device) -> float:
@@ -17,11 +17,11 @@ def _rate(settings: Settings, optim: OptimConfig, device: torch.device) -> float
     model, clip = random_intclip(settings["model"], device)
     memory_format = (
         torch.channels_last
-        if to_channels_last(model, clip.module.visual, optim)
+        if to_channels_last(model, clip.module.visual, optim.channels_last)
         else torch.contiguous_format
     )
     parameters = [p for group in model.parameter_groups() for p in group.parameters]
-    step = training_step(compiled(model, optim), parameters, device)
+    step = training_step(compiled(model, optim.compile), parameters, device)
     size = settings["size"]
     images = torch.randn(settings["batch_size"], 3, size, size, device=device)
     images = images.contiguous(memory_format=memory_format)

@@ -1,0 +1,1 @@
+"""Getting the images onto disk: downloading them and storing small copies."""

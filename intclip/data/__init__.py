@@ -1,0 +1,3 @@
+"""Images and labels in: annotation indexes, manifests, transforms, the image pipeline and loaders,
+data checks, synthetic data.
+"""

@@ -1,0 +1,59 @@
+"""The data sections of the training config: where images and labels are, and how images are
+augmented. Validated at the edge; everything below reads plain attributes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, PositiveInt, model_validator
+
+from intclip.data.shrink import DEFAULT_CROP_SCALE_MIN
+from pipeline.common.config_section import ConfigSection
+
+
+class DataConfig(ConfigSection):
+    """Where the images and labels are. Relative paths are relative to the working directory."""
+
+    format: Literal["intentonomy", "manifest"] = "intentonomy"
+    image_root: Path
+    train: Path
+    val: Path
+    test: Path | None = None
+    num_classes: PositiveInt = 28
+    label_mode: Literal["binary", "soft"] = "binary"
+    taxonomy: Path | None = None
+    """Taxonomy whose labels must match the dataset's classes (and the embeddings' ids)."""
+    num_workers: int | None = Field(default=None, ge=0)
+    """Loader worker processes; default: the machine's cores."""
+    prefetch_factor: PositiveInt = 4
+    """Batches each worker prepares ahead."""
+    pipeline: Literal["fast", "torchvision"] = "fast"
+    """`fast`: JPEGs decoded at reduced scale, uint8 to the device, normalised there;
+    `torchvision`: the plain transforms, full decode and float tensors in the workers."""
+    decode: Literal["cpu", "gpu"] = "cpu"
+    """`gpu` (with `pipeline: fast` and a CUDA device): workers only read the files; JPEGs are
+    decoded with nvJPEG, cropped, resized and augmented on the GPU (intclip.data.device_decode)."""
+    eval_resize: Literal["crop", "squash"] = "crop"
+    """Evaluation images: shorter side resized then centre-cropped, as CLIP was pre-trained
+    (`crop`), or squashed to a square whatever their aspect ratio (`squash`, the official code)."""
+    normalize: bool = True
+    """Normalise images with CLIP's mean and std. `false` reproduces the official code's omission,
+    for parity only: CLIP was trained on normalised images."""
+
+    @model_validator(mode="after")
+    def _gpu_decoding_is_fast(self) -> DataConfig:
+        if self.decode == "gpu" and self.pipeline != "fast":
+            raise ValueError("decode: gpu needs pipeline: fast")
+        return self
+
+
+class AugmentConfig(ConfigSection):
+    """Training augmentation, really applied in training (the official code never did)."""
+
+    enabled: bool = True
+    """`false` trains on the evaluation transform, as the official code in effect does."""
+    crop_scale: tuple[float, float] = (DEFAULT_CROP_SCALE_MIN, 1.0)
+    flip: bool = True
+    randaugment_ops: int = Field(default=2, ge=0)
+    randaugment_magnitude: int = Field(default=9, ge=0, le=30)

@@ -1,0 +1,43 @@
+"""Image files under an image root: paths that stay inside it, files that decode completely.
+
+Shared by `check-data` and `download`; no torch, so `download` starts fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.common.image_errors import DECODE_ERRORS
+
+
+def outside_root(root: Path, relative: str) -> str | None:
+    """Why `relative` is no safe path under `root` (NUL, absolute, `..`, a link out), or None.
+
+    `root` must already be resolved.
+    """
+    if "\0" in relative:
+        return f"{relative!r} contains a NUL character"
+    if Path(relative).is_absolute():
+        return f"{relative} is an absolute path"
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root):
+        return f"{relative} resolves to {resolved}"
+    return None
+
+
+def decode_problem(path: Path) -> tuple[str, str] | None:
+    """Verify the container, then decode every pixel: a cut-off file passes verify() alone.
+
+    Returns (`truncated` or `corrupt`, detail), or None for a whole image.
+    """
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except DECODE_ERRORS as err:
+        kind = "truncated" if "truncated" in str(err).lower() else "corrupt"
+        return kind, f"{path}: {err}"
+    return None

@@ -1,0 +1,3 @@
+"""The IntCLIP network: sight-semantic encoder, sight-assisted aggregation, class text and learned
+prompts, the class head.
+"""

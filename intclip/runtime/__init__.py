@@ -1,0 +1,1 @@
+"""Where and how tensors run: processes (DDP), autocast precision, compile and memory format."""

@@ -1,0 +1,28 @@
+"""Training-step speed-ups that change no result: memory format, compilation, fused optimisers."""
+
+from __future__ import annotations
+
+import torch
+from open_clip.modified_resnet import ModifiedResNet
+from torch import nn
+
+FUSED_OPTIMIZER_DEVICES = frozenset({"cpu", "cuda"})  # where torch has fused SGD and AdamW
+
+
+def to_channels_last(model: nn.Module, visual: nn.Module, enabled: bool) -> bool:
+    """Convert `model` to channels-last when `enabled` and its tower (`visual`) is a ResNet,
+    whose convolutions gain from it; ViTs do not. Whether the inputs should follow."""
+    if not (enabled and isinstance(visual, ModifiedResNet)):
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True
+
+
+def compiled(module: nn.Module, enabled: bool) -> nn.Module:
+    """`torch.compile(module)` when `enabled` (`optim.compile`); the module itself otherwise."""
+    return torch.compile(module) if enabled else module
+
+
+def fused_optimizer(device: torch.device) -> dict[str, bool]:
+    """Optimiser keyword arguments: one fused kernel per step where torch has one."""
+    return {"fused": True} if device.type in FUSED_OPTIMIZER_DEVICES else {}

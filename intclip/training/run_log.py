@@ -1,0 +1,83 @@
+"""`train.log`: everything a training run prints, kept in its run directory.
+
+stdout and stderr are teed while the run lasts, so the log holds what the terminal showed:
+messages, warnings, errors and the final summary. Lines printed before the run directory exists
+are held back and written first once it does; a run that fails to start writes no log at all.
+A resumed run appends. A terminal's live progress bar bypasses the log (see `progress`).
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from pipeline.common.errors import UserError
+
+LOG_FILE = "train.log"
+_TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+class RunLog:
+    """The log file of one run, and the terminal's own stderr."""
+
+    def __init__(self, terminal: IO[str]) -> None:
+        self.terminal = terminal
+        self._held: list[str] = []
+        self._file: IO[str] | None = None
+
+    def attach(self, run_dir: Path) -> None:
+        """Start writing to `run_dir`/train.log, held-back lines first."""
+        if self._file is None:
+            self._file = (run_dir / LOG_FILE).open("a", encoding="utf-8", buffering=1)
+            self.write("".join(self._held))
+            self._held.clear()
+
+    def write(self, text: str) -> None:
+        """Add `text` to the log only (colours and cursor codes left out)."""
+        text = _TERMINAL_CODES.sub("", text)
+        if self._file is None:
+            self._held.append(text)
+        elif text:
+            self._file.write(text)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+class _Tee:
+    """A text stream that also writes to the run log; everything else is the stream's own."""
+
+    def __init__(self, stream: IO[str], log: RunLog) -> None:
+        self._stream, self._log = stream, log
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def captured_output() -> Iterator[RunLog]:
+    """Tee stdout and stderr into a `RunLog` until the block ends; an error or an interrupt
+    that ends it is logged too, as the console shows it."""
+    log = RunLog(sys.stderr)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Tee(saved[0], log), _Tee(saved[1], log)
+    try:
+        yield log
+    except UserError as err:
+        log.write("".join(f"error: {line}\n" for line in str(err).splitlines()))
+        raise
+    except KeyboardInterrupt:
+        log.write("interrupted\n")
+        raise
+    finally:
+        sys.stdout, sys.stderr = saved
+        log.close()

@@ -1,0 +1,43 @@
+"""Per-class differences between two descriptions files, for reviewing a rebuild."""
+
+from __future__ import annotations
+
+from pipeline.descriptions.format import ClassDescriptions, DescriptionsFile
+
+
+def diff_descriptions(old: DescriptionsFile, new: DescriptionsFile) -> list[str]:
+    """Readable lines, class by class: added and removed classes, moved paths, changed texts."""
+    lines: list[str] = []
+    if old.generator != new.generator:
+        lines.append(f"generator: {_generator(old)} -> {_generator(new)}")
+    before, after = old.by_label(), new.by_label()
+    for label in sorted(before.keys() | after.keys()):
+        lines += _class_diff(before.get(label), after.get(label))
+    return lines
+
+
+def _generator(document: DescriptionsFile) -> str:
+    params = ", ".join(f"{k}={v}" for k, v in sorted(document.generator.params.items()))
+    template = document.generator.template_sha256[:12]
+    return f"{document.generator.model} (templates {template}, {params})"
+
+
+def _title(entry: ClassDescriptions) -> str:
+    return f"class {entry.label} '{entry.id}' ({' > '.join(entry.path)})"
+
+
+def _class_diff(old: ClassDescriptions | None, new: ClassDescriptions | None) -> list[str]:
+    if old is None and new is not None:
+        return [f"+ {_title(new)}: added", *(f"  + {t}" for t in new.descriptions)]
+    if new is None and old is not None:
+        return [f"- {_title(old)}: removed", *(f"  - {t}" for t in old.descriptions)]
+    assert old is not None and new is not None
+    changes = []
+    if (old.id, old.path) != (new.id, new.path):
+        changes.append(f"  path: {_title(old)} -> {_title(new)}")
+    removed = [t for t in old.descriptions if t not in new.descriptions]
+    added = [t for t in new.descriptions if t not in old.descriptions]
+    changes += [f"  - {t}" for t in removed] + [f"  + {t}" for t in added]
+    if not changes and old.inputs_sha256 != new.inputs_sha256:
+        changes.append("  inputs changed, descriptions identical")
+    return [f"~ {_title(new)}", *changes] if changes else []

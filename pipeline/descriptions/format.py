@@ -1,0 +1,246 @@
+"""The descriptions JSON: one definition of the format, its rules, and its reader and writer.
+
+The file is reviewed in git diffs and doubles as a lock: each class carries the hash of
+everything its request depended on, so an unchanged class is never asked for again.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from pipeline.clip.tokens import clip_token_count
+from pipeline.common.errors import UserError
+from pipeline.common.files import atomic_write_text, stable_json
+from pipeline.common.safe_load import load_json, read_text_file
+
+SCHEMA_VERSION = 1
+CLIP_CONTEXT_LENGTH = 77
+MAX_WORD_CHARS = 30  # a longer "word" is a model running on, not English
+
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+class DescriptionRules(BaseModel):
+    """What every description must satisfy; sent to the LLM and checked on its answer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    num_descriptions: int = Field(default=5, ge=1, le=64)
+    min_words: int = Field(default=5, ge=1)
+    max_words: int = Field(default=25, ge=1)
+    context_length: int = Field(default=CLIP_CONTEXT_LENGTH, ge=3)
+
+    @model_validator(mode="after")
+    def _words_ordered(self) -> DescriptionRules:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words {self.min_words} exceeds max_words {self.max_words}")
+        return self
+
+    @property
+    def sentence_pattern(self) -> str:
+        """A plain sentence of `min_words`..`max_words` words, as a regex: sent in the response
+        schema, where grammar-constrained servers (llama.cpp) enforce it while generating."""
+        char, rest = "[A-Za-z0-9,'-]", MAX_WORD_CHARS - 1
+        repeat = f"{{{self.min_words - 1},{self.max_words - 1}}}"
+        return f"^[A-Z]{char}{{0,{rest}}}( {char}{{1,{MAX_WORD_CHARS}}}){repeat}[.]$"
+
+    def problems(self, texts: list[str]) -> list[str]:
+        """Every rule the texts break, as short sentences the LLM can act on."""
+        found = []
+        if len(texts) != self.num_descriptions:
+            found.append(f"expected exactly {self.num_descriptions} descriptions, got {len(texts)}")
+        seen: set[str] = set()
+        for number, text in enumerate(texts, start=1):
+            found += [f"description {number}: {p}" for p in self._text_problems(text)]
+            key = normalised(text)
+            if key in seen:
+                found.append(f"description {number} repeats an earlier one: {text!r}")
+            seen.add(key)
+        return found
+
+    def check(self, texts: list[str]) -> None:
+        """Raise `ValueError` naming what is wrong; nothing is ever truncated or fixed silently."""
+        found = self.problems(texts)
+        if found:
+            raise ValueError("; ".join(found))
+
+    def _text_problems(self, text: str) -> list[str]:
+        if not text.strip():
+            return ["is empty"]
+        if any(c in "\n\r\u2028\u2029" for c in text):
+            return [f"spans several lines: {text!r}"]
+        if any(unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs") for c in text):
+            return [f"contains control characters: {text!r}"]
+        found = []
+        words = len(text.split())
+        if not self.min_words <= words <= self.max_words:
+            found.append(f"has {words} words, needs {self.min_words} to {self.max_words}: {text!r}")
+        if not found and not re.fullmatch(self.sentence_pattern, text):
+            found.append(
+                "is not one plain sentence (a capital first letter, then words of letters, "
+                f"digits, commas, apostrophes or hyphens of at most {MAX_WORD_CHARS} characters, "
+                "one space apart, one final period): "
+                f"{text!r}"
+            )
+        tokens = clip_token_count(text)
+        if tokens > self.context_length:
+            found.append(
+                f"has {tokens} CLIP tokens with start and end, the limit is "
+                f"{self.context_length}: {text!r}"
+            )
+        return found
+
+
+def normalised(text: str) -> str:
+    """`text` without case, punctuation or spacing differences: two descriptions that are equal
+    after this say the same thing to CLIP's text tower, near enough."""
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+@cache
+def answer_model(rules: DescriptionRules) -> type[BaseModel]:
+    """The LLM's response model: a list of objects, its length and the sentence pattern in the
+    JSON schema. The pattern is not validated here: `rules.check` names each problem better."""
+    description = create_model(
+        "Description",
+        text=(str, Field(json_schema_extra={"pattern": rules.sentence_pattern})),
+    )
+    count = rules.num_descriptions
+    return create_model(
+        "DescriptionsAnswer",
+        descriptions=(
+            Annotated[list[description], Field(min_length=count, max_length=count)],
+            ...,
+        ),
+    )
+
+
+class ClassDescriptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: int = Field(ge=0)
+    id: str
+    path: list[str] = Field(min_length=1)
+    descriptions: list[str] = Field(min_length=1)
+    inputs_sha256: Sha256
+    revised_for: str | None = None
+    """Set by `build --review`: the class these descriptions were once confused with, and
+    rewritten to avoid; a class is revised once."""
+
+
+class TaxonomyRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    sha256: Sha256
+
+
+LLMKind = Literal["openai", "local"]
+
+
+class GeneratorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    template_sha256: Sha256
+    params: dict[str, Any]
+    llm: Literal["local"] | None = None
+    """`local` when `build --llm local` wrote the file, so a later build asks the same kind of
+    server; absent (older files too) for any OpenAI-compatible server."""
+
+
+class DescriptionsFile(BaseModel):
+    """`{schema_version, taxonomy, generator, classes}`; classes sorted by label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    taxonomy: TaxonomyRef
+    generator: GeneratorInfo
+    classes: list[ClassDescriptions]
+
+    @field_validator("classes")
+    @classmethod
+    def _sorted_unique(cls, classes: list[ClassDescriptions]) -> list[ClassDescriptions]:
+        labels = [c.label for c in classes]
+        if labels != sorted(set(labels)):
+            raise ValueError("classes must be sorted by label, each label once")
+        return classes
+
+    def by_label(self) -> dict[int, ClassDescriptions]:
+        return {entry.label: entry for entry in self.classes}
+
+    def recorded_rules(self) -> DescriptionRules:
+        """The rules the file was built under: its recorded parameters, defaults for the rest."""
+        fields = DescriptionRules.model_fields.keys() & self.generator.params.keys()
+        try:
+            return DescriptionRules(**{key: self.generator.params[key] for key in fields})
+        except ValidationError as err:
+            raise UserError(f"generator.params: {describe_first_error(err)}") from None
+
+    def rule_problems(self) -> list[str]:
+        """Every rule a class breaks, as `build --check` finds them (hand edits included)."""
+        rules = self.recorded_rules()
+        return [
+            f"class {entry.label} '{entry.id}': {problem}"
+            for entry in self.classes
+            for problem in rules.problems(entry.descriptions)
+        ]
+
+
+def read_descriptions(path: Path) -> DescriptionsFile:
+    """Load and validate a descriptions file; problems name the file and the class."""
+    path = Path(path)
+    data = load_json(read_text_file(path, "descriptions file"), path)
+    try:
+        return DescriptionsFile.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = _describe_location(data, first["loc"])
+        more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
+        raise UserError(f"{path}: {where}{first['msg']}{more}") from None
+
+
+def describe_first_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    return f"{'.'.join(str(k) for k in first['loc'])}: {first['msg']}"
+
+
+def _describe_location(data: Any, loc: tuple[Any, ...]) -> str:
+    if len(loc) >= 2 and loc[0] == "classes" and isinstance(loc[1], int):
+        try:
+            entry = data["classes"][loc[1]]
+            name = f"class {entry.get('label')} '{entry.get('id')}'"
+        except (KeyError, IndexError, TypeError, AttributeError):
+            name = f"classes[{loc[1]}]"
+        rest = ".".join(str(k) for k in loc[2:])
+        return f"{name}{' ' + rest if rest else ''}: "
+    return f"{'.'.join(str(k) for k in loc)}: " if loc else ""
+
+
+def write_descriptions(path: Path, document: DescriptionsFile) -> bool:
+    """Write stable JSON atomically, only when the content changed; return whether it did."""
+    path = Path(path)
+    text = stable_json(document.model_dump(mode="json", exclude_none=True))
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
+    return True

@@ -1,0 +1,48 @@
+"""`make demo` runs all three stages end to end and says it is a smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_runs_every_stage(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "intclip.cli.demo", str(tmp_path / "demo")],
+        capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.stdout.startswith("SMOKE RUN")
+    for step in ("stage 1", "stage 2", "data preflight", "baseline", "training", "evaluation"):
+        assert f"==> {step}" in result.stdout or step in result.stdout
+    assert len(list((tmp_path / "demo" / "runs").glob("demo-*/best.safetensors"))) == 1
+    assert (tmp_path / "demo" / "prompts" / "squares.descriptions.json").is_file()
+
+
+def test_the_stand_in_llm_describes_the_class_asked_about(tmp_path, prompts_cli, monkeypatch):
+    """The prompt names the siblings too: each class must get its own colour, no sibling's."""
+    from intclip.cli.demo import COLOURS, demo_taxonomy, start_template_llm
+
+    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    taxonomy = tmp_path / "squares.yaml"
+    taxonomy.write_text(demo_taxonomy())
+    server = start_template_llm()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        code, _, err = prompts_cli(
+            "build", "--taxonomy", taxonomy, "--model", "demo", "--num-descriptions", 3,
+            "--base-url", url,
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert code == 0, err
+    document = json.loads(taxonomy.with_name("squares.descriptions.json").read_text())
+    for entry, colour in zip(document["classes"], COLOURS, strict=True):
+        others = [c for c in COLOURS if c != colour]
+        for text in entry["descriptions"]:
+            words = text.rstrip(".").split()
+            assert colour in words and not any(other in words for other in others), text

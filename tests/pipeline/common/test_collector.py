@@ -1,0 +1,67 @@
+"""Start-up work with the garbage collector paused: state restored, survivors frozen."""
+
+from __future__ import annotations
+
+import gc
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.common.collector import collector_paused, tensor_command
+from testkit.paths import ROOT
+
+
+@pytest.fixture(autouse=True)
+def collector_restored():
+    enabled = gc.isenabled()
+    yield
+    gc.unfreeze()
+    if enabled:
+        gc.enable()
+
+
+def test_the_block_runs_without_collection_and_freezes_what_it_built():
+    gc.unfreeze()
+    with collector_paused():
+        assert not gc.isenabled()
+        built = [{"entry": index} for index in range(1000)]
+    assert gc.isenabled()
+    assert gc.get_freeze_count() >= len(built)
+
+
+def test_a_collector_disabled_before_stays_disabled_even_after_an_error():
+    gc.disable()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("inside")
+    assert not gc.isenabled()
+    gc.enable()
+    with pytest.raises(RuntimeError), collector_paused():
+        raise RuntimeError("inside")
+    assert gc.isenabled()
+
+
+def test_a_tensor_command_keeps_its_signature_and_runs_with_the_collector_back():
+    def command(path: Path, *, repeats: int = 3) -> tuple[bool, int]:
+        return gc.isenabled(), repeats
+
+    wrapped = tensor_command(command)
+
+    assert inspect.signature(wrapped) == inspect.signature(command)
+    assert wrapped(Path("x"), repeats=5) == (True, 5)
+
+
+def test_torch_is_imported_by_the_wrapper_only_when_the_command_runs():
+    code = (
+        "import sys\n"
+        "from pipeline.common.collector import tensor_command\n"
+        "command = tensor_command(lambda: 'torch' in sys.modules)\n"
+        "print('torch' in sys.modules, command())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
