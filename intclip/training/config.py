@@ -56,6 +56,8 @@ class ClipSection(ConfigSection):
     """Descriptions file whose cached embeddings (for this CLIP and `aggregate`) are used;
     with `model.text: prompts`, the file the prompts' class texts are read from."""
     aggregate: Literal["mean", "mean+name"] = "mean"
+    """Class embedding: the mean of the descriptions' embeddings, or that mean with the class
+    name's embedding averaged in."""
     embeddings: Path | None = None
     """An embedding cache file, instead of `descriptions` + `aggregate`."""
 
@@ -87,20 +89,30 @@ class ScheduleConfig(ConfigSection):
 
 
 class OptimConfig(ConfigSection):
+    """The optimiser, its learning-rate schedule, batch sizes, epochs and step options."""
+
     optimizer: Literal["sgd", "adamw"] = "sgd"
+    """SGD with momentum, or AdamW; fused kernels where torch has them."""
     lr: float = Field(default=0.002, gt=0)
+    """Base learning rate of every parameter group (see `lr_multipliers`)."""
     lr_multipliers: dict[Role, PositiveFloat] = Field(default_factory=dict)
     """Per trained part (semantic, aggregation, head), times `lr`; a part not listed gets 1."""
     momentum: float = Field(default=0.9, ge=0, lt=1)
+    """SGD momentum (unused by AdamW)."""
     weight_decay: NonNegativeFloat = 5e-4
+    """Decoupled for AdamW, L2 for SGD; see `weight_decay_on`."""
     weight_decay_on: Literal["all", "matrices"] = "matrices"
     """Decay every trained parameter (the official code), or only weight matrices, not gains,
     biases and scalars."""
     epochs: PositiveInt = 50
+    """Training epochs; the cosine schedule ends with them."""
     warmup_epochs: NonNegativeFloat = 1.0
+    """Epochs of warm-up before the cosine decay (fractions allowed with `schedule.unit: step`)."""
     schedule: ScheduleConfig = ScheduleConfig()
     batch_size: PositiveInt = 64
+    """Training images per micro-batch, over all processes together."""
     eval_batch_size: PositiveInt = 128
+    """Images per batch in validation, evaluation and prediction."""
     grad_clip: NonNegativeFloat | None = 1.0
     """Max gradient norm; None turns clipping off."""
     compile: bool = False
@@ -126,9 +138,13 @@ class LossConfig(ConfigSection):
     """Asymmetric loss (Ridnik et al. 2021)."""
 
     gamma_neg: NonNegativeFloat = 2.0
+    """Focusing exponent of the negative term."""
     gamma_pos: NonNegativeFloat = 1.0
+    """Focusing exponent of the positive term."""
     clip: NonNegativeFloat = 0.05
+    """Probability margin: negatives below it cost nothing (0 turns it off)."""
     eps: float = Field(default=1e-8, gt=0)
+    """Lower bound inside the logarithms."""
     reduction: Reduction = "mean"
     """Over all batch elements and classes: `mean`, or `sum` (the official code)."""
     weight: PositiveFloat = 1.0
@@ -145,6 +161,8 @@ class InitFrom(ConfigSection):
 
 
 class TrainConfig(ConfigSection):
+    """A training run: one YAML file of these sections and keys."""
+
     data: DataConfig
     clip: ClipSection
     model: ModelConfig = ModelConfig()
@@ -152,12 +170,15 @@ class TrainConfig(ConfigSection):
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
     seed: int = 0
+    """Seeds the new modules' initial weights and, with the epoch, every epoch's randomness."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ..."""
     output_dir: Path = Path("runs")
+    """Where run directories are created."""
     run_name: RunName | None = None
     """Run directory name under `output_dir`; default: config name and a timestamp."""
     tensorboard: bool = False
+    """Write TensorBoard event files into the run directory (the `tensorboard` extra)."""
     precision: Precision = "auto"
     """Autocast of the forward pass: `auto` (bf16 on CUDA, fp32 elsewhere), `fp32`, `bf16`, or
     `fp16` with a scaled loss (torch.amp.GradScaler)."""

@@ -8,7 +8,6 @@ which heavy libraries were imported.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -63,20 +62,6 @@ def test_commands_without_tensors_import_no_heavy_library(entry, args):
     done = run(ROOT, entry, *args)
     assert done.returncode == 0, done.stderr
     assert LIGHT in done.stderr
-
-
-@pytest.fixture
-def fresh_clone(tmp_path) -> Path:
-    """A clone of this repository's committed state: an empty cache, nothing built."""
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs git and a git checkout")
-    clone = tmp_path / "clone"
-    subprocess.run(
-        ["git", "clone", "--quiet", "--no-hardlinks", str(ROOT), str(clone)],
-        check=True,
-        capture_output=True,
-    )
-    return clone
 
 
 @pytest.mark.slow
