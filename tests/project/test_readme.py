@@ -134,13 +134,20 @@ def test_every_first_screen_command_runs_as_written(fresh_clone: Path, tmp_path:
             check=False,
         )
         assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        ran.append((command, done.stdout.strip().splitlines()[-1]))
+        ran.append((command, done.stdout))
     assert [command.split()[:2] for command, _ in ran] == [
         ["make", "demo"],
         ["intclip-prompts", "build"],
         ["intclip-prompts", "embed"],
         ["intclip-train", "run"],
     ]
-    embeddings, run_dir = Path(ran[2][1]), Path(ran[3][1])
+    demo = ran[0][1]
+    assert "SMOKE RUN" in demo
+    for step in ("stage 1", "stage 2", "data preflight", "baseline", "training", "evaluation"):
+        assert f"==> {step}" in demo
+    demo_run = fresh_clone / "demo-run"
+    assert len(list((demo_run / "runs").glob("demo-*/best.safetensors"))) == 1
+    assert (demo_run / "prompts" / "squares.descriptions.json").is_file()
+    embeddings, run_dir = (Path(out.strip().splitlines()[-1]) for _, out in ran[2:])
     assert embeddings.parent == fresh_clone / "cache" / "embeddings" and embeddings.is_file()
     assert (run_dir / "best.safetensors").is_file()
