@@ -22,10 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 
 from intclip.training.config import load_config
-from pipeline.clip.loading import load_clip
+from testkit.hub import RN101_OPENAI, hub_cache_with_random_weights
 from testkit.paths import ROOT
 
 README = ROOT / "README.md"
@@ -33,7 +32,6 @@ FIRST_SCREEN_END = "<!-- the first screen ends here"
 MAX_LINES = 250
 CI_COMMANDS = ("make setup", "make test")  # what .ci/run runs: checked as CI's own commands
 SHIPPED_CONFIG = "intclip/configs/intentonomy_rn101.yaml"
-RN101_HUB_REPO = "timm/resnet101_clip.openai"
 
 
 def first_screen_commands() -> list[str]:
@@ -80,19 +78,6 @@ def test_the_shipped_config_of_the_first_screen_is_valid():
     assert (config.clip.name, config.clip.pretrained) == ("RN101", "openai")
 
 
-def hub_cache_with_random_rn101(home: Path) -> None:
-    """What `hf_hub_download` leaves for RN101's `openai` tag, with random weights in it."""
-    repo = home / "hub" / f"models--{RN101_HUB_REPO.replace('/', '--')}"
-    revision = "0" * 40
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(revision)
-    snapshot = repo / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    clip = load_clip("RN101-quickgelu", None)
-    state = {name: tensor.contiguous() for name, tensor in clip.module.state_dict().items()}
-    safetensors.torch.save_file(state, snapshot / "open_clip_model.safetensors")
-
-
 def demo_config_in_place_of_the_shipped_one(clone: Path) -> None:
     shutil.copy(clone / "demo-run" / "demo.yaml", clone / SHIPPED_CONFIG)
 
@@ -106,7 +91,7 @@ STAND_INS: dict[str, Callable[[Path], None]] = {
 def test_every_first_screen_command_runs_as_written(fresh_clone: Path, tmp_path: Path):
     venv = ROOT / ".venv"
     (fresh_clone / ".venv").symlink_to(venv)
-    hub_cache_with_random_rn101(tmp_path / "hf")
+    hub_cache_with_random_weights(tmp_path / "hf", *RN101_OPENAI)
     unset = {"OPENAI_API_KEY", "OPENAI_BASE_URL", "INTCLIP_LLM_MODEL", "INTCLIP_CACHE_DIR"}
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env |= {
