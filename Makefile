@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 # uv installs: it fetches and unpacks wheels in parallel and hard-links the files from its
 # cache (~/.cache/uv, which also makes a second setup download nothing) into .venv: several
-# times faster than pip here (README, "How long it takes"). The venv keeps pip for installs by
+# times faster than pip here (docs/install.md). The venv keeps pip for installs by
 # hand. torch and torchvision are pinned first, to the builds
 # the project is tested with. PyPI's Linux torch brings CUDA wheels (about 3 GB), which GPU
 # machines need; on a machine without a GPU that reaches PyTorch's own index,

@@ -67,7 +67,7 @@ def _root(version: VersionOption = None) -> None:
 stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[
-    Path, typer.Option("--taxonomy", help="Taxonomy YAML (see README).", show_default=False)
+    Path, typer.Option("--taxonomy", help="Taxonomy YAML (see docs/formats.md).", show_default=False)
 ]
 
 
@@ -470,7 +470,7 @@ MULTI_VALUE_OPTIONS = {"build": "--only", "zeroshot": "--images"}
 
 
 def _expand_option_values(argv: list[str], option: str) -> list[str]:
-    """Let `--only a b c` mean `--only a --only b --only c`, as the README documents."""
+    """Let `--only a b c` mean `--only a --only b --only c`, as docs/descriptions.md documents."""
     expanded: list[str] = []
     collecting = False
     for arg in argv:

@@ -129,7 +129,7 @@ def test_every_first_screen_command_runs_as_written(fresh_clone: Path, tmp_path:
     demo = ran[0][1]
     assert "SMOKE RUN" in demo
     for step in ("stage 1", "stage 2", "data preflight", "baseline", "training", "evaluation"):
-        assert f"==> {step}" in demo
+        assert step in demo
     demo_run = fresh_clone / "demo-run"
     assert len(list((demo_run / "runs").glob("demo-*/best.safetensors"))) == 1
     assert (demo_run / "prompts" / "squares.descriptions.json").is_file()
