@@ -47,7 +47,7 @@ from intclip.training.run_log import RunLog, captured_output
 from intclip.training.scoring import predict_scores
 from intclip.training.state import TrainingProgress, restore_state, save_state, seed_everything
 from intclip.training.step import NonFiniteLoss, TrainingPass, unreadable_stops_the_run
-from intclip.training.trackers import Trackers, open_trackers
+from intclip.training.trackers import Trackers, open_trackers, require_trackers
 from pipeline.common.console import stderr
 from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_text, cache_root, stable_json
@@ -88,6 +88,7 @@ def _train(
     run_log: RunLog,
 ) -> Path:
     started = invocation(context.device)
+    require_trackers(config)
     if resume is None:
         config = with_absolute_paths(config)
     run_dir = run_directory(config, config_name, context, resume)
@@ -161,12 +162,7 @@ def _train(
             write_metrics(run_dir / METRICS_FILE, progress.rows)
         log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
     stopped_note.saved(progress.epoch)
-    manifest = read_manifest(run_dir) if context.is_main else None
-    trackers = Trackers({})
-    if context.is_main:
-        ids = manifest.trackers if manifest is not None else {}
-        trackers = open_trackers(config, run_dir, ids, resumed=resume is not None)
-        update_manifest(run_dir, trackers={**ids, **trackers.ids()})
+    trackers = _trackers(config, run_dir, context, resumed=resume is not None)
     passes = TrainingPass(
         config, context, loader, seeds, plan, model, trainable, ddp, model_input,
         precision.autocast(config.precision, context.device),
@@ -176,12 +172,14 @@ def _train(
     last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
     stopped_early = _patience_spent(progress, config.optim)
     with (
-        recorded(run_dir, started) if context.is_main else nullcontext(),
         stops_resumably(
             run_dir, progress, config.optim.epochs, plan.steps, stopped_note, context.is_main
         ),
+        recorded(run_dir, started) if context.is_main else nullcontext(),
         trackers,
     ):
+        if progress.epoch < last_epoch and not stopped_early:
+            log(f"training epochs {progress.epoch + 1} to {last_epoch} of {config.optim.epochs}")
         for epoch in range(progress.epoch, progress.epoch if stopped_early else last_epoch):
             trained = passes.run(epoch, progress)
             with unreadable_stops_the_run(stopped_note):
@@ -190,9 +188,9 @@ def _train(
                     precision=config.precision, loader=val_loader, description="validation",
                 )  # fmt: skip
             if not (np.isfinite(scores).all() and math.isfinite(trained.loss)):
+                what = "val scores" if math.isfinite(trained.loss) else "train loss"
                 raise NonFiniteLoss(
-                    f"non-finite {'val scores' if math.isfinite(trained.loss) else 'train loss'} "
-                    f"after epoch {epoch + 1}; stopped, {stopped_note()}"
+                    f"non-finite {what} after epoch {epoch + 1}; stopped, {stopped_note()}"
                 )
             progress.epoch = epoch + 1
             if context.is_main:
@@ -226,6 +224,20 @@ def _train(
         write_run_card(run_dir)
     log(ending)
     return run_dir
+
+
+def _trackers(
+    config: TrainConfig, run_dir: Path, context: distributed.Context, resumed: bool
+) -> Trackers:
+    """The trackers `log.trackers` names, on rank 0 only, continuing a resumed run's tracker
+    runs; their ids go to run.json."""
+    if not context.is_main:
+        return Trackers({})
+    manifest = read_manifest(run_dir)
+    ids = manifest.trackers if manifest is not None else {}
+    trackers = open_trackers(config, run_dir, ids, resumed)
+    update_manifest(run_dir, trackers={**ids, **trackers.ids()})
+    return trackers
 
 
 def _patience_spent(progress: TrainingProgress, optim: OptimConfig) -> bool:

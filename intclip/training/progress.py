@@ -47,7 +47,7 @@ def training_bar(terminal: IO[str]) -> Progress:
         TextColumn("{task.fields[speed]} img/s"),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=Console(file=terminal),
+        console=Console(file=terminal, force_terminal=True),
         transient=True,
     )
 
@@ -141,7 +141,7 @@ def batch_bar(batches: Iterable[T], total: int, description: str, shown: bool) -
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        console=Console(file=sys.__stderr__),
+        console=Console(file=sys.__stderr__, force_terminal=True),
         transient=True,
     )
     with bar:

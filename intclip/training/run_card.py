@@ -100,7 +100,7 @@ def _config_diff(manifest: RunManifest | None) -> list[str]:
 
 
 def _value(value: Any) -> str:
-    return "–" if value is None else f"`{json.dumps(value)}`"
+    return "none" if value is None else f"`{json.dumps(value)}`"
 
 
 def _epochs(run_dir: Path) -> list[str]:

@@ -10,6 +10,7 @@ imported only when the run names it.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -135,20 +136,35 @@ class Trackers:
             backend.close(outcome)
 
 
-def open_trackers(
-    config: TrainConfig, run_dir: Path, ids: dict[str, str], resumed: bool
-) -> Trackers:
-    """The trackers `log.trackers` names, continuing the tracker runs in `ids` when `resumed`;
-    a tracker whose extra is not installed is one line naming the extra."""
-    backends = {}
+LIBRARIES: dict[Tracker, str] = {
+    "tensorboard": "torch.utils.tensorboard",
+    "wandb": "wandb",
+    "mlflow": "mlflow.tracking",
+}
+"""What each tracker imports: missing, its extra is not installed."""
+
+
+def require_trackers(config: TrainConfig) -> None:
+    """Import the library of every tracker the config names, before the run starts: a missing
+    one is one line naming its extra, and no run directory is made."""
     for name in config.log.trackers:
         try:
-            backends[name] = BACKENDS[name](run_dir, config, ids.get(name), resumed)
+            importlib.import_module(LIBRARIES[name])
         except ImportError as err:
-            for opened in backends.values():
-                opened.close("failed")
             raise UserError(
                 f"log.trackers: {name} needs the {name} extra: pip install 'intclip[{name}]' "
                 f"({err})"
             ) from None
-    return Trackers(backends)
+
+
+def open_trackers(
+    config: TrainConfig, run_dir: Path, ids: dict[str, str], resumed: bool
+) -> Trackers:
+    """The trackers `log.trackers` names (`require_trackers` has imported them), continuing
+    the tracker runs in `ids` when `resumed`."""
+    return Trackers(
+        {
+            name: BACKENDS[name](run_dir, config, ids.get(name), resumed)
+            for name in config.log.trackers
+        }
+    )
