@@ -156,6 +156,7 @@ def _train(
         bundle_run_inputs(config, run_dir, components, started)
         run_log.attach(run_dir)
         save_state(run_dir / LAST_STATE, config, model, optimisation, progress)  # resumable now
+        write_metrics(run_dir / METRICS_FILE, progress.rows)
     if resume is not None:
         progress = restore_state(run_dir / LAST_STATE, config, model, optimisation)
         if context.is_main:

@@ -106,8 +106,6 @@ class StateNote:
         return f"{self.path} holds epoch {self.epoch}"
 
     def __call__(self) -> str:
-        if self.epoch is None:
-            return f"before any epoch was saved (no {LAST_STATE} yet)"
-        if self.epoch == 0:
-            return f"before any epoch was saved; {self.path} holds the run's start"
-        return f"and {self.path} still holds the last good epoch"
+        if self.epoch:
+            return f"and {self.path} still holds the last good epoch"
+        return f"before any epoch was saved; {self.holds()}"

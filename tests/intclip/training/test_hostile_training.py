@@ -235,7 +235,7 @@ def test_non_finite_loss_in_the_first_epoch_says_last_pt_holds_the_start(
         rf"was saved; {re.escape(str(run_dir))}/last\.pt holds the run's start",
         line,
     )
-    expected = ["config.yaml", "inputs", "last.pt", "run.json", "train.log"]
+    expected = ["config.yaml", "inputs", "last.pt", "metrics.csv", "run.json", "train.log"]
     assert sorted(p.name for p in run_dir.iterdir()) == expected
     assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 0
     assert (run_dir / "train.log").read_text().endswith(line + "\n")

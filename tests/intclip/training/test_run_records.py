@@ -163,7 +163,7 @@ def test_mlflow_file_store_holds_the_scalars_config_and_final_report(tracked, mo
         range(1, 2 * STEPS + 1)
     )
     assert run.data.metrics["final/best_val_mAP"] == pytest.approx(max(m.value for m in history))
-    report = json.loads(client.download_artifacts(run_id, "final_report.json"))
+    report = json.loads(Path(client.download_artifacts(run_id, "final_report.json")).read_text())
     assert report["ending"].startswith("finished 2 epochs")
 
 
