@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from intclip.acquisition.settings import DownloadSettings, download_settings
-from pipeline.common.collector import imports_first, tensor_command_checked
+from pipeline.common.collector import imports_first, tensor_command, tensor_command_checked
 from pipeline.common.console import VersionOption, run_app, stderr
 from pipeline.common.errors import UserError
 from pipeline.common.files import stable_json
@@ -136,7 +136,7 @@ SetOption = Annotated[
 
 def _existing(path: Path | None, what: str, directory: bool = False) -> None:
     """Refuse a path argument that names nothing, before any heavy import."""
-    if path is not None and not (path.is_dir() if directory else path.is_file()):
+    if path is not None and not (path.is_dir() if directory else path.exists()):
         raise UserError(f"{path}: {what} not found")
 
 
@@ -439,7 +439,7 @@ def zeroshot(
 
 
 @app.command()
-@tensor_command_checked(_run_dir_exists)
+@tensor_command
 def predict(
     run_dir: RunOption,
     images: Annotated[list[Path], typer.Argument(help="Image files or directories of images.")],

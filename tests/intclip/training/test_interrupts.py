@@ -86,7 +86,6 @@ def test_run_without_arguments_is_answered_before_torch_is_imported():
         (["run", "--config", "/nowhere.yaml"], "/nowhere.yaml: config file not found"),
         (["run", "--resume", "/nowhere"], "/nowhere: no last.pt to resume from"),
         (["eval", "--run", "/nowhere"], "/nowhere: run directory not found"),
-        (["predict", "--run", "/nowhere", "a.jpg"], "/nowhere: run directory not found"),
         (["check-data", "--config", "/nowhere.yaml"], "/nowhere.yaml: config file not found"),
     ],
 )
