@@ -403,11 +403,12 @@ def evaluate(
     from intclip.training.provenance import describe
     from intclip.training.run_bundle import read_manifest
 
+    report = evaluate_run(run_dir, split, device, threshold, pretrained)
     manifest = read_manifest(run_dir)
-    if manifest is not None and manifest.invocations and os.environ.get("RANK", "0") == "0":
-        for line in describe(manifest.invocations[0]):
+    if report is not None and manifest is not None and manifest.invocations:
+        for line in describe(manifest.invocations[0]):  # once it worked: an error stays one line
             stderr.print(line, markup=False)
-    _show_report(evaluate_run(run_dir, split, device, threshold, pretrained), as_json)
+    _show_report(report, as_json)
 
 
 @app.command()
