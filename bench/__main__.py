@@ -1,4 +1,8 @@
-"""`python -m bench [--only NAME ...] [--set NAME.KEY=VALUE ...] [--quick] [--out FILE]`."""
+"""`python -m bench [--only NAME ...] [--set NAME.KEY=VALUE ...] [--quick [--write]] [--out FILE]`.
+
+A full run writes its report (BENCHMARKS.md); a `--quick` smoke run only prints, unless
+`--write` asks for the report too, so smoke numbers never replace the committed ones.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,12 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="NAME.KEY=VALUE", help="Change a size."
     )
-    parser.add_argument("--quick", action="store_true", help="Small sizes: a smoke run.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Small sizes: a smoke run; writes no report."
+    )
+    parser.add_argument(
+        "--write", action="store_true", help="Write the report of a --quick run to --out too."
+    )
     parser.add_argument("--list", action="store_true", help="List the measures and exit.")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"), help="Report file.")
     return parser.parse_args(argv)
@@ -76,6 +85,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         comparisons = found.run(settings[found.name])
         show(comparisons)
         results.append((found, settings[found.name], comparisons))
+    if args.quick and not args.write:
+        print(f"a --quick run writes no report ({args.out} unchanged; --write writes it)")
+        return 0
     atomic_write_text(args.out, render(machine, results))
     print(f"wrote {args.out}")
     return 0

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from intclip.acquisition.settings import DownloadSettings, download_settings
-from pipeline.common.collector import imports_first, tensor_command
+from pipeline.common.collector import imports_first, tensor_command, tensor_command_checked
 from pipeline.common.console import VersionOption, run_app, stderr
 from pipeline.common.errors import UserError
 from pipeline.common.files import stable_json
@@ -134,8 +134,22 @@ SetOption = Annotated[
 ]
 
 
+def _existing(path: Path | None, what: str, directory: bool = False) -> None:
+    """Refuse a path argument that names nothing, before any heavy import."""
+    if path is not None and not (path.is_dir() if directory else path.exists()):
+        raise UserError(f"{path}: {what} not found")
+
+
+def _config_exists(config: Path | None = None, **_: object) -> None:
+    _existing(config, "config file")
+
+
+def _run_dir_exists(run_dir: Path, **_: object) -> None:
+    _existing(run_dir, "run directory", directory=True)
+
+
 @app.command("check-data")
-@tensor_command
+@tensor_command_checked(_config_exists)
 def check_data(
     config: ConfigOption,
     overrides: SetOption = None,
@@ -146,15 +160,22 @@ def check_data(
     """Preflight the data: missing, unreadable, corrupt or truncated images, paths outside the
     image root, labels out of range, duplicates and images with no label (exit 2 if any)."""
     from intclip.data.check import check_index, summarize
-    from intclip.data.dataset import SPLITS, load_split
+    from intclip.data.dataset import SPLITS, load_split, width_mismatch
     from intclip.training.config import load_config
 
     settings = load_config(config, overrides)
+    splits = {split: load_split(settings.data, split) for split in SPLITS}
+    indexes = {split: index for split, index in splits.items() if index is not None}
+    widest = max(indexes.values(), key=lambda index: index.label_width)
+    if widest.label_width != settings.data.num_classes:
+        raise width_mismatch(
+            widest.source,
+            widest.label_width,
+            "the highest label + 1, over every split",
+            settings.data.num_classes,
+        )
     total = 0
-    for split in SPLITS:
-        index = load_split(settings.data, split)
-        if index is None:
-            continue
+    for split, index in indexes.items():
         problems = check_index(index, decode=decode)
         for problem in problems:
             stderr.print(str(problem), markup=False)
@@ -279,8 +300,30 @@ def prepare(
     run_prepare(images, out, settings, workers or os.cpu_count() or 1, typer.echo)
 
 
+def _run_arguments(
+    config: Path | None = None,
+    overrides: list[str] | None = None,
+    resume: Path | None = None,
+    init_from: Path | None = None,
+    **_: object,
+) -> None:
+    """`run`'s options checked before torch is imported, so a mistake is told at once."""
+    if (config is None) == (resume is None):
+        raise UserError("give --config F for a new run, or --resume RUN_DIR to continue one")
+    if resume is not None and init_from is not None:
+        raise UserError(
+            "--init-from starts a new run from trained weights and --resume continues a run:"
+            " give one of them"
+        )
+    if resume is not None and overrides:
+        raise UserError("--set cannot change a run being resumed: it would no longer be exact")
+    _config_exists(config)
+    if resume is not None and not (resume / "last.pt").is_file():
+        raise UserError(f"{resume}: no last.pt to resume from")
+
+
 @app.command()
-@tensor_command
+@tensor_command_checked(_run_arguments)
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", help="Training config YAML.", show_default=False)
@@ -311,22 +354,15 @@ def run(
     """Train the semantic branch, aggregation and head; choose the best epoch on val only.
 
     Under `torchrun --nproc_per_node N` the same command trains with DistributedDataParallel.
-    Everything the run prints is also written to train.log in its run directory.
+    Everything the run prints is also written to train.log in its run directory, with the
+    time; run.json says what made it, README.md in it is its run card. Ctrl-C or SIGTERM
+    stops it with one line giving the command that continues it.
     """
     from intclip.training.config import load_config
     from intclip.training.loop import train
     from intclip.training.run_dir import resumable_config
     from intclip.training.run_log import captured_output
 
-    if (config is None) == (resume is None):
-        raise UserError("give --config F for a new run, or --resume RUN_DIR to continue one")
-    if resume is not None and init_from is not None:
-        raise UserError(
-            "--init-from starts a new run from trained weights and --resume continues a run:"
-            " give one of them"
-        )
-    if resume is not None and overrides:
-        raise UserError("--set cannot change a run being resumed: it would no longer be exact")
     if init_from is not None:
         overrides = [*(overrides or []), f"init_from={{path: {json.dumps(str(init_from))}}}"]
     settings = load_config(config or resumable_config(resume), overrides)
@@ -338,7 +374,7 @@ def run(
 
 
 @app.command("eval")
-@tensor_command
+@tensor_command_checked(_run_dir_exists)
 def evaluate(
     run_dir: RunOption,
     split: SplitOption = "test",
@@ -358,17 +394,25 @@ def evaluate(
 ) -> None:
     """Evaluate a run's best checkpoint under the Intentonomy protocol.
 
-    Writes eval-<split>.json, eval-<split>-per-class-f1.png and the <split>_scores.npy and
-    <split>_labels.npy that `score` reads (for val too) in the run, and adds a row to
-    results.csv beside the run.
+    Says what made the run (its run.json), writes eval-<split>.json, the per-class chart
+    eval-<split>-per-class.png (and .svg) and the <split>_scores.npy and <split>_labels.npy that
+    `score` reads (for val too) in the run, adds a row to results.csv beside the run and
+    rewrites the run card, README.md.
     """
     from intclip.evaluation.evaluate import evaluate_run
+    from intclip.training.provenance import describe
+    from intclip.training.run_bundle import read_manifest
 
-    _show_report(evaluate_run(run_dir, split, device, threshold, pretrained), as_json)
+    report = evaluate_run(run_dir, split, device, threshold, pretrained)
+    manifest = read_manifest(run_dir)
+    if report is not None and manifest is not None and manifest.invocations:
+        for line in describe(manifest.invocations[0]):  # once it worked: an error stays one line
+            stderr.print(line, markup=False)
+    _show_report(report, as_json)
 
 
 @app.command()
-@tensor_command
+@tensor_command_checked(_config_exists)
 def zeroshot(
     config: ConfigOption,
     overrides: SetOption = None,
@@ -453,6 +497,35 @@ def predict(
         return
     formatter = FORMATTERS[output_format]
     typer.echo(predict_to_stdout(predictor, found, top, workers, batch_size, formatter), nl=False)
+
+
+@app.command()
+def plot(
+    runs: Annotated[
+        list[Path],
+        typer.Argument(metavar="RUN_DIR...", help="Run directories; several are overlaid."),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="The PNG to write, an SVG beside it; default: learning-curves.png in the run,"
+            " or, for several runs, in the directory that holds the first.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Draw learning curves: train loss, each parameter group's learning rate, val mAP and val
+    macro F1 per epoch, from metrics.csv; several runs are overlaid, one colour each."""
+    for run_dir in runs:
+        _existing(run_dir / "metrics.csv", "metrics.csv (is it a run directory?)")
+    if out is not None and out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: name a .png file (the .svg is written beside it)")
+    from intclip.training.curves import plot_learning_curves
+
+    target = out or (runs[0] if len(runs) == 1 else runs[0].parent)
+    for path in plot_learning_curves(runs, target):
+        typer.echo(path)
 
 
 def _show_report(report: EvaluationReport | None, as_json: bool) -> None:

@@ -4,12 +4,18 @@ augmented. Validated at the edge; everything below reads plain attributes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
 from intclip.data.shrink import DEFAULT_CROP_SCALE_MIN
 from pipeline.common.config_section import ConfigSection
+from pipeline.common.errors import UserError
+from pipeline.common.files import project_prompts
+from pipeline.descriptions.taxonomy import load_taxonomy
+
+DEFAULT_TAXONOMY = project_prompts() / "intentonomy.yaml"
+"""Whose classes a dataset has when its config names no taxonomy: Intentonomy's 28."""
 
 
 class DataConfig(ConfigSection):
@@ -26,8 +32,10 @@ class DataConfig(ConfigSection):
     """The validation split: the best epoch and every threshold are chosen on it."""
     test: Path | None = None
     """The test split, read only by `eval --split test`; never by training."""
-    num_classes: PositiveInt = 28
-    """Classes in the dataset; the class embeddings must have as many."""
+    num_classes: PositiveInt | None = None
+    """The dataset's class count; `null`: the class count of `taxonomy` (Intentonomy's 28
+    without one), filled in when the config is read. `check-data` compares it with the
+    annotations' label width."""
     label_mode: Literal["binary", "soft"] = "binary"
     """`binary`: a class any annotator chose is positive (softprob > 0, as the paper); `soft`:
     the annotators' agreement is a soft target."""
@@ -49,6 +57,23 @@ class DataConfig(ConfigSection):
     normalize: bool = True
     """Normalise images with CLIP's mean and std. `false` reproduces the official code's omission,
     for parity only: CLIP was trained on normalised images."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classes_from_the_taxonomy(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("num_classes") is not None:
+            return data
+        taxonomy = data.get("taxonomy")
+        path = Path(taxonomy) if isinstance(taxonomy, str | Path) else DEFAULT_TAXONOMY
+        try:
+            count = len(load_taxonomy(path).classes)
+        except UserError as err:
+            first = str(err).splitlines()[0]
+            raise UserError(
+                f"data.num_classes is not set, so it is the class count of the taxonomy "
+                f"{path}, which cannot be read ({first})"
+            ) from None
+        return {**data, "num_classes": count}
 
     @model_validator(mode="after")
     def _gpu_decoding_is_fast(self) -> DataConfig:

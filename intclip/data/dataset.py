@@ -8,7 +8,7 @@ into `LabelIndex` (relative image paths plus an [images, classes] target matrix)
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -54,6 +54,9 @@ class LabelIndex:
     targets: np.ndarray  # [images, classes] float32; 0/1, or annotator agreement when soft
     locations: tuple[str, ...]  # where each entry is written: file:line or file: annotations[i]
     problems: tuple[EntryProblem, ...] = ()
+    label_width: int = 0
+    """The classes the annotations themselves have: their categories, or the highest label + 1
+    (a manifest names no class count), which `check-data` compares with `data.num_classes`."""
 
     @property
     def num_classes(self) -> int:
@@ -74,7 +77,17 @@ class LabelIndex:
             tuple(self.paths[i] for i in keep),
             self.targets[keep],
             tuple(self.locations[i] for i in keep),
+            label_width=self.label_width,
         )
+
+
+def width_mismatch(source: Path, width: int, what: str, num_classes: int) -> UserError:
+    """The annotations and `data.num_classes` disagree: one line naming both and the key."""
+    return UserError(
+        f"{source}: the annotations have {width} classes ({what}) but data.num_classes is "
+        f"{num_classes}; set data.num_classes, or data.taxonomy (whose class count is its "
+        "default) to the dataset's taxonomy"
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -109,6 +122,9 @@ def load_intentonomy(
                 f"{annotation_file}: images[{position}] needs an id and a filename (a string)"
             )
         filenames[str(image_id)] = filename
+    width = _declared_width(data)
+    if width is not None and width[0] != num_classes:
+        raise width_mismatch(Path(annotation_file), *width, num_classes)
     entries = []
     for position, annotation in enumerate(data["annotations"]):
         where = f"{annotation_file}: annotations[{position}]"
@@ -118,10 +134,24 @@ def load_intentonomy(
         entries.append(
             (where, filenames[image_id], _target_row(annotation, num_classes, label_mode, where))
         )
-    return _index(Path(annotation_file), Path(image_root), entries, num_classes)
+    index = _index(Path(annotation_file), Path(image_root), entries, num_classes)
+    return index if width is None else replace(index, label_width=width[0])
 
 
 Labels = np.ndarray | list[Any]
+
+
+def _declared_width(data: dict[str, Any]) -> tuple[int, str] | None:
+    """The class count an Intentonomy file states: its categories, or the length of its
+    first soft label row; None when it states none (val and test without categories)."""
+    categories = data.get("categories")
+    if isinstance(categories, list) and categories:
+        return len(categories), f"{len(categories)} categories"
+    for annotation in data["annotations"]:
+        soft = annotation.get("category_ids_softprob") if isinstance(annotation, dict) else None
+        if isinstance(soft, list):
+            return len(soft), "the length of category_ids_softprob"
+    return None
 
 
 def _target_row(
@@ -150,10 +180,12 @@ def _index(
     targets = np.zeros((len(entries), num_classes), dtype=np.float32)
     problems: list[EntryProblem] = []
     first_row: dict[str, int] = {}
+    width = 0
     for row, (where, path, labels) in enumerate(entries):
         if isinstance(labels, np.ndarray):
             targets[row] = labels
             labelled = bool(labels.any())
+            width = max(width, len(labels))
         else:
             if not isinstance(labels, list) or not all(type(i) is int for i in labels):
                 raise UserError(f"{where}: labels must be a list of integer class ids")
@@ -164,6 +196,7 @@ def _index(
                     detail = f"label {label} is not in 0..{num_classes - 1}"
                     problems.append(EntryProblem(row, where, "label out of range", detail))
             labelled = any(0 <= label < num_classes for label in labels)
+            width = max([width, *(label + 1 for label in labels)])
         if not labelled:
             problems.append(EntryProblem(row, where, "no label", path))
         if path in first_row:
@@ -172,7 +205,9 @@ def _index(
         first_row.setdefault(path, row)
     paths = tuple(path for _, path, _ in entries)
     locations = tuple(where for where, _, _ in entries)
-    return LabelIndex(source, image_root, paths, targets, locations, tuple(problems))
+    return LabelIndex(
+        source, image_root, paths, targets, locations, tuple(problems), label_width=width
+    )
 
 
 def load_manifest(manifest: Path, image_root: Path, num_classes: int) -> LabelIndex:

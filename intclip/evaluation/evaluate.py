@@ -18,14 +18,16 @@ from torch import nn
 
 from intclip.data.dataset import ImageDataset, load_split
 from intclip.data.loader import LoaderOptions
+from intclip.evaluation.per_class_chart import per_class_chart
 from intclip.evaluation.results_table import append_result, read_results, results_path
-from intclip.metrics.report import EvaluationReport, build_report, per_class_chart
+from intclip.metrics.report import EvaluationReport, build_report
 from intclip.metrics.score_inputs import save_score_split
 from intclip.runtime import distributed
 from intclip.training.checkpoint import load_model
 from intclip.training.config import TrainConfig
 from intclip.training.factory import Components, build_components
 from intclip.training.run_bundle import load_run_inputs
+from intclip.training.run_card import write_run_card
 from intclip.training.run_dir import BEST_MODEL
 from intclip.training.scoring import predict_scores
 from pipeline.common.errors import UserError
@@ -61,6 +63,7 @@ def evaluate_run(
         return None
     report = _report(split, scored, components, fixed_threshold)
     _write_outputs(run_dir, report, scored, inputs.recorded)
+    write_run_card(run_dir)
     return report
 
 
@@ -87,13 +90,13 @@ def evaluate_zero_shot(
 def _write_outputs(
     directory: Path, report: EvaluationReport, scored: dict[str, Scored], config: TrainConfig
 ) -> None:
-    """eval-<split>.json, its chart, <split>_{labels,scores}.npy per split scored, and the
-    row of results.csv beside `directory`."""
+    """eval-<split>.json, its per-class chart (PNG and SVG), <split>_{labels,scores}.npy per
+    split scored, and the row of results.csv beside `directory`."""
     split = report.split
     for name, (labels, scores) in scored.items():
         save_score_split(directory, name, labels, scores)
     atomic_write_text(directory / f"eval-{split}.json", stable_json(report.model_dump(mode="json")))
-    per_class_chart(report, directory / f"eval-{split}-per-class-f1.png")
+    per_class_chart(report, *scored[split], directory / f"eval-{split}-per-class.png")
     append_result(directory, report, config)
 
 
@@ -122,6 +125,7 @@ def _score_splits(
             model_input,
             activation,
             options,
+            description=f"eval {name}",
         )
         scored[name] = ((index.targets > 0).astype(np.int64), scores)
     return scored

@@ -25,6 +25,7 @@ from intclip.metrics.hierarchy import levels_above_fine, names_by_id
 from intclip.runtime import distributed
 from intclip.training.checkpoint import load_model
 from intclip.training.factory import build_components
+from intclip.training.progress import batch_bar
 from intclip.training.run_bundle import load_run_inputs
 from intclip.training.run_dir import BEST_MODEL, BEST_SUMMARY
 from pipeline.clip.images import ImageTransform, open_image
@@ -130,7 +131,7 @@ class Predictor:
             num_workers=min(workers, math.ceil(len(images) / size)),  # none idle for a few images
             collate_fn=_collate,
         )
-        for items in loader:
+        for items in batch_bar(loader, len(loader), "predict", shown=True):
             readable = [(position, tensor) for position, tensor, _ in items if tensor is not None]
             scores = {}
             if readable:

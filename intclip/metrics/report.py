@@ -1,4 +1,4 @@
-"""The evaluation report of a run: numbers under the protocol, as JSON, a table and a chart.
+"""The evaluation report of a run: numbers under the protocol, as JSON and a table.
 
 The threshold is always chosen on val; `--split test` applies it to test, `--split val` reports
 val at its own best threshold. Coarser taxonomy levels get the same protocol on rolled-up
@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from io import BytesIO
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict
 from rich.table import Table
 
@@ -24,7 +21,7 @@ from intclip.metrics.multilabel import (
     evaluate_protocol,
     evaluate_split,
 )
-from pipeline.common.files import atomic_write_bytes, project_prompts
+from pipeline.common.files import project_prompts
 from pipeline.descriptions.taxonomy import Taxonomy, load_taxonomy
 
 INTENTONOMY_TAXONOMY = project_prompts() / "intentonomy.yaml"
@@ -128,29 +125,3 @@ def report_table(report: EvaluationReport) -> Table:
     for subset, value in report.fine.subset_f1.items():
         table.add_row(f"  {subset} classes", f"{value:.2f}", "", "", "")
     return table
-
-
-def per_class_chart(report: EvaluationReport, path: Path) -> None:
-    """A PNG bar chart of per-class F1, one labelled bar per class."""
-    font = ImageFont.load_default()
-    bar_height, label_width, bar_width, margin = 18, 220, 420, 12
-    height = margin * 3 + bar_height * (len(report.class_ids) + 1)
-    image = Image.new("RGB", (label_width + bar_width + 80, height), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text(
-        (margin, margin),
-        f"per-class F1 (%) on {report.split}, threshold {report.threshold:g}",
-        fill="black",
-        font=font,
-    )
-    for row, (class_id, f1) in enumerate(
-        zip(report.class_ids, report.fine.per_class_f1, strict=True)
-    ):
-        top = margin * 2 + bar_height * (row + 1)
-        draw.text((margin, top + 3), class_id[:34], fill="black", font=font)
-        right = label_width + bar_width * f1 / 100.0
-        draw.rectangle([label_width, top + 2, right, top + bar_height - 3], fill=(66, 133, 180))
-        draw.text((right + 4, top + 3), f"{f1:.1f}", fill="black", font=font)
-    buffer = BytesIO()
-    image.save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())

@@ -160,6 +160,28 @@ class InitFrom(ConfigSection):
     """The checkpoint's sha256; filled in when the run starts, checked when given."""
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow"]
+
+
+class LogConfig(ConfigSection):
+    """Experiment trackers a run writes to besides its own files (metrics.csv, train.log)."""
+
+    trackers: list[Tracker] = Field(default_factory=list)
+    """Any of `tensorboard` (event files in the run's `tensorboard/`), `wandb` (offline, in the
+    run's `wandb/`, unless `WANDB_MODE` or `WANDB_API_KEY` says otherwise) and `mlflow` (a file
+    store in the run's `mlruns/` unless `MLFLOW_TRACKING_URI` names another). Each needs its
+    extra: `pip install 'intclip[wandb]'`. All get the same scalars, the config and the final
+    report."""
+    project: str = Field(default="intclip", min_length=1)
+    """The W&B project and the MLflow experiment the run is logged under."""
+
+    @model_validator(mode="after")
+    def _each_tracker_once(self) -> LogConfig:
+        if len(set(self.trackers)) != len(self.trackers):
+            raise ValueError("trackers: name each tracker once")
+        return self
+
+
 class TrainConfig(ConfigSection):
     """A training run: one YAML file of these sections and keys."""
 
@@ -177,13 +199,32 @@ class TrainConfig(ConfigSection):
     """Where run directories are created."""
     run_name: RunName | None = None
     """Run directory name under `output_dir`; default: config name and a timestamp."""
-    tensorboard: bool = False
-    """Write TensorBoard event files into the run directory (the `tensorboard` extra)."""
+    log: LogConfig = LogConfig()
+    """Experiment trackers."""
     precision: Precision = "auto"
     """Autocast of the forward pass: `auto` (bf16 on CUDA, fp32 elsewhere), `fp32`, `bf16`, or
     `fp16` with a scaled loss (torch.amp.GradScaler)."""
     init_from: InitFrom | None = None
     """Start from another run's trained weights, with a fresh optimiser and schedule."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_moved_to_trackers(cls, data: Any) -> Any:
+        """`tensorboard: true|false`, the key before `log.trackers` (every older run's
+        config.yaml has it), still reads: true adds `tensorboard` to the trackers."""
+        if not isinstance(data, dict) or "tensorboard" not in data:
+            return data
+        data = dict(data)
+        enabled = data.pop("tensorboard")
+        if not isinstance(enabled, bool):
+            raise ValueError("tensorboard: must be true or false (now log.trackers: [tensorboard])")
+        log = data.get("log") or {}
+        if not isinstance(log, dict):
+            return data  # the section's own validation names the problem
+        trackers = list(log.get("trackers") or [])
+        if enabled and "tensorboard" not in trackers:
+            data["log"] = {**log, "trackers": [*trackers, "tensorboard"]}
+        return data
 
     @model_validator(mode="after")
     def _prompts_read_the_descriptions(self) -> TrainConfig:
@@ -253,6 +294,24 @@ def _apply_override(data: dict[str, Any], override: str) -> None:
             raise UserError(f"--set {override!r}: '{part}' is not a section")
         node = child
     node[leaf] = value
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Every path of the config made absolute, so the run's config.yaml means the same files
+    whatever directory `eval` or `predict` is started from."""
+    data = config.model_dump(mode="json")
+    for section, keys in (
+        ("data", ("image_root", "train", "val", "test", "taxonomy")),
+        ("clip", ("descriptions", "embeddings")),
+    ):
+        for key in keys:
+            if data[section][key] is not None:
+                data[section][key] = str(Path(data[section][key]).absolute())
+    for key in ("name", "pretrained"):
+        if Path(data["clip"][key]).is_file():
+            data["clip"][key] = str(Path(data["clip"][key]).absolute())
+    data["output_dir"] = str(Path(data["output_dir"]).absolute())
+    return TrainConfig.model_validate(data)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -22,28 +22,32 @@ from intclip.runtime import distributed, precision
 from intclip.runtime.acceleration import compiled, to_channels_last
 from intclip.training.accumulation import AccumulationPlan
 from intclip.training.checkpoint import save_model
-from intclip.training.config import OptimConfig, TrainConfig
-from intclip.training.epoch_metrics import validation_row, write_metrics
+from intclip.training.config import OptimConfig, TrainConfig, with_absolute_paths
+from intclip.training.curves import plot_learning_curves
+from intclip.training.epoch_metrics import final_report, validation_row, write_metrics
 from intclip.training.factory import build_components
 from intclip.training.init_from import initialise
+from intclip.training.interrupts import stops_resumably
 from intclip.training.loss import AsymmetricLoss
 from intclip.training.optimizer import Optimisation, build_optimizer, build_scheduler
-from intclip.training.run_bundle import with_absolute_paths
+from intclip.training.provenance import invocation
+from intclip.training.run_bundle import read_manifest, recorded, update_manifest
+from intclip.training.run_card import write_run_card
 from intclip.training.run_dir import (
     BEST_MODEL,
     BEST_SUMMARY,
     LAST_STATE,
     METRICS_FILE,
+    StateNote,
     bundle_run_inputs,
     create_run_directory,
     run_directory,
-    state_note,
 )
 from intclip.training.run_log import RunLog, captured_output
 from intclip.training.scoring import predict_scores
 from intclip.training.state import TrainingProgress, restore_state, save_state, seed_everything
 from intclip.training.step import NonFiniteLoss, TrainingPass, unreadable_stops_the_run
-from intclip.training.tensorboard_log import TensorBoardLog
+from intclip.training.trackers import Trackers, open_trackers, require_trackers
 from pipeline.common.console import stderr
 from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_text, cache_root, stable_json
@@ -83,13 +87,15 @@ def _train(
     stop_after: int | None,
     run_log: RunLog,
 ) -> Path:
+    started = invocation(context.device)
+    require_trackers(config)
     if resume is None:
         config = with_absolute_paths(config)
     run_dir = run_directory(config, config_name, context, resume)
     log = stderr.print if context.is_main else _silent
     if resume is not None and context.is_main:
         run_log.attach(run_dir)
-    stopped_note = state_note(run_dir)
+    stopped_note = StateNote(run_dir)
 
     # Data: train and val only. The test split is never looked at while training.
     train_index = _checked_split(config, "train", skip_bad, log)
@@ -147,65 +153,92 @@ def _train(
     progress = TrainingProgress()
     if resume is None and context.is_main:
         create_run_directory(config, run_dir)
-        bundle_run_inputs(config, run_dir, components)
+        bundle_run_inputs(config, run_dir, components, started)
         run_log.attach(run_dir)
+        save_state(run_dir / LAST_STATE, config, model, optimisation, progress)  # resumable now
+        write_metrics(run_dir / METRICS_FILE, progress.rows)
     if resume is not None:
         progress = restore_state(run_dir / LAST_STATE, config, model, optimisation)
         if context.is_main:
             write_metrics(run_dir / METRICS_FILE, progress.rows)
         log(f"resuming {run_dir} after epoch {progress.epoch} (step {progress.step})")
-    board = TensorBoardLog(run_dir) if config.tensorboard and context.is_main else None
+    stopped_note.saved(progress.epoch)
+    trackers = _trackers(config, run_dir, context, resumed=resume is not None)
     passes = TrainingPass(
         config, context, loader, seeds, plan, model, trainable, ddp, model_input,
         precision.autocast(config.precision, context.device),
-        AsymmetricLoss(**config.loss.model_dump()), optimisation, board, run_log, stopped_note,
+        AsymmetricLoss(**config.loss.model_dump()), optimisation, trackers, run_log, stopped_note,
     )  # fmt: skip
 
     last_epoch = min(config.optim.epochs, stop_after or config.optim.epochs)
     stopped_early = _patience_spent(progress, config.optim)
-    for epoch in range(progress.epoch, progress.epoch if stopped_early else last_epoch):
-        train_loss, images_per_s = passes.run(epoch, progress)
-        with unreadable_stops_the_run(stopped_note):
-            scores = predict_scores(
-                model, val_set, config.optim.eval_batch_size, context, model_input,
-                precision=config.precision, loader=val_loader,
-            )  # fmt: skip
-        if not (np.isfinite(scores).all() and math.isfinite(train_loss)):
-            raise NonFiniteLoss(
-                f"non-finite {'val scores' if math.isfinite(train_loss) else 'train loss'} "
-                f"after epoch {epoch + 1}; stopped, {stopped_note()}"
+    with (
+        stops_resumably(
+            run_dir, progress, config.optim.epochs, plan.steps, stopped_note, context.is_main
+        ),
+        recorded(run_dir, started) if context.is_main else nullcontext(),
+        trackers,
+    ):
+        if progress.epoch < last_epoch and not stopped_early:
+            log(f"training epochs {progress.epoch + 1} to {last_epoch} of {config.optim.epochs}")
+        for epoch in range(progress.epoch, progress.epoch if stopped_early else last_epoch):
+            trained = passes.run(epoch, progress)
+            with unreadable_stops_the_run(stopped_note):
+                scores = predict_scores(
+                    model, val_set, config.optim.eval_batch_size, context, model_input,
+                    precision=config.precision, loader=val_loader, description="validation",
+                )  # fmt: skip
+            if not (np.isfinite(scores).all() and math.isfinite(trained.loss)):
+                what = "val scores" if math.isfinite(trained.loss) else "train loss"
+                raise NonFiniteLoss(
+                    f"non-finite {what} after epoch {epoch + 1}; stopped, {stopped_note()}"
+                )
+            progress.epoch = epoch + 1
+            if context.is_main:
+                row = validation_row(val_index, scores, progress, trained)
+                improved = row["val_mAP"] > progress.best_val_map
+                progress.epochs_since_best = 0 if improved else progress.epochs_since_best + 1
+                row["epochs_since_best"] = progress.epochs_since_best
+                progress.rows.append(row)
+                trackers.epoch(row)
+                if improved:
+                    progress.best_val_map = row["val_mAP"]
+                    save_model(model, run_dir / BEST_MODEL, config)
+                    atomic_write_text(run_dir / BEST_SUMMARY, stable_json(row))
+                save_state(run_dir / LAST_STATE, config, model, optimisation, progress)
+                stopped_note.saved(progress.epoch)
+                write_metrics(run_dir / METRICS_FILE, progress.rows)
+                log(
+                    f"epoch {progress.epoch}/{config.optim.epochs}: loss {trained.loss:.4f}, "
+                    f"val mAP {row['val_mAP']:.2f}, val macro F1 {row['val_macro_f1']:.2f}"
+                )
+            stopped_early = distributed.broadcast_object(
+                _patience_spent(progress, config.optim), context
             )
-        progress.epoch = epoch + 1
-        if context.is_main:
-            row = validation_row(
-                val_index, scores, progress, train_loss, optimisation, images_per_s
-            )
-            improved = row["val_mAP"] > progress.best_val_map
-            progress.epochs_since_best = 0 if improved else progress.epochs_since_best + 1
-            row["epochs_since_best"] = progress.epochs_since_best
-            progress.rows.append(row)
-            if board is not None:
-                board.epoch(row)
-            if improved:
-                progress.best_val_map = row["val_mAP"]
-                save_model(model, run_dir / BEST_MODEL, config)
-                atomic_write_text(run_dir / BEST_SUMMARY, stable_json(row))
-            save_state(run_dir / LAST_STATE, config, model, optimisation, progress)
-            write_metrics(run_dir / METRICS_FILE, progress.rows)
-            log(
-                f"epoch {progress.epoch}/{config.optim.epochs}: loss {train_loss:.4f}, "
-                f"val mAP {row['val_mAP']:.2f}, val macro F1 {row['val_macro_f1']:.2f}"
-            )
-        stopped_early = distributed.broadcast_object(
-            _patience_spent(progress, config.optim), context
-        )
-        distributed.barrier(context)
-        if stopped_early:
-            break
-    if board is not None:
-        board.close()
-    log(_summary(progress, config.optim, stopped_early))
+            distributed.barrier(context)
+            if stopped_early:
+                break
+        ending = _summary(progress, config.optim, stopped_early)
+        trackers.report(progress.step, final_report(progress.rows, ending))
+    if context.is_main:
+        plot_learning_curves([run_dir], run_dir)
+        write_run_card(run_dir)
+    log(ending)
     return run_dir
+
+
+def _trackers(
+    config: TrainConfig, run_dir: Path, context: distributed.Context, resumed: bool
+) -> Trackers:
+    """The trackers `log.trackers` names, on rank 0 only, continuing a resumed run's tracker
+    runs; their ids go to run.json."""
+    if not context.is_main:
+        return Trackers({})
+    manifest = read_manifest(run_dir)
+    ids = manifest.trackers if manifest is not None else {}
+    trackers = open_trackers(config, run_dir, ids, resumed)
+    update_manifest(run_dir, trackers={**ids, **trackers.ids()})
+    return trackers
 
 
 def _patience_spent(progress: TrainingProgress, optim: OptimConfig) -> bool:

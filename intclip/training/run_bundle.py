@@ -11,13 +11,16 @@ points at a copy elsewhere, refused unless its sha256 is the recorded one. Runs 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from intclip.training.config import TrainConfig, load_config
+from intclip.training.provenance import ConfigDiff, Invocation, config_diff, ended
 from pipeline.clip.loading import FILE_PREFIX, ClipIdentity
 from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_bytes, atomic_write_text, sha256_file, stable_json
@@ -26,7 +29,8 @@ from pipeline.common.safe_load import load_json, read_text_file
 RUN_MANIFEST = "run.json"
 RUN_CONFIG = "config.yaml"
 INPUTS_DIR = "inputs"
-RUN_FORMAT = "intclip-run-v1"
+RUN_FORMAT = "intclip-run-v2"
+"""v2 added `invocations`, `config_diff` and `trackers`; a v1 run.json reads with them empty."""
 Role = Literal["clip_model", "class_embeddings", "descriptions", "taxonomy"]
 INPUT_NAMES: dict[Role, str] = {
     "clip_model": "clip-model.json",
@@ -51,11 +55,16 @@ class RunManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    format: Literal["intclip-run-v1"]
+    format: Literal["intclip-run-v1", "intclip-run-v2"]
     clip: ClipIdentity
     clip_weights: str | None
     """Absolute path of the weights file trained on; None for a pretrained tag."""
     files: dict[Role, BundledFile]
+    invocations: list[Invocation] = []
+    """Every command that worked on the run: the one that made it, then each `--resume`."""
+    config_diff: ConfigDiff | None = None
+    trackers: dict[str, str] = {}
+    """The id of the run in each experiment tracker, which a resumed run continues."""
 
 
 @dataclass(frozen=True)
@@ -64,24 +73,6 @@ class RunInputs:
     """The config as trained: what the run's config hash is computed on."""
     config: TrainConfig
     """The same config pointing at the run's own copies and at the weights found here."""
-
-
-def with_absolute_paths(config: TrainConfig) -> TrainConfig:
-    """Every path of the config made absolute, so the run's config.yaml means the same files
-    whatever directory `eval` or `predict` is started from."""
-    data = config.model_dump(mode="json")
-    for section, keys in (
-        ("data", ("image_root", "train", "val", "test", "taxonomy")),
-        ("clip", ("descriptions", "embeddings")),
-    ):
-        for key in keys:
-            if data[section][key] is not None:
-                data[section][key] = str(Path(data[section][key]).absolute())
-    for key in ("name", "pretrained"):
-        if Path(data["clip"][key]).is_file():
-            data["clip"][key] = str(Path(data["clip"][key]).absolute())
-    data["output_dir"] = str(Path(data["output_dir"]).absolute())
-    return TrainConfig.model_validate(data)
 
 
 def _sources(config: TrainConfig, class_embeddings: Path | None) -> dict[Role, Path]:
@@ -95,10 +86,15 @@ def _sources(config: TrainConfig, class_embeddings: Path | None) -> dict[Role, P
 
 
 def bundle_inputs(
-    run_dir: Path, config: TrainConfig, clip: ClipIdentity, class_embeddings: Path | None
+    run_dir: Path,
+    config: TrainConfig,
+    clip: ClipIdentity,
+    class_embeddings: Path | None,
+    started: Invocation,
 ) -> None:
-    """Copy the run's inputs into `inputs/` and write `run.json`; `class_embeddings` is the
-    cache file read under `model.text: cached`, None under `prompts`."""
+    """Copy the run's inputs into `inputs/` and write `run.json` with the invocation that
+    `started` the run; `class_embeddings` is the cache file read under `model.text: cached`,
+    None under `prompts`."""
     files = {}
     for role, source in _sources(config, class_embeddings).items():
         relative = f"{INPUTS_DIR}/{INPUT_NAMES[role]}"
@@ -116,8 +112,36 @@ def bundle_inputs(
         clip=clip,
         clip_weights=str(weights) if clip.pretrained.startswith(FILE_PREFIX) else None,
         files=files,
+        invocations=[started],
+        config_diff=config_diff(config),
     )
+    _write_manifest(run_dir, manifest)
+
+
+def _write_manifest(run_dir: Path, manifest: RunManifest) -> None:
     atomic_write_text(run_dir / RUN_MANIFEST, stable_json(manifest.model_dump(mode="json")))
+
+
+def update_manifest(run_dir: Path, **changes: Any) -> None:
+    """Change fields of run.json (made v2); a run made before run.json has none to change."""
+    manifest = read_manifest(run_dir)
+    if manifest is not None:
+        _write_manifest(run_dir, manifest.model_copy(update={"format": RUN_FORMAT, **changes}))
+
+
+@contextmanager
+def recorded(run_dir: Path, started: Invocation) -> Iterator[None]:
+    """`started` in run.json's invocations (a resumed run adds itself), and how it ended once
+    the block ends, whatever ends it."""
+    manifest = read_manifest(run_dir)
+    earlier = [] if manifest is None else [i for i in manifest.invocations if i != started]
+    update_manifest(run_dir, invocations=[*earlier, started])
+    try:
+        yield
+    except BaseException as error:
+        update_manifest(run_dir, invocations=[*earlier, ended(started, error)])
+        raise
+    update_manifest(run_dir, invocations=[*earlier, ended(started, None)])
 
 
 def read_manifest(run_dir: Path) -> RunManifest | None:

@@ -6,13 +6,13 @@ A run never writes into a directory it did not create, and a failed start leaves
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 from intclip.runtime import distributed
 from intclip.training.config import TrainConfig, save_config
 from intclip.training.factory import Components, class_embeddings_file
+from intclip.training.provenance import Invocation
 from intclip.training.run_bundle import RUN_CONFIG, bundle_inputs
 from pipeline.common.errors import UserError
 
@@ -78,18 +78,34 @@ def create_run_directory(config: TrainConfig, run_dir: Path) -> None:
     save_config(config, run_dir / CONFIG_FILE)
 
 
-def bundle_run_inputs(config: TrainConfig, run_dir: Path, components: Components) -> None:
-    """Copies of what `eval` and `predict` need, so the run directory can move (run_bundle)."""
+def bundle_run_inputs(
+    config: TrainConfig, run_dir: Path, components: Components, started: Invocation
+) -> None:
+    """Copies of what `eval` and `predict` need, so the run directory can move (run_bundle),
+    and run.json, which says what made the run."""
     embeddings = class_embeddings_file(config)[0] if config.model.text == "cached" else None
-    bundle_inputs(run_dir, config, components.clip.identity, embeddings)
+    bundle_inputs(run_dir, config, components.clip.identity, embeddings, started)
 
 
-def state_note(run_dir: Path) -> Callable[[], str]:
-    """What is left to resume from, said truly when the run stops."""
+class StateNote:
+    """What is left to resume from, said truly when the run stops: the loop tells it each
+    time `last.pt` is written (the run's start, then after every epoch)."""
 
-    def note() -> str:
-        if (run_dir / LAST_STATE).is_file():
-            return f"and {run_dir / LAST_STATE} still holds the last good epoch"
-        return f"before any epoch was saved (no {LAST_STATE} yet)"
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LAST_STATE
+        self.epoch: int | None = None
 
-    return note
+    def saved(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def holds(self) -> str:
+        if self.epoch is None:
+            return f"no {LAST_STATE} yet"
+        if self.epoch == 0:
+            return f"{self.path} holds the run's start"
+        return f"{self.path} holds epoch {self.epoch}"
+
+    def __call__(self) -> str:
+        if self.epoch:
+            return f"and {self.path} still holds the last good epoch"
+        return f"before any epoch was saved; {self.holds()}"

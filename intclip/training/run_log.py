@@ -3,7 +3,8 @@
 stdout and stderr are teed while the run lasts, so the log holds what the terminal showed:
 messages, warnings, errors and the final summary. Lines printed before the run directory exists
 are held back and written first once it does; a run that fails to start writes no log at all.
-A resumed run appends. A terminal's live progress bar bypasses the log (see `progress`).
+A resumed run appends. Every line starts with the local time it was printed at
+(`2026-01-02 03:04:05 `). A terminal's live progress bar bypasses the log (see `progress`).
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from pipeline.common.errors import UserError
 
 LOG_FILE = "train.log"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 _TERMINAL_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
@@ -28,21 +31,31 @@ class RunLog:
         self.terminal = terminal
         self._held: list[str] = []
         self._file: IO[str] | None = None
+        self._line_start = True
 
     def attach(self, run_dir: Path) -> None:
         """Start writing to `run_dir`/train.log, held-back lines first."""
         if self._file is None:
             self._file = (run_dir / LOG_FILE).open("a", encoding="utf-8", buffering=1)
-            self.write("".join(self._held))
+            self._file.write("".join(self._held))
             self._held.clear()
 
     def write(self, text: str) -> None:
         """Add `text` to the log only (colours and cursor codes left out)."""
-        text = _TERMINAL_CODES.sub("", text)
+        text = self._stamped(_TERMINAL_CODES.sub("", text))
         if self._file is None:
             self._held.append(text)
         elif text:
             self._file.write(text)
+
+    def _stamped(self, text: str) -> str:
+        """`text` with the time before each line it starts (a write may end mid-line)."""
+        stamp = datetime.now().strftime(TIME_FORMAT) + " "
+        pieces = []
+        for piece in text.splitlines(keepends=True):
+            pieces.append(stamp + piece if self._line_start else piece)
+            self._line_start = piece.endswith("\n")
+        return "".join(pieces)
 
     def close(self) -> None:
         if self._file is not None:

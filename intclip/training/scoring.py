@@ -19,6 +19,7 @@ from intclip.data.loader import LoaderOptions, scoring_loader
 from intclip.runtime import distributed
 from intclip.runtime.precision import autocast
 from intclip.training.config import Precision
+from intclip.training.progress import batch_bar
 
 
 @torch.no_grad()
@@ -32,16 +33,18 @@ def predict_scores(
     options: LoaderOptions = LoaderOptions(),
     precision: Precision = "auto",
     loader: DataLoader | None = None,
+    description: str = "scoring",
 ) -> np.ndarray:
     """Scores [images, classes] (`activation` of the logits) in dataset order, on every rank;
     `model_input` moves each batch to the device and finishes it there. `loader`, from
-    `scoring_loader` over the same dataset, is reused (with its workers) instead of a new one."""
+    `scoring_loader` over the same dataset, is reused (with its workers) instead of a new one.
+    Rank 0 shows a bar of the batches on a terminal, named by `description`."""
     was_training = model.training
     model.eval()
     if loader is None:
         loader = scoring_loader(dataset, batch_size, context, options)
     rows, scores = [], []
-    for images, _, row in loader:
+    for images, _, row in batch_bar(loader, len(loader), description, context.is_main):
         with autocast(precision, context.device):
             logits = model(model_input(images))
         scores.append(activation(logits.float()).cpu().numpy())

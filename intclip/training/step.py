@@ -24,7 +24,7 @@ from intclip.training.optimizer import Optimisation
 from intclip.training.progress import EpochProgress
 from intclip.training.run_log import RunLog
 from intclip.training.state import TrainingProgress, seed_epoch
-from intclip.training.tensorboard_log import TensorBoardLog
+from intclip.training.trackers import Trackers
 from pipeline.common.console import stderr
 from pipeline.common.errors import EXIT_FAILED, UserError
 
@@ -34,6 +34,17 @@ class NonFiniteLoss(UserError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_FAILED)
+
+
+@dataclass(frozen=True)
+class EpochTrained:
+    """What one pass over the training set gives the epoch's metrics.csv row."""
+
+    loss: float
+    """Mean micro-batch loss, across processes."""
+    images_per_s: float
+    learning_rates: dict[str, float]
+    """The learning rate of each parameter group at the epoch's last optimiser step."""
 
 
 @dataclass
@@ -52,13 +63,15 @@ class TrainingPass:
     autocast: AbstractContextManager
     criterion: AsymmetricLoss
     optimisation: Optimisation
-    board: TensorBoardLog | None
+    trackers: Trackers
     run_log: RunLog
     state_note: Callable[[], str]
 
-    def run(self, epoch: int, progress: TrainingProgress) -> tuple[float, float]:
-        """Train epoch `epoch`, counting steps in `progress`; (mean train loss, images/s)."""
-        context, plan, board, optimisation = self.context, self.plan, self.board, self.optimisation
+    def run(self, epoch: int, progress: TrainingProgress) -> EpochTrained:
+        """Train epoch `epoch`, counting steps in `progress`."""
+        context, plan, trackers, optimisation = (
+            self.context, self.plan, self.trackers, self.optimisation
+        )  # fmt: skip
         seed_epoch(self.config.seed, epoch, context.rank)
         self.seeds.set_epoch(epoch)
         self.model.train()
@@ -68,6 +81,7 @@ class TrainingPass:
         shown = EpochProgress(
             epoch, self.config.optim.epochs, plan.steps, self.run_log, context.is_main
         )
+        used = optimisation.learning_rates()
         with shown:
             for micro, batch in enumerate(batches_of(self.loader, self.state_note)):
                 unreadable += batch.skipped
@@ -88,20 +102,20 @@ class TrainingPass:
                     optimisation.backward(weighted)
                 seen += len(images) * context.world_size
                 loss_sum += loss.detach()  # a nan or inf stays in the sum until it is checked
+                shown.smooth(loss.detach())
                 step_loss += weighted.detach()
                 batches += 1
                 if ends_step:
                     done += 1
-                    if board is not None:
-                        board.step(progress.step + 1, step_loss, optimisation.learning_rates())
+                    used = optimisation.learning_rates()
+                    trackers.step(progress.step + 1, step_loss, used)
                     optimisation.step()
                     progress.step += 1
                     step_loss = torch.zeros((), device=context.device)
-                    shown.update(done, seen, loss_sum, batches)
+                    shown.update(done, seen, loss_sum, batches, used)
                 if batches % self.config.optim.check_finite_every == 0:
                     check_finite(loss_sum, epoch, progress.step, self.state_note, context)
-                    if board is not None:
-                        board.flush()
+                    trackers.flush()
         check_finite(loss_sum, epoch, progress.step, self.state_note, context)
         if unreadable and context.is_main:
             stderr.print(
@@ -110,7 +124,8 @@ class TrainingPass:
                 markup=False,
             )
         images_per_s = seen / max(time.perf_counter() - started, 1e-9)
-        return distributed.mean_across(loss_sum.item() / max(batches, 1), context), images_per_s
+        loss_mean = distributed.mean_across(loss_sum.item() / max(batches, 1), context)
+        return EpochTrained(loss_mean, images_per_s, used)
 
 
 @contextmanager

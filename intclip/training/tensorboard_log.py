@@ -1,66 +1,39 @@
-"""TensorBoard scalars of a run, grouped: `train/` per step and per epoch, `val/` per epoch.
-
-Per-step losses stay on the device until the trainer checks them anyway (`flush`), so logging
-them never makes a step wait for the device.
-"""
+"""TensorBoard event files in the run's `tensorboard/`: one of the trackers (see `trackers`)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from pipeline.common.errors import UserError
-
 TENSORBOARD_DIR = "tensorboard"
-EPOCH_TAGS = {
-    "train_loss": "train/epoch_loss",
-    "images_per_s": "train/images_per_s",
-    "val_mAP": "val/mAP",
-    "val_macro_f1": "val/macro_f1",
-    "val_micro_f1": "val/micro_f1",
-    "val_samples_f1": "val/samples_f1",
-    "val_threshold": "val/threshold",
-    "epochs_since_best": "val/epochs_since_best",
-}
-"""metrics.csv column -> tag, logged once per epoch at the run's step count."""
 
 
 class TensorBoardLog:
-    def __init__(self, run_dir: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as err:
-            raise UserError(
-                "tensorboard: true needs the tensorboard extra: pip install -e '.[tensorboard]'"
-            ) from err
+    run_id = None  # one directory, continued as it is by a resumed run
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], resumed: bool) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer: Any = SummaryWriter(str(run_dir / TENSORBOARD_DIR))
-        self.pending: list[tuple[int, torch.Tensor, dict[str, float]]] = []
+        if not resumed:
+            self.writer.add_text("config", _as_code(config), 0)
 
-    def step(self, step: int, loss: torch.Tensor, lrs: dict[str, float]) -> None:
-        """Step `step`'s loss (a device tensor) and the learning rate of each parameter group:
-        `train/lr`, or `train/lr/<group>` when the groups are several."""
-        self.pending.append((step, loss.detach(), lrs))
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        for tag, value in values.items():
+            self.writer.add_scalar(tag, value, step)
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        losses = torch.stack([loss for _, loss, _ in self.pending]).tolist()
-        for (step, _, lrs), loss in zip(self.pending, losses, strict=True):
-            self.writer.add_scalar("train/loss", loss, step)
-            for name, lr in lrs.items():
-                self.writer.add_scalar(
-                    "train/lr" if len(lrs) == 1 else f"train/lr/{name}", lr, step
-                )
-        self.pending.clear()
-
-    def epoch(self, row: dict[str, float]) -> None:
-        self.flush()
-        for column, tag in EPOCH_TAGS.items():
-            self.writer.add_scalar(tag, row[column], int(row["step"]))
+    def report(self, step: int, report: dict[str, Any]) -> None:
+        self.writer.add_text("final_report", _as_code(report), step)
         self.writer.flush()
 
-    def close(self) -> None:
-        self.flush()
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self, outcome: str) -> None:
         self.writer.close()
+
+
+def _as_code(document: dict[str, Any]) -> str:
+    """TensorBoard renders text as Markdown: indented JSON shows as a code block."""
+    return "\n".join(f"    {line}" for line in json.dumps(document, indent=1).splitlines())

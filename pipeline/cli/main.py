@@ -67,7 +67,8 @@ def _root(version: VersionOption = None) -> None:
 stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[
-    Path, typer.Option("--taxonomy", help="Taxonomy YAML (see docs/formats.md).", show_default=False)
+    Path,
+    typer.Option("--taxonomy", help="Taxonomy YAML (see docs/formats.md).", show_default=False),
 ]
 
 

@@ -35,13 +35,19 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def imports_first(*modules: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+def imports_first(
+    *modules: str, check: Callable[..., None] | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """A CLI command whose heavy libraries are imported before it runs, with the collector
-    paused. `--help` and usage errors never reach the command, so they still import none."""
+    paused. `--help` and usage errors never reach the command, so they still import none;
+    `check`, given the command's arguments, runs before the imports, so that a mistake it
+    finds (a missing file, options that exclude each other) is told at once."""
 
     def decorate(command: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(command)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            if check is not None:
+                check(*args, **kwargs)
             with collector_paused():
                 for name in modules:
                     importlib.import_module(name)
@@ -54,3 +60,10 @@ def imports_first(*modules: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
 
 tensor_command = imports_first(*TENSOR_MODULES)
 """A command that needs torch: torch, torchvision and open_clip come first."""
+
+
+def tensor_command_checked(
+    check: Callable[..., None],
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """A command that needs torch, whose arguments `check` validates before torch is imported."""
+    return imports_first(*TENSOR_MODULES, check=check)

@@ -18,7 +18,7 @@ def test_one_tiny_measure_prints_both_sides_and_writes_the_report(tmp_path, caps
     report = tmp_path / "BENCHMARKS.md"
     code, out, _ = run_bench(
         capsys, "--only", "annotation_index", "--quick", "--set", "annotation_index.images=50",
-        "--set", "annotation_index.lookups=200", "--out", report,
+        "--set", "annotation_index.lookups=200", "--out", report, "--write",
     )  # fmt: skip
     assert code == 0
     line = next(line for line in out.splitlines() if "200 lookups in 50 entries" in line)
@@ -27,6 +27,22 @@ def test_one_tiny_measure_prints_both_sides_and_writes_the_report(tmp_path, caps
     assert "## Machine" in text and "cores" in text and "torch " in text and "UTC" in text
     assert "| annotation_index | 200 lookups in 50 entries |" in text
     assert "'images': 50" in text
+
+
+def test_a_quick_run_writes_no_report_unless_asked(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "BENCHMARKS.md").write_text("the committed numbers\n")
+    args = ("--only", "annotation_index", "--quick", "--set", "annotation_index.images=20",
+            "--set", "annotation_index.lookups=20")  # fmt: skip
+    code, out, _ = run_bench(capsys, *args)
+    assert code == 0 and "writes no report (BENCHMARKS.md unchanged; --write writes it)" in out
+    assert (tmp_path / "BENCHMARKS.md").read_text() == "the committed numbers\n"
+    code, out, _ = run_bench(capsys, *args, "--write")
+    assert code == 0 and "wrote BENCHMARKS.md" in out
+    assert (
+        "| annotation_index | 20 lookups in 20 entries |"
+        in (tmp_path / "BENCHMARKS.md").read_text()
+    )
 
 
 def test_list_names_every_measure_of_the_issues(capsys):

@@ -26,6 +26,7 @@ def test_prompts_bug_is_one_line_naming_the_command(prompts_cli, monkeypatch, tm
 
 def test_train_bug_is_one_line_naming_the_command(train_cli, monkeypatch, tmp_path):
     monkeypatch.setattr(intclip.training.config, "load_config", _explode)
+    (tmp_path / "c.yaml").write_text("")  # a missing one is refused before load_config
     code, _, err = train_cli("check-data", "--config", tmp_path / "c.yaml")
     assert code == 70
     assert err.count("\n") == 1
@@ -35,6 +36,7 @@ def test_train_bug_is_one_line_naming_the_command(train_cli, monkeypatch, tmp_pa
 @pytest.mark.parametrize("where", ["first", "last"])
 def test_debug_shows_the_traceback(train_cli, monkeypatch, tmp_path, where):
     monkeypatch.setattr(intclip.training.config, "load_config", _explode)
+    (tmp_path / "c.yaml").write_text("")
     args = ["check-data", "--config", tmp_path / "c.yaml"]
     code, _, err = train_cli(*(["--debug", *args] if where == "first" else [*args, "--debug"]))
     assert code == 70

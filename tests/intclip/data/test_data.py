@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from intclip.data.dataset import load_intentonomy, load_manifest
 from intclip.data.synthetic import make_synthetic_intentonomy
+from pipeline.common.errors import UserError
 from testkit.paths import INTENTONOMY
 
 
@@ -168,3 +170,58 @@ def test_set_overrides_and_their_errors(tmp_path, synthetic, train_cli):
     assert code == 2 and "expected key=value" in err
     code, _, err = train_cli("check-data", "--config", str(tmp_path / "missing.yaml"))
     assert code == 2 and "config file not found" in err
+
+
+def test_num_classes_defaults_to_the_taxonomys_class_count(tmp_path, synthetic):
+    from intclip.training.config import load_config
+    from testkit.paths import TOY_TAXONOMY
+
+    taxonomy = tmp_path / "toy.yaml"
+    taxonomy.write_text(TOY_TAXONOMY)
+    config = write_config(tmp_path, synthetic, taxonomy=str(taxonomy))
+    data = yaml.safe_load(config.read_text())
+    del data["data"]["num_classes"]
+    config.write_text(yaml.safe_dump(data))
+    assert load_config(config).data.num_classes == 3  # the toy taxonomy's fine classes
+    del data["data"]["taxonomy"]
+    config.write_text(yaml.safe_dump(data))
+    assert load_config(config).data.num_classes == 28  # no taxonomy: Intentonomy's
+    data["data"]["taxonomy"] = str(tmp_path / "missing.yaml")
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match=r"data\.num_classes is not set, so it is the class count"):
+        load_config(config)
+
+
+def test_check_data_compares_the_label_width_with_num_classes(tmp_path, train_cli):
+    images = tmp_path / "images"
+    images.mkdir()
+    lines = ["image,labels"]
+    for number in range(4):
+        Image.new("RGB", (8, 8)).save(images / f"{number}.png")
+        lines.append(f"{number}.png,{number}")
+    manifest = tmp_path / "four.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "config.yaml"
+    data = {"format": "manifest", "image_root": str(images), "train": str(manifest),
+            "val": str(manifest)}  # fmt: skip
+    config.write_text(yaml.safe_dump({"data": data, "clip": {"embeddings": "e.safetensors"}}))
+    code, _, err = train_cli("check-data", "--config", config)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {manifest}: the annotations have 4 classes (the highest label")
+    assert "but data.num_classes is 28; set data.num_classes, or data.taxonomy" in err
+    config.write_text(yaml.safe_dump({"data": {**data, "num_classes": 4},
+                                      "clip": {"embeddings": "e.safetensors"}}))  # fmt: skip
+    code, out, err = train_cli("check-data", "--config", config)
+    assert code == 0 and "train: 4 entries, ok" in out, err
+
+
+def test_an_intentonomy_file_of_other_categories_is_refused_naming_the_key(tmp_path, synthetic):
+    from intclip.data.dataset import load_intentonomy
+
+    with pytest.raises(UserError) as refused:
+        load_intentonomy(synthetic.train, synthetic.image_root, 28)
+    assert str(refused.value) == (
+        f"{synthetic.train}: the annotations have 4 classes (4 categories) but data.num_classes "
+        "is 28; set data.num_classes, or data.taxonomy (whose class count is its default) to the "
+        "dataset's taxonomy"
+    )

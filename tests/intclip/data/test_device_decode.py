@@ -113,6 +113,7 @@ def test_gpu_decoding_needs_the_fast_pipeline():
         DataConfig(image_root=".", train="t", val="v", decode="gpu", pipeline="torchvision")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_nvjpeg_on_the_gpu_gives_the_cpu_decoders_tensors(photos):
     gpu = _pipeline("gpu")

@@ -184,6 +184,7 @@ def test_channels_last_is_left_to_resnet_towers(tiny_clip_files):
     assert compiled(model, False) is model
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_model_input_moves_uint8_to_cuda_and_normalises_there():
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8).pin_memory()

@@ -371,6 +371,7 @@ def test_aggregation_reduction_wider_than_the_joint_space_is_refused(
         build(tiny_clip, aggregation_reduction=64)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_trains_on_cuda(tiny_clip_files: dict) -> None:
     clip = load_clip(str(TINY_CLIP_CONFIGS["resnet"]), tiny_clip_files["resnet"], device="cuda")

@@ -298,6 +298,7 @@ def test_prompts_learn_where_uninformative_cached_embeddings_cannot(
     assert prompts_map > cached_map + 20, (prompts_map, cached_map)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_prompts_train_under_bf16_autocast_on_cuda(tiny_clip_files: dict, descriptions: Path):
     clip = load_clip(str(TINY_CLIP_CONFIGS["resnet"]), tiny_clip_files["resnet"], device="cuda")

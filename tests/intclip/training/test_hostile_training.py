@@ -8,6 +8,7 @@ checks the exit code, the one error line and what is (not) left on disk.
 from __future__ import annotations
 
 import csv
+import json
 import re
 import shutil
 from pathlib import Path
@@ -210,13 +211,14 @@ def test_a_batch_with_nothing_left_stops_even_under_skip_bad(train_cli, workspac
     result = train_cli("run", "--config", workspace["config"], "--skip-bad")
     line = one_error(result, 2)
     assert line.startswith("error: a whole batch no longer decodes, the first: ")
-    assert line.endswith("stopped, before any epoch was saved (no last.pt yet)")
+    start = workspace["runs"] / "r" / "last.pt"
+    assert line.endswith(f"stopped, before any epoch was saved; {start} holds the run's start")
 
 
 # ---- non-finite values ----
 
 
-def test_non_finite_loss_in_the_first_epoch_says_there_is_no_last_pt(
+def test_non_finite_loss_in_the_first_epoch_says_last_pt_holds_the_start(
     train_cli, workspace, monkeypatch
 ):
     from intclip.training.loss import AsymmetricLoss
@@ -227,15 +229,19 @@ def test_non_finite_loss_in_the_first_epoch_says_there_is_no_last_pt(
     )
     line = one_error(train_cli("run", "--config", workspace["config"]), 3)
     # checked every few steps: an inf loss has made the weights nan by the time it is seen
+    run_dir = workspace["runs"] / "r"
     assert re.fullmatch(
         r"error: loss is (inf|nan) at epoch 1, step \d+ or before; stopped, before any epoch "
-        r"was saved \(no last\.pt yet\)",
+        rf"was saved; {re.escape(str(run_dir))}/last\.pt holds the run's start",
         line,
     )
-    run_dir = workspace["runs"] / "r"
-    expected = ["config.yaml", "inputs", "run.json", "train.log"]
+    expected = ["config.yaml", "inputs", "last.pt", "metrics.csv", "run.json", "train.log"]
     assert sorted(p.name for p in run_dir.iterdir()) == expected
+    assert torch.load(run_dir / "last.pt", weights_only=True)["progress"]["epoch"] == 0
     assert (run_dir / "train.log").read_text().endswith(line + "\n")
+    assert json.loads((run_dir / "run.json").read_text())["invocations"][0]["outcome"] == (
+        "failed: " + line.removeprefix("error: ")
+    )
 
 
 def test_non_finite_val_scores_stop_the_run(train_cli, workspace, monkeypatch):
@@ -247,8 +253,8 @@ def test_non_finite_val_scores_stop_the_run(train_cli, workspace, monkeypatch):
     monkeypatch.setattr(intclip.training.loop, "predict_scores", nan_scores)
     line = one_error(train_cli("run", "--config", workspace["config"]), 3)
     assert line == (
-        "error: non-finite val scores after epoch 1; stopped, before any epoch was saved "
-        "(no last.pt yet)"
+        "error: non-finite val scores after epoch 1; stopped, before any epoch was saved; "
+        f"{workspace['runs'] / 'r' / 'last.pt'} holds the run's start"
     )
 
 

@@ -287,7 +287,7 @@ def test_zeroshot_leaves_what_eval_leaves(workspace, tmp_path):
         )
     )
     assert json.loads((target / "eval-test.json").read_text()) == report
-    assert (target / "eval-test-per-class-f1.png").is_file()
+    assert (target / "eval-test-per-class.png").is_file()
     for name in ("val_scores", "val_labels", "test_scores", "test_labels"):
         assert np.load(target / f"{name}.npy").shape == (33, 4)
     results = pd.read_csv(tmp_path / "baselines" / "results.csv")

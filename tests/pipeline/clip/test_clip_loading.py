@@ -301,6 +301,7 @@ def test_unavailable_or_invalid_device_is_a_user_error() -> None:
             load_clip(str(RESNET_CONFIG), None, device="cuda")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_loads_onto_cuda_with_the_same_identity(tiny_clip_files: dict) -> None:
     on_cpu = load_clip(str(RESNET_CONFIG), tiny_clip_files["resnet"])

@@ -279,6 +279,7 @@ def test_unknown_model_and_unreachable_weights_are_one_line(prompts_cli, setup):
     assert "--pretrained PATH" in errors[0]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_embed_verify_and_zeroshot_on_cuda(prompts_cli, setup, images):
     path = embedded(prompts_cli, setup, "--device", "cuda")
