@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from intclip.acquisition.settings import DownloadSettings, download_settings
 from pipeline.common.collector import imports_first, tensor_command
@@ -23,20 +22,12 @@ from pipeline.common.errors import UserError
 from pipeline.common.files import stable_json
 
 if TYPE_CHECKING:
-    from intclip.metrics.multilabel import ProtocolResult
     from intclip.metrics.report import EvaluationReport
 
 # torch, numpy and scikit-learn are imported inside the commands that use them, so that
 # `--help` starts at once.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-
-_TABLE_ROWS = {
-    "macro F1": "macro_f1",
-    "micro F1": "micro_f1",
-    "samples F1": "samples_f1",
-    "mAP": "mAP",
-}
 
 
 @app.callback()
@@ -53,20 +44,6 @@ def _warn_missing_classes(labels_path: Path, classes: list[int]) -> None:
         )
 
 
-def _results_table(result: ProtocolResult) -> Table:
-    table = Table(
-        title="Intentonomy protocol", caption=f"threshold {result.threshold}, chosen on val"
-    )
-    table.add_column("metric (%)")
-    table.add_column("val", justify="right")
-    table.add_column("test", justify="right")
-    for label, field in _TABLE_ROWS.items():
-        table.add_row(
-            label, f"{getattr(result.val, field):.2f}", f"{getattr(result.test, field):.2f}"
-        )
-    return table
-
-
 @app.command()
 @imports_first("numpy", "sklearn.metrics")
 def score(
@@ -77,16 +54,36 @@ def score(
     test_scores: Path = typer.Option(..., "--test-scores", help="test scores, .npy"),
     test_labels: Path = typer.Option(..., "--test-labels", help="test 0/1 labels, .npy"),
     sigmoid: bool = typer.Option(False, "--sigmoid", help="the scores are logits: apply a sigmoid"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    taxonomy: Path | None = typer.Option(
+        None,
+        "--taxonomy",
+        help="The taxonomy of the classes, in label order: its levels and ids are reported."
+        " Default: Intentonomy's for 28 classes, none otherwise.",
+        show_default=False,
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Append a row named NAME to the results table (--results).",
+        show_default=False,
+    ),
+    results: Path = typer.Option(
+        Path("results.csv"), "--results", help="The results table --name appends to."
+    ),
 ) -> None:
-    """Score saved score matrices under the Intentonomy protocol.
+    """Score saved score matrices under the Intentonomy protocol, with eval's report.
 
-    The threshold (0.05 to 0.95, step 0.05) that maximises val macro F1 is applied to test.
+    The threshold (0.05 to 0.95, step 0.05) that maximises val macro F1 is applied to test;
+    so are the per-class thresholds that maximise each class's val F1; 0.5 is reported too.
     Scores must be probabilities in [0, 1], or logits with --sigmoid. Values are in percent.
     """
-    from intclip.metrics.multilabel import evaluate_protocol
+    from intclip.evaluation.results_table import append_rows, read_results, report_row
+    from intclip.metrics.report import build_report, score_classes
     from intclip.metrics.score_inputs import read_score_split
 
+    if name is not None:
+        read_results(results)  # a damaged table stops us before, not after, scoring
     val_probabilities, val_truth = read_score_split(val_scores, val_labels, sigmoid)
     test_probabilities, test_truth = read_score_split(test_scores, test_labels, sigmoid)
     val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
@@ -95,13 +92,18 @@ def score(
             f"{val_scores} has {val_classes} classes but {test_scores} has {test_classes}; "
             "val and test must score the same classes"
         )
-    result = evaluate_protocol(val_truth, val_probabilities, test_truth, test_probabilities)
-    _warn_missing_classes(val_labels, result.val.classes_without_positives)
-    _warn_missing_classes(test_labels, result.test.classes_without_positives)
+    class_ids, classes = score_classes(taxonomy, val_classes)
+    report = build_report(
+        "test", (val_truth, val_probabilities), (test_truth, test_probabilities), class_ids, classes
+    )
+    _warn_missing_classes(val_labels, report.val.classes_without_positives)
+    _warn_missing_classes(test_labels, report.fine.classes_without_positives)
+    if name is not None:
+        append_rows(results, [report_row(name, report)])
     if as_json:
-        typer.echo(stable_json(result.summary().model_dump()), nl=False)
+        typer.echo(stable_json(report.summary().model_dump()), nl=False)
     else:
-        Console().print(_results_table(result))
+        _print_tables(report)
 
 
 RunOption = Annotated[
@@ -457,14 +459,21 @@ def predict(
 
 def _show_report(report: EvaluationReport | None, as_json: bool) -> None:
     """Rank 0 prints; other torchrun ranks get no report and print nothing."""
-    from intclip.metrics.report import report_table
-
     if report is None:
         return
     if as_json:
-        typer.echo(stable_json(report.model_dump(mode="json")), nl=False)
+        typer.echo(stable_json(report.as_json()), nl=False)
     else:
-        Console().print(report_table(report))
+        _print_tables(report)
+
+
+def _print_tables(report: EvaluationReport) -> None:
+    """The tables of `eval`, `zeroshot` and `score`: the rows, then every class."""
+    from intclip.metrics.report import per_class_table, report_table
+
+    console = Console()
+    console.print(report_table(report))
+    console.print(per_class_table(report))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

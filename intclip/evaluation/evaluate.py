@@ -92,7 +92,7 @@ def _write_outputs(
     split = report.split
     for name, (labels, scores) in scored.items():
         save_score_split(directory, name, labels, scores)
-    atomic_write_text(directory / f"eval-{split}.json", stable_json(report.model_dump(mode="json")))
+    atomic_write_text(directory / f"eval-{split}.json", stable_json(report.as_json()))
     per_class_chart(report, directory / f"eval-{split}-per-class-f1.png")
     append_result(directory, report, config)
 
