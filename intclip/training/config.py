@@ -22,7 +22,9 @@ from pydantic import (
 )
 
 from intclip.data.config import AugmentConfig, DataConfig
-from intclip.model.intclip import ModelConfig, Role
+from intclip.model.intclip import ModelConfig
+from intclip.model.models import AnyModelConfig, without_model_kind
+from intclip.model.trained import Role
 from intclip.runtime.precision import Precision
 from intclip.training.loss import Reduction
 from pipeline.common.config_section import ConfigSection
@@ -147,7 +149,9 @@ class InitFrom(ConfigSection):
 class TrainConfig(ConfigSection):
     data: DataConfig
     clip: ClipSection
-    model: ModelConfig = ModelConfig()
+    model: AnyModelConfig = ModelConfig()
+    """IntCLIP (`model.head`: global, regional, both, official), or a head on the frozen
+    tower's features (`linear`, `mlp`, `text`), each with its own keys."""
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
@@ -163,6 +167,16 @@ class TrainConfig(ConfigSection):
     `fp16` with a scaled loss (torch.amp.GradScaler)."""
     init_from: InitFrom | None = None
     """Start from another run's trained weights, with a fresh optimiser and schedule."""
+
+    @model_validator(mode="after")
+    def _features_are_of_the_evaluation_view(self) -> TrainConfig:
+        if self.model.input == "features" and self.augment.enabled:
+            raise ValueError(
+                "model.input: features reads features of the evaluation view of each image, "
+                "computed once, so image augmentation cannot apply: set augment.enabled: false "
+                "(or model.input: images to run the tower on augmented images)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _prompts_read_the_descriptions(self) -> TrainConfig:
@@ -193,7 +207,7 @@ def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
         config = TrainConfig.model_validate(data)
     except ValidationError as err:
         problems = [
-            f"{'.'.join(str(k) for k in e['loc'])}: {e['msg']}"
+            f"{'.'.join(str(k) for k in without_model_kind(e['loc']))}: {e['msg']}"
             for e in err.errors(include_url=False)
         ]
         raise UserError(f"{path}: {'; '.join(problems)}") from None

@@ -15,6 +15,7 @@ import torch
 from intclip.data.image_pipeline import ImagePipeline, ModelInput, build_image_pipeline
 from intclip.data.transforms import eval_transform
 from intclip.model.class_text import ClassTextSource, plain_class_embeddings
+from intclip.model.frozen_clip import FrozenModelConfig
 from intclip.model.prompts import ClassTexts, read_class_texts
 from intclip.training.config import DataConfig, TrainConfig
 from pipeline.clip.images import ImageTransform
@@ -126,6 +127,11 @@ CLASS_TEXT_LOADERS: dict[
 ] = {"cached": _cached_embeddings, "prompts": _prompt_texts}
 
 
+def _reads_pooled_embedding(config: TrainConfig) -> bool:
+    model = config.model
+    return isinstance(model, FrozenModelConfig) and model.features == "pooled"
+
+
 def build_components(config: TrainConfig, device: torch.device) -> Components:
     """Load the CLIP and the class text made for it, checked against the dataset."""
     clip = load_clip(config.clip.name, config.clip.pretrained, device)
@@ -133,6 +139,12 @@ def build_components(config: TrainConfig, device: torch.device) -> Components:
     expected_ids = [c.id for c in taxonomy.classes] if taxonomy else None
     class_text, ids = CLASS_TEXT_LOADERS[config.model.text](config, clip, expected_ids)
     image_size = config.clip.image_size or clip.image_size[0]
+    if _reads_pooled_embedding(config) and image_size != clip.image_size[0]:
+        raise UserError(
+            f"clip.image_size {image_size}: model.head {config.model.head} reads CLIP's own image "
+            f"embedding, made at the tower's own size {clip.image_size[0]}; remove "
+            "clip.image_size (or read the dense map, model.features: dense)"
+        )
     if not config.data.normalize:
         stderr.print(
             "warning: data.normalize is false: images reach CLIP without the mean/std "
