@@ -339,6 +339,80 @@ def run(
             print(run_dir)  # one line, never wrapped: scripts read it
 
 
+@app.command()
+@tensor_command
+def features(
+    config: ConfigOption,
+    overrides: SetOption = None,
+    splits: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split",
+            help="A split to compute (repeatable); default: every split the config sets.",
+            show_default=False,
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="The images of this manifest (.csv/.jsonl, as data.format: manifest, under"
+            " data.image_root) instead of the splits.",
+            show_default=False,
+        ),
+    ] = None,
+    dense: Annotated[
+        bool,
+        typer.Option("--dense", help="Store the dense map too (model.features: dense needs it)."),
+    ] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto, cpu, cuda, ...; default: the config's.", show_default=False),
+    ] = None,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size", min=1, help="Images per shard, the most work a kill can lose."
+        ),
+    ] = 1024,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Images per batch; default: the config's optim.eval_batch_size.",
+            show_default=False,
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Leave out bad entries instead of stopping.")
+    ] = False,
+) -> None:
+    """Compute the frozen CLIP image features of a config's splits once, into the cache.
+
+    Keyed by the CLIP, the images (paths, sizes, modification times), the transform and the
+    pooling: features already there are read, never computed again; an extraction killed
+    half-way keeps its finished shards. Prints each cache file. Under `torchrun
+    --nproc_per_node N` the processes share the shards and rank 0 merges them.
+    """
+    from intclip.cli.features import run_features
+    from intclip.training.config import load_config
+
+    settings = load_config(config, overrides)
+    found = run_features(
+        settings,
+        splits or [],
+        manifest,
+        dense,
+        device or settings.device,
+        shard_size,
+        batch_size,
+        skip_bad,
+    )
+    for path in found:
+        print(path)  # one line each, never wrapped: scripts read them
+
+
 @app.command("eval")
 @tensor_command
 def evaluate(
