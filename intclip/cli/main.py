@@ -22,6 +22,7 @@ from pipeline.common.errors import UserError
 from pipeline.common.files import stable_json
 
 if TYPE_CHECKING:
+    from intclip.evaluation.seeds import SeedSummary
     from intclip.metrics.report import EvaluationReport
 
 # torch, numpy and scikit-learn are imported inside the commands that use them, so that
@@ -47,12 +48,26 @@ def _warn_missing_classes(labels_path: Path, classes: list[int]) -> None:
 @app.command()
 @imports_first("numpy", "sklearn.metrics")
 def score(
-    val_scores: Path = typer.Option(
-        ..., "--val-scores", help="val scores, .npy (images x classes)"
+    val_scores: Path | None = typer.Option(
+        None, "--val-scores", help="val scores, .npy (images x classes)", show_default=False
     ),
-    val_labels: Path = typer.Option(..., "--val-labels", help="val 0/1 labels, .npy, same shape"),
-    test_scores: Path = typer.Option(..., "--test-scores", help="test scores, .npy"),
-    test_labels: Path = typer.Option(..., "--test-labels", help="test 0/1 labels, .npy"),
+    val_labels: Path | None = typer.Option(
+        None, "--val-labels", help="val 0/1 labels, .npy, same shape", show_default=False
+    ),
+    test_scores: Path | None = typer.Option(
+        None, "--test-scores", help="test scores, .npy", show_default=False
+    ),
+    test_labels: Path | None = typer.Option(
+        None, "--test-labels", help="test 0/1 labels, .npy", show_default=False
+    ),
+    seeds: Path | None = typer.Option(
+        None,
+        "--seeds",
+        metavar="GROUP_DIR",
+        help="Instead of the four files: the matrices `eval` saved in every seed run of this"
+        " group (run --seeds), summarised over the seeds.",
+        show_default=False,
+    ),
     sigmoid: bool = typer.Option(False, "--sigmoid", help="the scores are logits: apply a sigmoid"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
     taxonomy: Path | None = typer.Option(
@@ -65,7 +80,7 @@ def score(
     name: str | None = typer.Option(
         None,
         "--name",
-        help="Append a row named NAME to the results table (--results).",
+        help="Append a row named NAME (with --seeds: its mean and std rows) to --results.",
         show_default=False,
     ),
     results: Path = typer.Option(
@@ -79,23 +94,25 @@ def score(
     Scores must be probabilities in [0, 1], or logits with --sigmoid. Values are in percent.
     """
     from intclip.evaluation.results_table import append_rows, read_results, report_row
-    from intclip.metrics.report import build_report, score_classes
-    from intclip.metrics.score_inputs import read_score_split
+    from intclip.metrics.report import score_files
 
+    files = {
+        "val_scores": val_scores,
+        "val_labels": val_labels,
+        "test_scores": test_scores,
+        "test_labels": test_labels,
+    }
+    given = [f"--{key.replace('_', '-')}" for key, path in files.items() if path is not None]
+    if len(given) != (0 if seeds is not None else 4):
+        raise UserError(
+            "give --val-scores, --val-labels, --test-scores and --test-labels, or --seeds"
+        )
     if name is not None:
         read_results(results)  # a damaged table stops us before, not after, scoring
-    val_probabilities, val_truth = read_score_split(val_scores, val_labels, sigmoid)
-    test_probabilities, test_truth = read_score_split(test_scores, test_labels, sigmoid)
-    val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
-    if val_classes != test_classes:
-        raise UserError(
-            f"{val_scores} has {val_classes} classes but {test_scores} has {test_classes}; "
-            "val and test must score the same classes"
-        )
-    class_ids, classes = score_classes(taxonomy, val_classes)
-    report = build_report(
-        "test", (val_truth, val_probabilities), (test_truth, test_probabilities), class_ids, classes
-    )
+    if seeds is not None:
+        _score_seeds(seeds, sigmoid, taxonomy, name, results, as_json)
+        return
+    report = score_files(**files, sigmoid=sigmoid, taxonomy=taxonomy)
     _warn_missing_classes(val_labels, report.val.classes_without_positives)
     _warn_missing_classes(test_labels, report.fine.classes_without_positives)
     if name is not None:
@@ -104,6 +121,27 @@ def score(
         typer.echo(stable_json(report.summary().model_dump()), nl=False)
     else:
         _print_tables(report)
+
+
+def _score_seeds(
+    group: Path,
+    sigmoid: bool,
+    taxonomy: Path | None,
+    name: str | None,
+    results: Path,
+    as_json: bool,
+) -> None:
+    """`score --seeds GROUP`: each seed's saved matrices scored, then summarised."""
+    from intclip.evaluation.results_table import append_rows
+    from intclip.evaluation.seeds import group_matrices, summarize, summary_rows
+    from intclip.metrics.report import score_files
+
+    recorded, files = group_matrices(group)
+    reports = [score_files(**found, sigmoid=sigmoid, taxonomy=taxonomy) for found in files]
+    summary = summarize(recorded.seeds, reports)
+    if name is not None:
+        append_rows(results, summary_rows(name, summary))
+    _show_summary(group, summary, as_json)
 
 
 RunOption = Annotated[
@@ -309,6 +347,16 @@ def run(
             " checkpoint file, with a fresh optimiser and schedule (sets init_from.path).",
         ),
     ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            metavar="S,S,...",
+            show_default=False,
+            help="Train one run per seed (e.g. 0,1,2,3,4) in a group directory, evaluate each"
+            " on test and write the mean and std of every metric (seeds.json, results.csv).",
+        ),
+    ] = None,
 ) -> None:
     """Train the semantic branch, aggregation and head; choose the best epoch on val only.
 
@@ -329,10 +377,26 @@ def run(
         )
     if resume is not None and overrides:
         raise UserError("--set cannot change a run being resumed: it would no longer be exact")
+    if seeds is not None and (resume is not None or stop_after is not None):
+        raise UserError(
+            "--seeds trains and evaluates whole runs: rerun it with the same run_name to "
+            "continue a group, without --resume or --stop-after"
+        )
     if init_from is not None:
         overrides = [*(overrides or []), f"init_from={{path: {json.dumps(str(init_from))}}}"]
     settings = load_config(config or resumable_config(resume), overrides)
     name = config.stem if config else resume.name
+    if seeds is not None:
+        from intclip.evaluation.seeds import parse_seeds, read_summary, run_seeds, summary_table
+
+        chosen = parse_seeds(seeds)
+        group = run_seeds(settings, name, chosen, skip_bad, settings.device, stderr.print)
+        summary = read_summary(group)
+        if os.environ.get("RANK", "0") == "0":
+            if summary is not None and summary.metrics:
+                Console(stderr=True).print(summary_table(group, summary))
+            print(group)
+        return
     with captured_output() as log:
         run_dir = train(settings, name, resume, skip_bad, stop_after, log)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
@@ -436,10 +500,16 @@ def evaluate(
 
     Writes eval-<split>.json, eval-<split>-per-class-f1.png and the <split>_scores.npy and
     <split>_labels.npy that `score` reads (for val too) in the run, and adds a row to
-    results.csv beside the run.
+    results.csv beside the run. Given the group directory of `run --seeds`, evaluates every
+    seed's run and writes their summary (seeds.json and the mean and std rows).
     """
     from intclip.evaluation.evaluate import evaluate_run
+    from intclip.evaluation.seeds import evaluate_group, read_summary
 
+    if read_summary(run_dir) is not None:
+        summary = evaluate_group(run_dir, split, device, threshold, pretrained)
+        _show_summary(run_dir, summary, as_json)
+        return
     _show_report(evaluate_run(run_dir, split, device, threshold, pretrained), as_json)
 
 
@@ -539,6 +609,18 @@ def _show_report(report: EvaluationReport | None, as_json: bool) -> None:
         typer.echo(stable_json(report.as_json()), nl=False)
     else:
         _print_tables(report)
+
+
+def _show_summary(group: Path, summary: SeedSummary | None, as_json: bool = False) -> None:
+    """The summary over seeds (rank 0; other torchrun ranks print nothing)."""
+    from intclip.evaluation.seeds import summary_table
+
+    if summary is None:
+        return
+    if as_json:
+        typer.echo(stable_json(summary.model_dump(mode="json")), nl=False)
+    else:
+        Console().print(summary_table(group, summary))
 
 
 def _print_tables(report: EvaluationReport) -> None:

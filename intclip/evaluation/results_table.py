@@ -46,6 +46,12 @@ RESULT_COLUMNS = (
 """The F1s without a prefix are at the global threshold chosen on val; `per_class_` at the
 per-class thresholds chosen on val; `at_0.5_` at 0.5. `statistic` is empty for one evaluation,
 `mean` or `std` for the summary of `run --seeds`, whose seeds `seeds` lists."""
+METRIC_COLUMNS = tuple(
+    column
+    for column in RESULT_COLUMNS
+    if column not in ("run", "split", "config_hash", "statistic", "seeds")
+)
+"""The numbers of a row: the threshold and the metrics under every threshold rule."""
 _TEXT_COLUMNS = {"run": str, "split": str, "config_hash": str, "statistic": str, "seeds": str}
 
 

@@ -29,6 +29,7 @@ from intclip.metrics.multilabel import (
     evaluate_protocol,
     evaluate_split,
 )
+from intclip.metrics.score_inputs import read_score_split
 from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_bytes, project_prompts
 from pipeline.descriptions.taxonomy import Taxonomy, load_taxonomy
@@ -185,6 +186,29 @@ def score_classes(taxonomy: Path | None, count: int) -> tuple[list[str], Taxonom
             f"{taxonomy}: {len(loaded.classes)} classes, but the score matrices have {count}"
         )
     return [fine.id for fine in loaded.classes], loaded
+
+
+def score_files(
+    val_scores: Path,
+    val_labels: Path,
+    test_scores: Path,
+    test_labels: Path,
+    sigmoid: bool,
+    taxonomy: Path | None,
+) -> EvaluationReport:
+    """The test report of saved score and label matrices (`intclip-train score`), every fault
+    named with its file."""
+    val_probabilities, val_truth = read_score_split(val_scores, val_labels, sigmoid)
+    test_probabilities, test_truth = read_score_split(test_scores, test_labels, sigmoid)
+    val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
+    if val_classes != test_classes:
+        raise UserError(
+            f"{val_scores} has {val_classes} classes but {test_scores} has {test_classes}; "
+            "val and test must score the same classes"
+        )
+    class_ids, classes = score_classes(taxonomy, val_classes)
+    val, test = (val_truth, val_probabilities), (test_truth, test_probabilities)
+    return build_report("test", val, test, class_ids, classes)
 
 
 def report_table(report: EvaluationReport) -> Table:
