@@ -54,7 +54,7 @@ def run_features(
     pooling: Pooling = "dense" if dense else "pooled"
     context = distributed.setup(device)
     try:
-        components = build_components(config, context.device)
+        components = build_components(config, context.device, with_class_text=False)
         paths = []
         with terminate_as_interrupt():
             for name, index in lists.items():

@@ -15,7 +15,6 @@ import torch
 from intclip.data.image_pipeline import ImagePipeline, ModelInput, build_image_pipeline
 from intclip.data.transforms import eval_transform
 from intclip.model.class_text import ClassTextSource, plain_class_embeddings
-from intclip.model.frozen_clip import FrozenModelConfig
 from intclip.model.prompts import ClassTexts, read_class_texts
 from intclip.training.config import DataConfig, TrainConfig
 from pipeline.clip.images import ImageTransform
@@ -35,8 +34,9 @@ from pipeline.embeddings.cache import (
 @dataclass(frozen=True)
 class Components:
     clip: LoadedClip
-    class_text: ClassTextSource
-    """Cached class embeddings [N, D] (`model.text: cached`) or class texts (`prompts`)."""
+    class_text: ClassTextSource | None
+    """Cached class embeddings [N, D] (`model.text: cached`) or class texts (`prompts`); None
+    when built without (`build_components(..., with_class_text=False)`)."""
     ids: list[str]
     """Class ids in label order."""
     taxonomy: Taxonomy | None
@@ -127,24 +127,18 @@ CLASS_TEXT_LOADERS: dict[
 ] = {"cached": _cached_embeddings, "prompts": _prompt_texts}
 
 
-def _reads_pooled_embedding(config: TrainConfig) -> bool:
-    model = config.model
-    return isinstance(model, FrozenModelConfig) and model.features == "pooled"
-
-
-def build_components(config: TrainConfig, device: torch.device) -> Components:
-    """Load the CLIP and the class text made for it, checked against the dataset."""
+def build_components(
+    config: TrainConfig, device: torch.device, with_class_text: bool = True
+) -> Components:
+    """Load the CLIP and the class text made for it, checked against the dataset;
+    `with_class_text=False` loads the CLIP alone (feature extraction needs no class text)."""
     clip = load_clip(config.clip.name, config.clip.pretrained, device)
     taxonomy = load_taxonomy(config.data.taxonomy) if config.data.taxonomy else None
     expected_ids = [c.id for c in taxonomy.classes] if taxonomy else None
-    class_text, ids = CLASS_TEXT_LOADERS[config.model.text](config, clip, expected_ids)
+    class_text, ids = None, list(expected_ids or [])
+    if with_class_text:
+        class_text, ids = CLASS_TEXT_LOADERS[config.model.text](config, clip, expected_ids)
     image_size = config.clip.image_size or clip.image_size[0]
-    if _reads_pooled_embedding(config) and image_size != clip.image_size[0]:
-        raise UserError(
-            f"clip.image_size {image_size}: model.head {config.model.head} reads CLIP's own image "
-            f"embedding, made at the tower's own size {clip.image_size[0]}; remove "
-            "clip.image_size (or read the dense map, model.features: dense)"
-        )
     if not config.data.normalize:
         stderr.print(
             "warning: data.normalize is false: images reach CLIP without the mean/std "

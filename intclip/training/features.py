@@ -47,6 +47,7 @@ from intclip.training.config import TrainConfig
 from intclip.training.factory import Components, build_components
 from intclip.training.splits import checked_split
 from pipeline.common.console import stderr
+from pipeline.common.errors import UserError
 from pipeline.common.files import cache_root
 
 DEFAULT_SHARD_SIZE = 1024
@@ -110,6 +111,12 @@ def ensure_features(
     """The features of `index`'s images, read from the cache; computed there first when
     missing (every rank must call this together under torchrun). A `pooled` request is served
     by `dense` features of the same images when only those exist."""
+    if pooling == "pooled" and components.image_size != components.clip.image_size[0]:
+        raise UserError(
+            f"clip.image_size {components.image_size}: the pooled features are CLIP's own image "
+            f"embedding, made at the tower's own size {components.clip.image_size[0]}; remove "
+            "clip.image_size, or use the dense map (--dense, model.features: dense)"
+        )
     key = features_key(config, components, index, pooling)
     root = cache_root()
     path = key.path(root)
@@ -295,7 +302,7 @@ def load_split_features(
     `dense` asks for the dense map as well; `skip_bad` leaves bad entries out, as `--skip-bad`.
     """
     context = distributed.Context(0, 1, distributed.resolve_device(device))
-    components = components or build_components(config, context.device)
+    components = components or build_components(config, context.device, with_class_text=False)
     index = checked_split(config, split, skip_bad, _say)
     pooling: Pooling = "dense" if dense else "pooled"
     features = ensure_features(config, components, index, pooling, context, Extraction(name=split))
