@@ -25,6 +25,7 @@ import yaml
 import intclip.training.features
 from intclip.data.dataset import load_split
 from intclip.data.feature_cache import FEATURES_DIR, read_header
+from intclip.evaluation.results_table import METRIC_COLUMNS
 from intclip.model.frozen_clip import FrozenTower
 from intclip.training.config import PACKAGED_CONFIGS, load_config
 from intclip.training.features import load_split_features
@@ -295,6 +296,17 @@ def test_a_features_run_resumes_exactly_predicts_images_and_gives_the_zero_shot_
     for row, prediction in enumerate(predicted):
         fine = {i["id"]: i["probability"] for i in prediction["intents"] if i["level"] == "fine"}
         assert [fine[c] for c in ids] == pytest.approx(scores[row], abs=1e-4)
+
+    matrices = [f"--{split}-{kind}={straight / f'{split}_{kind}.npy'}"
+                for split in ("val", "test") for kind in ("scores", "labels")]  # fmt: skip
+    taxonomy = load_config(config).data.taxonomy
+    results = tmp_path / "scored.csv"
+    ok(train_cli("score", *matrices, "--taxonomy", taxonomy, "--name", "straight", "--results",
+                 results))  # fmt: skip
+    evaluated, scored = (pd.read_csv(path) for path in (straight.parent / "results.csv", results))
+    evaluated = evaluated[evaluated["run"] == "straight"].reset_index(drop=True)
+    for column in METRIC_COLUMNS:  # score --name and eval: the same row for the same matrices
+        assert scored[column][0] == pytest.approx(evaluated[column][0]), column
 
     out = tmp_path / "zeroshot"
     ok(train_cli("zeroshot", "--config", config, "--output-dir", out / "features"))
