@@ -14,6 +14,7 @@ evaluated again, unfinished ones resumed exactly, missing ones trained.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -158,25 +159,46 @@ def run_seeds(
     config = with_absolute_paths(config)
     name = config.run_name or f"{config_name}-seeds-{datetime.now():%Y%m%d-%H%M%S}"
     group = config.output_dir / name
-    _open_group(group, seeds)
     read_results(results_path(group))  # damaged tables stop us before hours of training
-    for seed in seeds:
-        run_dir = seed_run(group, seed)
-        seeded = config.model_copy(
-            update={"seed": seed, "output_dir": group, "run_name": run_dir.name}
-        )
-        if (run_dir / LAST_STATE).is_file():
-            log(f"seed {seed}: continuing {run_dir}")
-            train(load_config(resumable_config(run_dir)), run_dir.name, run_dir, skip_bad)
-        else:
-            log(f"seed {seed}: training {run_dir}")
-            train(seeded, config_name, None, skip_bad)
+    created = _open_group(group, seeds)
+    try:
+        for seed in seeds:
+            _train_seed(config, config_name, group, seed, skip_bad, log)
+    except BaseException:
+        if created and not any(seed_run(group, seed).exists() for seed in seeds):
+            _remove(group, created)  # a failed start leaves nothing behind
+        raise
     evaluate_group(group, "test", device)
     return group
 
 
-def _open_group(group: Path, seeds: Sequence[int]) -> None:
-    """Create the group with its `seeds.json`, or continue one made for the same seeds."""
+def _train_seed(
+    config: TrainConfig, config_name: str, group: Path, seed: int, skip_bad: bool, log: Log
+) -> None:
+    """Train the seed's run, or continue it where it stopped (nothing, when it finished)."""
+    run_dir = seed_run(group, seed)
+    if (run_dir / LAST_STATE).is_file():
+        log(f"seed {seed}: continuing {run_dir}")
+        train(load_config(resumable_config(run_dir)), run_dir.name, run_dir, skip_bad)
+        return
+    log(f"seed {seed}: training {run_dir}")
+    seeded = config.model_copy(update={"seed": seed, "output_dir": group, "run_name": run_dir.name})
+    train(seeded, config_name, None, skip_bad)
+
+
+def _remove(group: Path, created: list[Path]) -> None:
+    """The group, and the folders above it that were made for it."""
+    shutil.rmtree(group, ignore_errors=True)
+    for folder in created[1:]:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _open_group(group: Path, seeds: Sequence[int]) -> list[Path]:
+    """Create the group with its `seeds.json`, or continue one made for the same seeds; the
+    folders created for it (the group first), none when it existed."""
     summary = read_summary(group)
     if summary is not None:
         if summary.seeds != list(seeds):
@@ -184,14 +206,16 @@ def _open_group(group: Path, seeds: Sequence[int]) -> None:
                 f"{group} holds the seeds {summary.seeds}, not {list(seeds)}: choose another "
                 "run_name, or give the same --seeds to continue it"
             )
-        return
+        return []
     if group.exists():
         raise UserError(f"{group} exists already and is not a group of seed runs")
+    created = [folder for folder in (group, *group.parents) if not folder.exists()]
     try:
         group.mkdir(parents=True)
     except OSError as err:
         raise UserError(f"{group}: cannot create the directory ({err.strerror})") from err
     atomic_write_text(group / SEEDS_FILE, stable_json(SeedSummary(seeds=list(seeds)).model_dump()))
+    return created
 
 
 def evaluate_group(

@@ -383,3 +383,15 @@ def test_the_shipped_recipes_load_and_name_their_head():
         )
     assert load_config(FRONTIER).clip.name == "ViT-L-14"
     assert load_config(FRONTIER).clip.pretrained == "openai"
+
+
+def test_seeds_that_cannot_start_leave_no_group_behind(train_cli, workspace, tmp_path):
+    config = recipe_config(workspace, tmp_path)
+    missing = tmp_path / "missing.json"
+    code, _, err = train_cli(
+        "run", "--config", config, "--set", f"data.train={missing}", "--seeds", "0,1"
+    )
+    assert code == 2 and f"{missing}: annotation file not found" in err
+    assert not (tmp_path / "runs").exists()
+    err = one_line_error(train_cli("run", "--config", config, "--seeds", "0", "--stop-after", "1"))
+    assert "without --resume or --stop-after" in err
