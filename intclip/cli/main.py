@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from intclip.acquisition.settings import DownloadSettings, download_settings
 from pipeline.common.collector import imports_first, tensor_command, tensor_command_checked
@@ -23,20 +22,13 @@ from pipeline.common.errors import UserError
 from pipeline.common.files import stable_json
 
 if TYPE_CHECKING:
-    from intclip.metrics.multilabel import ProtocolResult
+    from intclip.evaluation.seeds import SeedSummary
     from intclip.metrics.report import EvaluationReport
 
 # torch, numpy and scikit-learn are imported inside the commands that use them, so that
 # `--help` starts at once.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
-
-_TABLE_ROWS = {
-    "macro F1": "macro_f1",
-    "micro F1": "micro_f1",
-    "samples F1": "samples_f1",
-    "mAP": "mAP",
-}
 
 
 @app.callback()
@@ -53,55 +45,103 @@ def _warn_missing_classes(labels_path: Path, classes: list[int]) -> None:
         )
 
 
-def _results_table(result: ProtocolResult) -> Table:
-    table = Table(
-        title="Intentonomy protocol", caption=f"threshold {result.threshold}, chosen on val"
-    )
-    table.add_column("metric (%)")
-    table.add_column("val", justify="right")
-    table.add_column("test", justify="right")
-    for label, field in _TABLE_ROWS.items():
-        table.add_row(
-            label, f"{getattr(result.val, field):.2f}", f"{getattr(result.test, field):.2f}"
-        )
-    return table
-
-
 @app.command()
 @imports_first("numpy", "sklearn.metrics")
 def score(
-    val_scores: Path = typer.Option(
-        ..., "--val-scores", help="val scores, .npy (images x classes)"
+    val_scores: Path | None = typer.Option(
+        None, "--val-scores", help="val scores, .npy (images x classes)", show_default=False
     ),
-    val_labels: Path = typer.Option(..., "--val-labels", help="val 0/1 labels, .npy, same shape"),
-    test_scores: Path = typer.Option(..., "--test-scores", help="test scores, .npy"),
-    test_labels: Path = typer.Option(..., "--test-labels", help="test 0/1 labels, .npy"),
+    val_labels: Path | None = typer.Option(
+        None, "--val-labels", help="val 0/1 labels, .npy, same shape", show_default=False
+    ),
+    test_scores: Path | None = typer.Option(
+        None, "--test-scores", help="test scores, .npy", show_default=False
+    ),
+    test_labels: Path | None = typer.Option(
+        None, "--test-labels", help="test 0/1 labels, .npy", show_default=False
+    ),
+    seeds: Path | None = typer.Option(
+        None,
+        "--seeds",
+        metavar="GROUP_DIR",
+        help="Instead of the four files: the matrices `eval` saved in every seed run of this"
+        " group (run --seeds), summarised over the seeds.",
+        show_default=False,
+    ),
     sigmoid: bool = typer.Option(False, "--sigmoid", help="the scores are logits: apply a sigmoid"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of tables"),
+    taxonomy: Path | None = typer.Option(
+        None,
+        "--taxonomy",
+        help="The taxonomy of the classes, in label order: its levels and ids are reported."
+        " Default: Intentonomy's for 28 classes, none otherwise.",
+        show_default=False,
+    ),
+    name: str | None = typer.Option(
+        None,
+        "--name",
+        help="Append a row named NAME (with --seeds: its mean and std rows) to --results.",
+        show_default=False,
+    ),
+    results: Path = typer.Option(
+        Path("results.csv"), "--results", help="The results table --name appends to."
+    ),
 ) -> None:
-    """Score saved score matrices under the Intentonomy protocol.
+    """Score saved score matrices under the Intentonomy protocol, with eval's report.
 
-    The threshold (0.05 to 0.95, step 0.05) that maximises val macro F1 is applied to test.
+    The threshold (0.05 to 0.95, step 0.05) that maximises val macro F1 is applied to test;
+    so are the per-class thresholds that maximise each class's val F1; 0.5 is reported too.
     Scores must be probabilities in [0, 1], or logits with --sigmoid. Values are in percent.
     """
-    from intclip.metrics.multilabel import evaluate_protocol
-    from intclip.metrics.score_inputs import read_score_split
+    from intclip.evaluation.results_table import append_rows, read_results, report_row
+    from intclip.metrics.report import score_files
 
-    val_probabilities, val_truth = read_score_split(val_scores, val_labels, sigmoid)
-    test_probabilities, test_truth = read_score_split(test_scores, test_labels, sigmoid)
-    val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
-    if val_classes != test_classes:
+    files = {
+        "val_scores": val_scores,
+        "val_labels": val_labels,
+        "test_scores": test_scores,
+        "test_labels": test_labels,
+    }
+    given = [f"--{key.replace('_', '-')}" for key, path in files.items() if path is not None]
+    if len(given) != (0 if seeds is not None else 4):
         raise UserError(
-            f"{val_scores} has {val_classes} classes but {test_scores} has {test_classes}; "
-            "val and test must score the same classes"
+            "give --val-scores, --val-labels, --test-scores and --test-labels, or --seeds"
         )
-    result = evaluate_protocol(val_truth, val_probabilities, test_truth, test_probabilities)
-    _warn_missing_classes(val_labels, result.val.classes_without_positives)
-    _warn_missing_classes(test_labels, result.test.classes_without_positives)
+    if name is not None:
+        read_results(results)  # a damaged table stops us before, not after, scoring
+    if seeds is not None:
+        _score_seeds(seeds, sigmoid, taxonomy, name, results, as_json)
+        return
+    report = score_files(**files, sigmoid=sigmoid, taxonomy=taxonomy)
+    _warn_missing_classes(val_labels, report.val.classes_without_positives)
+    _warn_missing_classes(test_labels, report.fine.classes_without_positives)
+    if name is not None:
+        append_rows(results, [report_row(name, report)])
     if as_json:
-        typer.echo(stable_json(result.summary().model_dump()), nl=False)
+        typer.echo(stable_json(report.summary().model_dump()), nl=False)
     else:
-        Console().print(_results_table(result))
+        _print_tables(report)
+
+
+def _score_seeds(
+    group: Path,
+    sigmoid: bool,
+    taxonomy: Path | None,
+    name: str | None,
+    results: Path,
+    as_json: bool,
+) -> None:
+    """`score --seeds GROUP`: each seed's saved matrices scored, then summarised."""
+    from intclip.evaluation.results_table import append_rows
+    from intclip.evaluation.seeds import group_matrices, summarize, summary_rows
+    from intclip.metrics.report import score_files
+
+    recorded, files = group_matrices(group)
+    reports = [score_files(**found, sigmoid=sigmoid, taxonomy=taxonomy) for found in files]
+    summary = summarize(recorded.seeds, reports)
+    if name is not None:
+        append_rows(results, summary_rows(name, summary))
+    _show_summary(group, summary, as_json)
 
 
 RunOption = Annotated[
@@ -305,6 +345,8 @@ def _run_arguments(
     overrides: list[str] | None = None,
     resume: Path | None = None,
     init_from: Path | None = None,
+    seeds: str | None = None,
+    stop_after: int | None = None,
     **_: object,
 ) -> None:
     """`run`'s options checked before torch is imported, so a mistake is told at once."""
@@ -317,6 +359,11 @@ def _run_arguments(
         )
     if resume is not None and overrides:
         raise UserError("--set cannot change a run being resumed: it would no longer be exact")
+    if seeds is not None and (resume is not None or stop_after is not None):
+        raise UserError(
+            "--seeds trains and evaluates whole runs: rerun it with the same run_name to "
+            "continue a group, without --resume or --stop-after"
+        )
     _config_exists(config)
     if resume is not None and not (resume / "last.pt").is_file():
         raise UserError(f"{resume}: no last.pt to resume from")
@@ -350,6 +397,16 @@ def run(
             " checkpoint file, with a fresh optimiser and schedule (sets init_from.path).",
         ),
     ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            metavar="S,S,...",
+            show_default=False,
+            help="Train one run per seed (e.g. 0,1,2,3,4) in a group directory, evaluate each"
+            " on test and write the mean and std of every metric (seeds.json, results.csv).",
+        ),
+    ] = None,
 ) -> None:
     """Train the semantic branch, aggregation and head; choose the best epoch on val only.
 
@@ -367,10 +424,95 @@ def run(
         overrides = [*(overrides or []), f"init_from={{path: {json.dumps(str(init_from))}}}"]
     settings = load_config(config or resumable_config(resume), overrides)
     name = config.stem if config else resume.name
+    if seeds is not None:
+        from intclip.evaluation.seeds import parse_seeds, read_summary, run_seeds, summary_table
+
+        chosen = parse_seeds(seeds)
+        group = run_seeds(settings, name, chosen, skip_bad, settings.device, stderr.print)
+        summary = read_summary(group)
+        if os.environ.get("RANK", "0") == "0":
+            if summary is not None and summary.metrics:
+                Console(stderr=True).print(summary_table(group, summary))
+            print(group)
+        return
     with captured_output() as log:
         run_dir = train(settings, name, resume, skip_bad, stop_after, log)
         if os.environ.get("RANK", "0") == "0":  # under torchrun, one line from rank 0
             print(run_dir)  # one line, never wrapped: scripts read it
+
+
+@app.command()
+@tensor_command
+def features(
+    config: ConfigOption,
+    overrides: SetOption = None,
+    splits: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--split",
+            help="A split to compute (repeatable); default: every split the config sets.",
+            show_default=False,
+        ),
+    ] = None,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest",
+            help="The images of this manifest (.csv/.jsonl, as data.format: manifest, under"
+            " data.image_root) instead of the splits.",
+            show_default=False,
+        ),
+    ] = None,
+    dense: Annotated[
+        bool,
+        typer.Option("--dense", help="Store the dense map too (model.features: dense needs it)."),
+    ] = False,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto, cpu, cuda, ...; default: the config's.", show_default=False),
+    ] = None,
+    shard_size: Annotated[
+        int,
+        typer.Option(
+            "--shard-size", min=1, help="Images per shard, the most work a kill can lose."
+        ),
+    ] = 1024,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            min=1,
+            help="Images per batch; default: the config's optim.eval_batch_size.",
+            show_default=False,
+        ),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Leave out bad entries instead of stopping.")
+    ] = False,
+) -> None:
+    """Compute the frozen CLIP image features of a config's splits once, into the cache.
+
+    Keyed by the CLIP, the images (paths, sizes, modification times), the transform and the
+    pooling: features already there are read, never computed again; an extraction killed
+    half-way keeps its finished shards. Prints each cache file. Under `torchrun
+    --nproc_per_node N` the processes share the shards and rank 0 merges them.
+    """
+    from intclip.cli.features import run_features
+    from intclip.training.config import load_config
+
+    settings = load_config(config, overrides)
+    found = run_features(
+        settings,
+        splits or [],
+        manifest,
+        dense,
+        device or settings.device,
+        shard_size,
+        batch_size,
+        skip_bad,
+    )
+    for path in found:
+        print(path)  # one line each, never wrapped: scripts read them
 
 
 @app.command("eval")
@@ -397,12 +539,18 @@ def evaluate(
     Says what made the run (its run.json), writes eval-<split>.json, the per-class chart
     eval-<split>-per-class.png (and .svg) and the <split>_scores.npy and <split>_labels.npy that
     `score` reads (for val too) in the run, adds a row to results.csv beside the run and
-    rewrites the run card, README.md.
+    rewrites the run card, README.md. Given the group directory of `run --seeds`, evaluates
+    every seed's run and writes their summary (seeds.json and the mean and std rows).
     """
     from intclip.evaluation.evaluate import evaluate_run
+    from intclip.evaluation.seeds import evaluate_group, read_summary
     from intclip.training.provenance import describe
     from intclip.training.run_bundle import read_manifest
 
+    if read_summary(run_dir) is not None:
+        summary = evaluate_group(run_dir, split, device, threshold, pretrained)
+        _show_summary(run_dir, summary, as_json)
+        return
     report = evaluate_run(run_dir, split, device, threshold, pretrained)
     manifest = read_manifest(run_dir)
     if report is not None and manifest is not None and manifest.invocations:
@@ -530,14 +678,33 @@ def plot(
 
 def _show_report(report: EvaluationReport | None, as_json: bool) -> None:
     """Rank 0 prints; other torchrun ranks get no report and print nothing."""
-    from intclip.metrics.report import report_table
-
     if report is None:
         return
     if as_json:
-        typer.echo(stable_json(report.model_dump(mode="json")), nl=False)
+        typer.echo(stable_json(report.as_json()), nl=False)
     else:
-        Console().print(report_table(report))
+        _print_tables(report)
+
+
+def _show_summary(group: Path, summary: SeedSummary | None, as_json: bool = False) -> None:
+    """The summary over seeds (rank 0; other torchrun ranks print nothing)."""
+    from intclip.evaluation.seeds import summary_table
+
+    if summary is None:
+        return
+    if as_json:
+        typer.echo(stable_json(summary.model_dump(mode="json")), nl=False)
+    else:
+        Console().print(summary_table(group, summary))
+
+
+def _print_tables(report: EvaluationReport) -> None:
+    """The tables of `eval`, `zeroshot` and `score`: the rows, then every class."""
+    from intclip.metrics.report import per_class_table, report_table
+
+    console = Console()
+    console.print(report_table(report))
+    console.print(per_class_table(report))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

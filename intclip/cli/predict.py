@@ -30,7 +30,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 @contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM ends the run as Ctrl-C does: the file is closed after its last whole batch and
     the DataLoader's workers are stopped, not left behind."""
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -75,7 +75,7 @@ def predict_to_file(
     skipped: list[ImagePrediction] = []
     batches = predictor.batches(todo, None, workers, batch_size)
     try:
-        with _terminate_as_interrupt():
+        with terminate_as_interrupt():
             for batch in batches:
                 table.append(batch)
                 skipped += [p for p in batch if p.error is not None]

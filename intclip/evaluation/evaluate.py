@@ -16,8 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from intclip.data.dataset import ImageDataset, load_split
-from intclip.data.loader import LoaderOptions
+from intclip.data.dataset import load_split
 from intclip.evaluation.per_class_chart import per_class_chart
 from intclip.evaluation.results_table import append_result, read_results, results_path
 from intclip.metrics.report import EvaluationReport, build_report
@@ -26,6 +25,7 @@ from intclip.runtime import distributed
 from intclip.training.checkpoint import load_model
 from intclip.training.config import TrainConfig
 from intclip.training.factory import Components, build_components
+from intclip.training.inputs import Inputs, build_inputs
 from intclip.training.run_bundle import load_run_inputs
 from intclip.training.run_card import write_run_card
 from intclip.training.run_dir import BEST_MODEL
@@ -49,20 +49,21 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if not (run_dir / BEST_MODEL).is_file():
         raise UserError(f"{run_dir}: no {BEST_MODEL}; is it a run directory of intclip-train run?")
-    inputs = load_run_inputs(run_dir, pretrained)
-    config = inputs.config
+    run_inputs = load_run_inputs(run_dir, pretrained)
+    config = run_inputs.config
     read_results(results_path(run_dir))  # a damaged table stops us before, not after, scoring
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
         model = load_model(run_dir / BEST_MODEL, components.clip, components.class_text)
-        scored = _score_splits(config, components, model, split, context, torch.sigmoid)
+        inputs = build_inputs(config, components, context)
+        scored = _score_splits(config, components, model, split, context, torch.sigmoid, inputs)
     finally:
         distributed.teardown()
     if not context.is_main:
         return None
     report = _report(split, scored, components, fixed_threshold)
-    _write_outputs(run_dir, report, scored, inputs.recorded)
+    _write_outputs(run_dir, report, scored, run_inputs.recorded)
     write_run_card(run_dir)
     return report
 
@@ -71,13 +72,18 @@ def evaluate_zero_shot(
     config: TrainConfig, split: str, device: str, output_dir: Path
 ) -> EvaluationReport | None:
     """Plain CLIP with the config's class embeddings, nothing trained; its outputs go to
-    `output_dir`, as a run's go to the run."""
+    `output_dir`, as a run's go to the run. A config with `model.input: features` scores
+    CLIP's cached image embeddings, which are the same numbers."""
     read_results(results_path(output_dir))
     context = distributed.setup(device)
     try:
         components = build_components(config, context.device)
-        model = ZeroShotCLIP(components.clip, components.zero_shot_embeddings())
-        scored = _score_splits(config, components, model, split, context, ZeroShotCLIP.scores)
+        inputs = build_inputs(config, components, context)
+        embeddings = components.zero_shot_embeddings()
+        model = ZeroShotCLIP(components.clip, embeddings, on_features=inputs.features)
+        scored = _score_splits(
+            config, components, model, split, context, ZeroShotCLIP.scores, inputs
+        )
     finally:
         distributed.teardown()
     if not context.is_main:
@@ -95,8 +101,8 @@ def _write_outputs(
     split = report.split
     for name, (labels, scores) in scored.items():
         save_score_split(directory, name, labels, scores)
-    atomic_write_text(directory / f"eval-{split}.json", stable_json(report.model_dump(mode="json")))
-    per_class_chart(report, *scored[split], directory / f"eval-{split}-per-class.png")
+    atomic_write_text(directory / f"eval-{split}.json", stable_json(report.as_json()))
+    per_class_chart(report, directory / f"eval-{split}-per-class.png")
     append_result(directory, report, config)
 
 
@@ -107,24 +113,22 @@ def _score_splits(
     split: str,
     context: distributed.Context,
     activation: Callable[[torch.Tensor], torch.Tensor],
+    inputs: Inputs,
 ) -> dict[str, Scored]:
-    """Val (which chooses the threshold) and `split`, each scored once."""
+    """Val (which chooses the thresholds) and `split`, each scored once."""
     scored = {}
-    pipeline = components.image_pipeline(config)
-    model_input = components.model_input(pipeline, context.device)
-    options = LoaderOptions.from_config(config.data, context.device)
     for name in dict.fromkeys(("val", split)):
         index = load_split(config.data, name)
         if index is None:
             raise UserError(f"the config sets no data.{name} split")
         scores = predict_scores(
             model,
-            ImageDataset(index, pipeline.eval),
+            inputs.dataset(index, name),
             config.optim.eval_batch_size,
             context,
-            model_input,
+            inputs.model_input,
             activation,
-            options,
+            inputs.options,
             description=f"eval {name}",
         )
         scored[name] = ((index.targets > 0).astype(np.int64), scores)

@@ -1,5 +1,6 @@
-"""The per-class chart of an evaluation: each class's F1 at every threshold row of the report
-(val's chosen threshold, and a fixed one when asked) beside its AP, as PNG and SVG."""
+"""The per-class chart of an evaluation: each class's F1 under every threshold rule of the report
+(val's global threshold, each class's own val threshold, 0.5, and a fixed one when asked) beside
+its AP, as PNG and SVG."""
 
 from __future__ import annotations
 
@@ -8,28 +9,29 @@ from pathlib import Path
 
 import numpy as np
 
-from intclip.metrics.multilabel import average_precision_per_class
 from intclip.metrics.report import EvaluationReport
 from pipeline.common.files import atomic_write_bytes
 
 
 def threshold_rows(report: EvaluationReport) -> dict[str, list[float]]:
     """Per-class F1 (%) of each threshold row the report has, named by its threshold."""
-    rows = {f"F1 at {report.threshold:g} (chosen on val)": report.fine.per_class_f1}
-    if report.at_fixed_threshold is not None:
+    rows = {
+        f"F1 at {report.threshold:g} (chosen on val)": report.fine.per_class_f1,
+        "F1 at each class's own val threshold": report.per_class.per_class_f1,
+        "F1 at 0.5": report.at_half.per_class_f1,
+    }
+    if report.at_fixed_threshold is not None and report.fixed_threshold != 0.5:
         rows[f"F1 at {report.fixed_threshold:g} (fixed)"] = report.at_fixed_threshold.per_class_f1
     return rows
 
 
-def per_class_chart(
-    report: EvaluationReport, labels: np.ndarray, scores: np.ndarray, png: Path
-) -> list[Path]:
+def per_class_chart(report: EvaluationReport, png: Path) -> list[Path]:
     """Write `png` and its `.svg` twin: per class, grouped F1 bars (one per threshold row) and
     an AP bar (none for a class without a positive, whose AP is undefined)."""
     from matplotlib.figure import Figure
 
     rows = threshold_rows(report)
-    ap = average_precision_per_class(labels, scores)
+    ap = np.array([np.nan if value is None else value for value in report.fine.per_class_ap])
     classes = report.class_ids
     y = np.arange(len(classes))
     figure = Figure(figsize=(11, 1.6 + 0.26 * len(classes)), layout="constrained")

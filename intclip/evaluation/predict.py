@@ -100,7 +100,9 @@ class Predictor:
         self.threshold = _best_threshold(run_dir / BEST_SUMMARY)
         self.device = distributed.resolve_device(device)
         components = build_components(config, self.device)
-        self.model = load_model(run_dir / BEST_MODEL, components.clip, components.class_text)
+        self.model = load_model(
+            run_dir / BEST_MODEL, components.clip, components.class_text, takes="images"
+        )
         self.model.eval()
         self.transform = components.eval_transform()
         self.batch_size = config.optim.eval_batch_size

@@ -1,8 +1,10 @@
 """`results.csv`: one row per evaluation, next to the runs, to compare them at a glance.
 
-Each `eval` and `zeroshot` appends its headline numbers; the table is rewritten through a
-temporary file, so a reader never sees half a row, and a damaged table is refused rather than
-silently replaced.
+Each `eval`, `zeroshot` and `score --name` appends its headline numbers under all three
+threshold rules; `run --seeds` appends the mean and the standard deviation over its seeds. The
+table is rewritten through a temporary file, so a reader never sees half a row; a damaged table
+is refused rather than silently replaced, and a table written before the newer columns existed
+gains them, empty, on its next row.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_text, sha256_json
 
 RESULTS_FILE = "results.csv"
-RESULT_COLUMNS = (
+FIRST_COLUMNS = (
     "run",
     "split",
     "threshold",
@@ -28,6 +30,29 @@ RESULT_COLUMNS = (
     "mAP",
     "config_hash",
 )
+"""The columns of the first tables; a table of just these gains the others."""
+RESULT_COLUMNS = (
+    *FIRST_COLUMNS,
+    "mAP_voc",
+    "per_class_macro_f1",
+    "per_class_micro_f1",
+    "per_class_samples_f1",
+    "at_0.5_macro_f1",
+    "at_0.5_micro_f1",
+    "at_0.5_samples_f1",
+    "statistic",
+    "seeds",
+)
+"""The F1s without a prefix are at the global threshold chosen on val; `per_class_` at the
+per-class thresholds chosen on val; `at_0.5_` at 0.5. `statistic` is empty for one evaluation,
+`mean` or `std` for the summary of `run --seeds`, whose seeds `seeds` lists."""
+METRIC_COLUMNS = tuple(
+    column
+    for column in RESULT_COLUMNS
+    if column not in ("run", "split", "config_hash", "statistic", "seeds")
+)
+"""The numbers of a row: the threshold and the metrics under every threshold rule."""
+_TEXT_COLUMNS = {"run": str, "split": str, "config_hash": str, "statistic": str, "seeds": str}
 
 
 def config_hash(config: TrainConfig) -> str:
@@ -40,25 +65,44 @@ def results_path(report_dir: Path) -> Path:
     return Path(report_dir).parent / RESULTS_FILE
 
 
-def append_result(report_dir: Path, report: EvaluationReport, config: TrainConfig) -> Path:
-    """Add the report's row to the table of `report_dir`'s parent; return the table's path."""
-    path = results_path(report_dir)
-    row = {
-        "run": Path(report_dir).name,
+def report_row(name: str, report: EvaluationReport, config_digest: str = "") -> dict:
+    """The row of one evaluation: `name` in the run column, the config's hash if it has one
+    (`score` rows have none)."""
+    return {
+        "run": name,
         "split": report.split,
         "threshold": report.threshold,
         "macro_f1": report.fine.macro_f1,
         "micro_f1": report.fine.micro_f1,
         "samples_f1": report.fine.samples_f1,
         "mAP": report.fine.mAP,
-        "config_hash": config_hash(config),
+        "config_hash": config_digest,
+        "mAP_voc": report.fine.mAP_voc,
+        "per_class_macro_f1": report.per_class.macro_f1,
+        "per_class_micro_f1": report.per_class.micro_f1,
+        "per_class_samples_f1": report.per_class.samples_f1,
+        "at_0.5_macro_f1": report.at_half.macro_f1,
+        "at_0.5_micro_f1": report.at_half.micro_f1,
+        "at_0.5_samples_f1": report.at_half.samples_f1,
+        "statistic": "",
+        "seeds": "",
     }
-    existing, new = read_results(path), pd.DataFrame([row], columns=list(RESULT_COLUMNS))
+
+
+def append_result(report_dir: Path, report: EvaluationReport, config: TrainConfig) -> Path:
+    """Add the report's row to the table of `report_dir`'s parent; return the table's path."""
+    path = results_path(report_dir)
+    append_rows(path, [report_row(Path(report_dir).name, report, config_hash(config))])
+    return path
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Add `rows` (keyed by `RESULT_COLUMNS`) to the table at `path`, created if missing."""
+    existing, new = read_results(path), pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     table = new if existing.empty else pd.concat([existing, new], ignore_index=True)
     buffer = io.StringIO()
     table.to_csv(buffer, index=False, lineterminator="\n")
     atomic_write_text(path, buffer.getvalue())
-    return path
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -66,10 +110,12 @@ def read_results(path: Path) -> pd.DataFrame:
     if not path.exists():
         return pd.DataFrame(columns=list(RESULT_COLUMNS))
     try:
-        table = pd.read_csv(path, dtype={"run": str, "split": str, "config_hash": str})
+        table = pd.read_csv(path, dtype=_TEXT_COLUMNS, keep_default_na=False, na_values=[""])
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         reason = " ".join(str(err).split()) or type(err).__name__
         raise UserError(f"{path}: not a readable results table ({reason}); move it away") from None
+    if tuple(table.columns) == FIRST_COLUMNS:
+        table = table.reindex(columns=list(RESULT_COLUMNS))
     if tuple(table.columns) != RESULT_COLUMNS:
         raise UserError(
             f"{path}: columns {', '.join(map(str, table.columns))} are not those of a results "

@@ -2,20 +2,28 @@
 
 The protocol (Intentonomy's official `eval_utils.py`) picks one global threshold on val, the one
 that maximises macro F1, and applies it unchanged to test, so test never influences a choice.
+Beside it, every evaluation reports two other threshold rules that papers use: one threshold per
+class, each chosen on val (the rule of FDIL and other recent work), and the fixed 0.5 of the
+official code and the IntCLIP paper. mAP comes in two forms: scikit-learn's average precision,
+and the VOC-style all-point interpolated AP most intent papers report; they differ by about a
+point on the same scores (docs/evaluation.md).
 Every metric is a percentage; the threshold is a plain probability. A label is predicted when
 its score is strictly above the threshold, as in the official code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import average_precision_score, f1_score
 
 THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(1, 20))
 """0.05, 0.10, ..., 0.95 as exact two-decimal floats (`np.arange` drifts to 0.15000000000000002)."""
+
+FIXED_THRESHOLD = 0.5
+"""The threshold of the official code and the IntCLIP paper, chosen on nothing."""
 
 MIN_CLASSES = 2
 """scikit-learn reads a one-column matrix as binary labels, where samples F1 does not exist."""
@@ -31,58 +39,72 @@ INTENTONOMY_SUBSETS: dict[str, tuple[int, ...]] = {
 """The 28 Intentonomy classes grouped by difficulty and by content, as the official code reports."""
 
 
-class SplitMetrics(BaseModel):
-    """One split's F1s at a fixed threshold, and its mAP, in percent."""
+class F1s(BaseModel):
+    """The three F1s of one split under one threshold rule, in percent."""
 
     model_config = ConfigDict(frozen=True)
 
     macro_f1: float
     micro_f1: float
     samples_f1: float
+
+
+class SplitMetrics(F1s):
+    """One split's F1s under one threshold rule, and its two mAPs, in percent.
+
+    `per_class_ap` and `per_class_ap_voc` hold None for a class without a positive label."""
+
     mAP: float
+    mAP_voc: float
     per_class_f1: list[float]
+    per_class_ap: list[float | None]
+    per_class_ap_voc: list[float | None]
     subset_f1: dict[str, float]
     classes_without_positives: list[int]
 
+    def f1s(self) -> F1s:
+        return F1s(macro_f1=self.macro_f1, micro_f1=self.micro_f1, samples_f1=self.samples_f1)
+
 
 class ScoreSummary(BaseModel):
-    """The headline numbers of a protocol run, under the JSON keys of `intclip-train score`."""
+    """The headline numbers of a protocol run, under the JSON keys of `intclip-train score`.
 
-    model_config = ConfigDict(frozen=True)
+    The unprefixed F1s are test's at the global threshold chosen on val; `per_class` is test at
+    the per-class thresholds chosen on val, `at_0.5` test at 0.5."""
+
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True, validate_by_name=True)
 
     threshold: float
     macro_f1: float
     micro_f1: float
     samples_f1: float
     mAP: float
+    mAP_voc: float
     val_macro_f1: float
     val_micro_f1: float
     val_samples_f1: float
     val_mAP: float
+    val_mAP_voc: float
+    per_class_thresholds: list[float]
+    per_class: F1s
+    at_half: F1s = Field(alias="at_0.5")
 
 
 class ProtocolResult(BaseModel):
-    """The val-chosen threshold and both splits' metrics at that threshold."""
+    """The thresholds chosen on val, and both splits' metrics under each threshold rule:
+    `val`/`test` at the global threshold, `*_per_class` at the per-class thresholds,
+    `*_at_half` at 0.5."""
 
     model_config = ConfigDict(frozen=True)
 
     threshold: float
+    class_thresholds: list[float]
     val: SplitMetrics
     test: SplitMetrics
-
-    def summary(self) -> ScoreSummary:
-        """The flat headline view, so any method's numbers line up key for key."""
-        return ScoreSummary(
-            threshold=self.threshold,
-            macro_f1=self.test.macro_f1,
-            micro_f1=self.test.micro_f1,
-            samples_f1=self.test.samples_f1,
-            mAP=self.test.mAP,
-            val_macro_f1=self.val.macro_f1,
-            val_micro_f1=self.val.micro_f1,
-            val_samples_f1=self.val.samples_f1,
-            val_mAP=self.val.mAP,
-        )
+    val_per_class: SplitMetrics
+    test_per_class: SplitMetrics
+    val_at_half: SplitMetrics
+    test_at_half: SplitMetrics
 
 
 def _check_matrices(labels: np.ndarray, scores: np.ndarray) -> None:
@@ -102,34 +124,80 @@ def classes_without_positives(labels: np.ndarray) -> list[int]:
     return [int(index) for index in np.flatnonzero(labels.sum(axis=0) == 0)]
 
 
+def _per_present_class(
+    labels: np.ndarray, scores: np.ndarray, average_precision: Callable[..., float]
+) -> np.ndarray:
+    """`average_precision(labels, scores)` of each class column; NaN for a class with no
+    positive, whose AP is undefined."""
+    _check_matrices(labels, scores)
+    missing = set(classes_without_positives(labels))
+    return np.array(
+        [
+            np.nan if index in missing else average_precision(labels[:, index], scores[:, index])
+            for index in range(labels.shape[1])
+        ]
+    )
+
+
+def _scikit_learn_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    return 100.0 * float(average_precision_score(labels, scores))
+
+
 def average_precision_per_class(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
     """scikit-learn's AP of each class in percent; NaN for a class with no positive.
 
     scikit-learn warns and returns 0 (or NaN, by version) there; NaN keeps such a class from
     counting as a model failure when the split simply has no example of it.
     """
-    _check_matrices(labels, scores)
-    missing = set(classes_without_positives(labels))
-    return np.array(
-        [
-            np.nan
-            if index in missing
-            else 100.0 * average_precision_score(labels[:, index], scores[:, index])
-            for index in range(labels.shape[1])
-        ]
-    )
+    return _per_present_class(labels, scores, _scikit_learn_average_precision)
 
 
-def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mean of per-class AP over the classes that have at least one positive, in percent."""
-    per_class = average_precision_per_class(labels, scores)
+def voc_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """VOC-style AP of one class in percent: all-point interpolation (VOC 2010 and later).
+
+    Images sorted by score, highest first (ties in their given order, as VOC's code sorts);
+    precision at each rank made non-increasing from the right (the best precision at any
+    recall at least as high), then summed over the steps where recall rises. scikit-learn's AP
+    sums the raw precision instead, and treats tied scores as one step, so it reads lower.
+    """
+    order = np.argsort(-scores, kind="stable")
+    hits = labels[order].astype(np.float64)
+    true_positives = np.cumsum(hits)
+    recall = np.concatenate([[0.0], true_positives / hits.sum(), [1.0]])
+    precision = true_positives / np.arange(1, hits.size + 1)
+    envelope = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return 100.0 * float(np.sum((recall[steps + 1] - recall[steps]) * envelope[steps + 1]))
+
+
+def voc_average_precision_per_class(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """`voc_average_precision` of each class; NaN for a class with no positive, as above."""
+    return _per_present_class(labels, scores, voc_average_precision)
+
+
+def _mean_over_present(per_class: np.ndarray) -> float:
     if np.isnan(per_class).all():
         raise ValueError("mAP is undefined: no class has a positive label")
     return float(np.nanmean(per_class))
 
 
-def _predict(scores: np.ndarray, threshold: float) -> np.ndarray:
-    return (scores > threshold).astype(np.int64)
+def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mean of per-class AP over the classes that have at least one positive, in percent."""
+    return _mean_over_present(average_precision_per_class(labels, scores))
+
+
+def mean_voc_average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """`mAP_voc`: the mean VOC-style AP over the classes with a positive, in percent."""
+    return _mean_over_present(voc_average_precision_per_class(labels, scores))
+
+
+Thresholds = float | Sequence[float] | np.ndarray
+"""One threshold for every class, or one per class."""
+
+
+def _predict(scores: np.ndarray, threshold: Thresholds) -> np.ndarray:
+    """Labels predicted strictly above the threshold (per class when given per class)."""
+    return (scores > np.asarray(threshold, dtype=np.float64)).astype(np.int64)
 
 
 def _f1_percent(labels: np.ndarray, predictions: np.ndarray, average: str) -> float:
@@ -143,6 +211,23 @@ def select_threshold(
     _check_matrices(labels, scores)
     macro = [_f1_percent(labels, _predict(scores, threshold), "macro") for threshold in grid]
     return grid[int(np.argmax(macro))]
+
+
+def select_class_thresholds(
+    labels: np.ndarray, scores: np.ndarray, grid: Sequence[float] = THRESHOLD_GRID
+) -> list[float]:
+    """Per class, the grid value with the highest F1 of that class; on a tie the lowest.
+
+    A class without a positive has F1 0 at every threshold, so it gets the lowest grid value;
+    such a class is warned about wherever it happens (`classes_without_positives`)."""
+    _check_matrices(labels, scores)
+    per_threshold = np.stack(
+        [
+            f1_score(labels, _predict(scores, threshold), average=None, zero_division=0)
+            for threshold in grid
+        ]
+    )
+    return [grid[int(best)] for best in np.argmax(per_threshold, axis=0)]
 
 
 def subset_f1(
@@ -159,22 +244,33 @@ def subset_f1(
     return {name: float(per_class[list(indices)].mean()) for name, indices in subsets.items()}
 
 
+def _listed(per_class: np.ndarray) -> list[float | None]:
+    """NaN (a class without a positive) becomes None, JSON's null."""
+    return [None if np.isnan(value) else float(value) for value in per_class]
+
+
 def evaluate_split(
     labels: np.ndarray,
     scores: np.ndarray,
-    threshold: float,
+    threshold: Thresholds,
     subsets: Mapping[str, Sequence[int]] | None = None,
 ) -> SplitMetrics:
-    """All F1s at `threshold` plus mAP; `subsets` only for datasets that define them."""
+    """All F1s at `threshold` (one, or one per class) plus both mAPs; `subsets` only for
+    datasets that define them."""
     _check_matrices(labels, scores)
     predictions = _predict(scores, threshold)
     per_class = 100.0 * f1_score(labels, predictions, average=None, zero_division=0)
+    average_precision = average_precision_per_class(labels, scores)
+    voc = voc_average_precision_per_class(labels, scores)
     return SplitMetrics(
         macro_f1=float(per_class.mean()),
         micro_f1=_f1_percent(labels, predictions, "micro"),
         samples_f1=_f1_percent(labels, predictions, "samples"),
-        mAP=mean_average_precision(labels, scores),
+        mAP=_mean_over_present(average_precision),
+        mAP_voc=_mean_over_present(voc),
         per_class_f1=per_class.tolist(),
+        per_class_ap=_listed(average_precision),
+        per_class_ap_voc=_listed(voc),
         subset_f1=subset_f1(per_class, subsets or {}),
         classes_without_positives=classes_without_positives(labels),
     )
@@ -187,7 +283,8 @@ def evaluate_protocol(
     test_scores: np.ndarray,
     subsets: Mapping[str, Sequence[int]] | None = None,
 ) -> ProtocolResult:
-    """Choose the threshold on val only, then report val and test at that threshold.
+    """Choose the global and the per-class thresholds on val only, then report val and test
+    under each rule, and at 0.5.
 
     Scores are probabilities in [0, 1]; the threshold grid means nothing for logits.
     """
@@ -198,8 +295,14 @@ def evaluate_protocol(
             f"val has {val_scores.shape[1]} classes but test has {test_scores.shape[1]}"
         )
     threshold = select_threshold(val_labels, val_scores)
+    class_thresholds = select_class_thresholds(val_labels, val_scores)
     return ProtocolResult(
         threshold=threshold,
+        class_thresholds=class_thresholds,
         val=evaluate_split(val_labels, val_scores, threshold, subsets),
         test=evaluate_split(test_labels, test_scores, threshold, subsets),
+        val_per_class=evaluate_split(val_labels, val_scores, class_thresholds, subsets),
+        test_per_class=evaluate_split(test_labels, test_scores, class_thresholds, subsets),
+        val_at_half=evaluate_split(val_labels, val_scores, FIXED_THRESHOLD, subsets),
+        test_at_half=evaluate_split(test_labels, test_scores, FIXED_THRESHOLD, subsets),
     )

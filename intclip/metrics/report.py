@@ -1,26 +1,34 @@
-"""The evaluation report of a run: numbers under the protocol, as JSON and a table.
+"""The evaluation report of a run, or of saved score matrices: numbers under the protocol, as
+JSON, tables and a chart. `eval`, `zeroshot` and `score` all build it here, so they give the
+same rows for the same matrices.
 
-The threshold is always chosen on val; `--split test` applies it to test, `--split val` reports
-val at its own best threshold. Coarser taxonomy levels get the same protocol on rolled-up
-labels and scores.
+Thresholds are always chosen on val; `--split test` applies them to test, `--split val` reports
+val at its own best thresholds. Three threshold rules are reported side by side: the global
+threshold (the protocol), one threshold per class, and the fixed 0.5. Coarser taxonomy levels
+get the protocol's global threshold on rolled-up labels and scores.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from rich.table import Table
 
 from intclip.metrics.hierarchy import levels_above_fine
 from intclip.metrics.multilabel import (
+    FIXED_THRESHOLD,
     INTENTONOMY_SUBSETS,
+    ScoreSummary,
     SplitMetrics,
     evaluate_protocol,
     evaluate_split,
 )
+from intclip.metrics.score_inputs import read_score_split
+from pipeline.common.errors import UserError
 from pipeline.common.files import project_prompts
 from pipeline.descriptions.taxonomy import Taxonomy, load_taxonomy
 
@@ -36,9 +44,11 @@ class LevelReport(BaseModel):
 
 
 class EvaluationReport(BaseModel):
-    """`fine` holds the split's metrics; `levels` the same for each coarser taxonomy level."""
+    """`fine` holds the split's metrics at the global threshold; `levels` the same for each
+    coarser taxonomy level; `per_class` and `at_0.5` the split's fine-level metrics under the
+    other two threshold rules. JSON keys are the field names, `at_half` written `at_0.5`."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True, validate_by_name=True)
 
     split: str
     threshold: float
@@ -46,10 +56,40 @@ class EvaluationReport(BaseModel):
     val: SplitMetrics
     class_ids: list[str]
     levels: dict[str, LevelReport]
+    per_class_thresholds: list[float]
+    """One threshold per class, each the one that maximises that class's F1 on val."""
+    per_class: SplitMetrics
+    """The split's fine-level metrics at `per_class_thresholds`."""
+    at_half: SplitMetrics = Field(alias="at_0.5")
+    """The split's fine-level metrics at 0.5, the official code's and the paper's threshold."""
     fixed_threshold: float | None = None
-    """A threshold asked for besides val's (`--threshold`), e.g. the official code's 0.5."""
+    """A threshold asked for besides val's (`--threshold`)."""
     at_fixed_threshold: SplitMetrics | None = None
     """The split's fine-level metrics at `fixed_threshold`."""
+
+    def as_json(self) -> dict:
+        """The JSON document `--json` prints and `eval-<split>.json` holds."""
+        return self.model_dump(mode="json")
+
+    def summary(self) -> ScoreSummary:
+        """The flat headline view of `score --json`, so any method's numbers line up key for
+        key: the split's numbers unprefixed, val's prefixed `val_`."""
+        return ScoreSummary(
+            threshold=self.threshold,
+            macro_f1=self.fine.macro_f1,
+            micro_f1=self.fine.micro_f1,
+            samples_f1=self.fine.samples_f1,
+            mAP=self.fine.mAP,
+            mAP_voc=self.fine.mAP_voc,
+            val_macro_f1=self.val.macro_f1,
+            val_micro_f1=self.val.micro_f1,
+            val_samples_f1=self.val.samples_f1,
+            val_mAP=self.val.mAP,
+            val_mAP_voc=self.val.mAP_voc,
+            per_class_thresholds=self.per_class_thresholds,
+            per_class=self.per_class.f1s(),
+            at_half=self.at_half.f1s(),
+        )
 
 
 def build_report(
@@ -80,6 +120,9 @@ def build_report(
         val=result.val,
         class_ids=list(class_ids),
         levels=levels,
+        per_class_thresholds=result.class_thresholds,
+        per_class=result.test_per_class,
+        at_half=result.test_at_half,
         fixed_threshold=fixed_threshold,
         at_fixed_threshold=(
             evaluate_split(*evaluated, fixed_threshold, subsets)
@@ -104,24 +147,100 @@ def is_intentonomy(class_ids: Sequence[str]) -> bool:
     return tuple(class_ids) == _intentonomy_ids()
 
 
+_METRIC_COLUMNS = ("macro F1", "micro F1", "samples F1", "mAP", "mAP VOC")
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report_rows(report: EvaluationReport) -> list[tuple[str, SplitMetrics]]:
+    """(row name, metrics) of the report's table, in order: the fine level under each threshold
+    rule, the coarser levels at their global thresholds, then val at the global threshold."""
+    rows = [
+        ("fine", report.fine),
+        ("fine @ per class", report.per_class),
+        (f"fine @ {FIXED_THRESHOLD:g}", report.at_half),
+    ]
+    if report.at_fixed_threshold is not None and report.fixed_threshold != FIXED_THRESHOLD:
+        rows.append((f"fine @ {report.fixed_threshold:g}", report.at_fixed_threshold))
+    rows += [(name, level.metrics) for name, level in report.levels.items()]
+    if report.split != "val":
+        rows.append(("val", report.val))
+    return rows
+
+
+def score_classes(taxonomy: Path | None, count: int) -> tuple[list[str], Taxonomy | None]:
+    """The class ids and taxonomy of score matrices with `count` columns: the taxonomy given,
+    whose classes must be as many; else Intentonomy's for 28 classes (`score` is the Intentonomy
+    protocol); else none, the classes named by their column."""
+    if taxonomy is None and count == len(_intentonomy_ids()):
+        taxonomy = INTENTONOMY_TAXONOMY
+    if taxonomy is None:
+        return [f"class_{index}" for index in range(count)], None
+    loaded = load_taxonomy(taxonomy)
+    if len(loaded.classes) != count:
+        raise UserError(
+            f"{taxonomy}: {len(loaded.classes)} classes, but the score matrices have {count}"
+        )
+    return [fine.id for fine in loaded.classes], loaded
+
+
+def score_files(
+    val_scores: Path,
+    val_labels: Path,
+    test_scores: Path,
+    test_labels: Path,
+    sigmoid: bool,
+    taxonomy: Path | None,
+) -> EvaluationReport:
+    """The test report of saved score and label matrices (`intclip-train score`), every fault
+    named with its file."""
+    val_probabilities, val_truth = read_score_split(val_scores, val_labels, sigmoid)
+    test_probabilities, test_truth = read_score_split(test_scores, test_labels, sigmoid)
+    val_classes, test_classes = val_probabilities.shape[1], test_probabilities.shape[1]
+    if val_classes != test_classes:
+        raise UserError(
+            f"{val_scores} has {val_classes} classes but {test_scores} has {test_classes}; "
+            "val and test must score the same classes"
+        )
+    class_ids, classes = score_classes(taxonomy, val_classes)
+    val, test = (val_truth, val_probabilities), (test_truth, test_probabilities)
+    return build_report("test", val, test, class_ids, classes)
+
+
 def report_table(report: EvaluationReport) -> Table:
     table = Table(
         title=f"{report.split}: threshold {report.threshold:g}, chosen on val",
-        caption="percent; macro/micro/samples F1 at the threshold, mAP threshold-free",
+        caption="percent; F1s at the row's threshold rule (per-class thresholds chosen on val "
+        "too), mAP and mAP VOC threshold-free",
     )
-    for column in ("level", "macro F1", "micro F1", "samples F1", "mAP"):
+    for column in ("level", *_METRIC_COLUMNS):
         table.add_column(column, justify="left" if column == "level" else "right")
-    rows = [("fine", report.fine)] + [(n, lv.metrics) for n, lv in report.levels.items()]
-    if report.at_fixed_threshold is not None:
-        rows.append((f"fine @ {report.fixed_threshold:g}", report.at_fixed_threshold))
-    for name, metrics in rows:
-        table.add_row(
-            name,
-            *(
-                f"{value:.2f}"
-                for value in (metrics.macro_f1, metrics.micro_f1, metrics.samples_f1, metrics.mAP)
-            ),
-        )
+    for name, metrics in report_rows(report):
+        values = (metrics.macro_f1, metrics.micro_f1, metrics.samples_f1)
+        table.add_row(name, *map(_percent, (*values, metrics.mAP, metrics.mAP_voc)))
     for subset, value in report.fine.subset_f1.items():
-        table.add_row(f"  {subset} classes", f"{value:.2f}", "", "", "")
+        table.add_row(f"  {subset} classes", _percent(value), "", "", "", "")
+    return table
+
+
+def per_class_table(report: EvaluationReport) -> Table:
+    """Every class: F1 at the global and at its own threshold, AP both ways."""
+    table = Table(title=f"{report.split}: per class", caption="percent; - : no positive")
+    for column in ("class", "F1", "threshold", "F1 @ own", "AP", "AP VOC"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    columns = zip(
+        report.class_ids,
+        report.fine.per_class_f1,
+        report.per_class_thresholds,
+        report.per_class.per_class_f1,
+        report.fine.per_class_ap,
+        report.fine.per_class_ap_voc,
+        strict=True,
+    )
+    for class_id, f1, threshold, own_f1, ap, ap_voc in columns:
+        table.add_row(
+            class_id, _percent(f1), f"{threshold:g}", *map(_percent, (own_f1, ap, ap_voc))
+        )
     return table

@@ -20,6 +20,27 @@ class EncodedImages(NamedTuple):
     semantic_global: torch.Tensor
 
 
+class TowerParts(NamedTuple):
+    """A CLIP image tower cut in three: shared `trunk`, the `deep_stages` after it, and the
+    frozen `projection` of their output to a dense map and a global token in the joint space."""
+
+    trunk: nn.Module
+    deep_stages: nn.Module
+    projection: nn.Module
+
+
+class DenseTower(nn.Module):
+    """A whole CLIP image tower read densely: (dense map [B, D, H, W], global token [B, D]) in
+    the joint space, the global token being CLIP's own image embedding. Nothing is copied."""
+
+    def __init__(self, parts: TowerParts) -> None:
+        super().__init__()
+        self.trunk, self.deep_stages, self.projection = parts
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.projection(self.deep_stages(self.trunk(images)))
+
+
 class SightSemanticEncoder(nn.Module):
     """A CLIP image tower split in three, so the trunk runs once and only one copy is trained.
 

@@ -159,9 +159,10 @@ class ClassHead(nn.Module):
             self.register_buffer(name, tensor, persistent=False)
 
     def forward(
-        self, dense: torch.Tensor, global_token: torch.Tensor, classes: ClassFeatures
+        self, dense: torch.Tensor | None, global_token: torch.Tensor, classes: ClassFeatures
     ) -> torch.Tensor:
-        """Logits against `classes`: frozen cached embeddings or learned prompt features.
+        """Logits against `classes`: frozen cached embeddings or learned prompt features. `dense`
+        may be None for the `global` form, which reads the global token alone.
 
         With precision `fp32` (the default) computed in float32 even under autocast: a logit
         scale of 100 on bfloat16 similarities (8 significant bits) would put an error of about
@@ -170,12 +171,13 @@ class ClassHead(nn.Module):
         autocast in force, as the official code does."""
         if not self.in_fp32:
             return self._logits(dense, global_token, classes)
-        with torch.autocast(dense.device.type, enabled=False):
+        with torch.autocast(global_token.device.type, enabled=False):
             features = ClassFeatures(*(f if f is None else f.float() for f in classes))
-            return self._logits(dense.float(), global_token.float(), features)
+            dense = None if dense is None else dense.float()
+            return self._logits(dense, global_token.float(), features)
 
     def _logits(
-        self, dense: torch.Tensor, global_token: torch.Tensor, classes: ClassFeatures
+        self, dense: torch.Tensor | None, global_token: torch.Tensor, classes: ClassFeatures
     ) -> torch.Tensor:
         classes = ClassFeatures(*(f if f is None else F.normalize(f, dim=-1) for f in classes))
         temperature = self.log_pooling_temperature.exp()

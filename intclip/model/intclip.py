@@ -37,12 +37,10 @@ images normalised with the `image_mean` / `image_std` of the `LoadedClip` it was
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, PositiveInt, field_validator, model_validator
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -57,8 +55,8 @@ from intclip.model.head import (
     ScalarSetting,
 )
 from intclip.model.prompts import PromptConfig
+from intclip.model.trained import Role, TrainedModel
 from pipeline.clip.loading import LoadedClip
-from pipeline.common.errors import UserError
 
 
 class ModelConfig(BaseModel):
@@ -66,6 +64,10 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
+    input: Literal["images"] = "images"
+    """What a training step feeds the model: IntCLIP trains the deep stages of the image tower,
+    so it needs `images`; `features` (cached frozen features) is for the heads `linear`, `mlp`
+    and `text` (`intclip.model.frozen_clip`)."""
     semantic_depth: PositiveInt | None = None
     """Deepest stages copied into the semantic branch: ResNet residual stages (default 2,
     layer3+layer4) or ViT blocks (default: the deeper half)."""
@@ -94,6 +96,17 @@ class ModelConfig(BaseModel):
     prompts: PromptConfig = PromptConfig()
     """The learned contexts of `text: prompts`."""
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _images_only(cls, value: object) -> object:
+        if value == "features":
+            raise ValueError(
+                "IntCLIP trains the deep stages of the image tower, so it needs images; "
+                "model.input: features is for a head on frozen features (model.head: linear, "
+                "mlp or text)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _aggregation_feeds_a_regional_head(self) -> ModelConfig:
         if self.aggregation and self.head == "global":
@@ -102,10 +115,6 @@ class ModelConfig(BaseModel):
                 "set aggregation off"
             )
         return self
-
-
-Role = Literal["semantic", "aggregation", "head", "prompts"]
-"""The trained parts of the model; each is one optimiser group with its own lr multiplier."""
 
 
 class IntentFeatures(NamedTuple):
@@ -117,19 +126,7 @@ class IntentFeatures(NamedTuple):
     global_token: torch.Tensor
 
 
-@dataclass(frozen=True)
-class ParameterGroup:
-    """The trained parameters of one role, for an optimiser parameter group."""
-
-    role: Role
-    parameters: list[nn.Parameter]
-
-    @property
-    def count(self) -> int:
-        return sum(parameter.numel() for parameter in self.parameters)
-
-
-class IntCLIP(nn.Module):
+class IntCLIP(TrainedModel):
     """Multi-label intent logits [B, num_classes] from images normalised for `clip`.
 
     `class_text` is what `config.text` needs: cached class embeddings [N, D] for `cached`, the
@@ -156,16 +153,6 @@ class IntCLIP(nn.Module):
             config.head_precision,
         )
         self.to(next(clip.module.parameters()).device)
-
-    @property
-    def num_classes(self) -> int:
-        return self.text.num_classes
-
-    @property
-    def text_sha256(self) -> str:
-        """Checksum of what the class features come from: the cached class embeddings, or the
-        descriptions file of the prompts."""
-        return self.text.source_sha256
 
     def encode(self, images: torch.Tensor) -> IntentFeatures:
         """Both branches and their fusion, in CLIP's joint space."""
@@ -208,36 +195,3 @@ class IntCLIP(nn.Module):
             "prompts": self.text.trained,
         }
         return {role: module for role, module in modules.items() if module is not None}
-
-    def parameter_groups(self) -> list[ParameterGroup]:
-        """One group per role, so each can get its own learning rate."""
-        return [
-            ParameterGroup(role, list(module.parameters()))
-            for role, module in self.trained_modules().items()
-        ]
-
-    def trained_state_dict(self) -> dict[str, torch.Tensor]:
-        """Parameters and buffers of the trained modules only, keyed `role.name`."""
-        return {
-            f"{role}.{name}": tensor
-            for role, module in self.trained_modules().items()
-            for name, tensor in module.state_dict().items()
-        }
-
-    def load_trained_state_dict(self, state: Mapping[str, torch.Tensor], source: str) -> None:
-        """Inverse of `trained_state_dict`; `source` names the origin in error messages."""
-        modules = self.trained_modules()
-        by_role: dict[str, dict[str, torch.Tensor]] = {role: {} for role in modules}
-        for key, tensor in state.items():
-            role, _, name = key.partition(".")
-            if role not in by_role:
-                raise UserError(f"{source}: unexpected tensor {key!r} for this model")
-            by_role[role][name] = tensor
-        for role, module in modules.items():
-            try:
-                module.load_state_dict(by_role[role], strict=True)
-            except RuntimeError as err:
-                reason = " ".join(str(err).split())
-                raise UserError(
-                    f"{source}: the {role} tensors do not fit this model ({reason})"
-                ) from err

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from open_clip.modified_resnet import AttentionPool2d, ModifiedResNet
 from torch import nn
 
-from intclip.model.encoder import SightSemanticEncoder, checked_semantic_depth
+from intclip.model.encoder import TowerParts, checked_semantic_depth
 from intclip.model.position import resize_position_embedding
 
 RESIDUAL_STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -63,10 +63,9 @@ class AttentionPoolProjection(nn.Module):
         return dense.permute(1, 2, 0).reshape(batch, -1, height, width), global_token[0]
 
 
-def build_resnet_encoder(
-    visual: ModifiedResNet, semantic_depth: int | None
-) -> SightSemanticEncoder:
-    """Trunk = stem + the first stages; the deepest `semantic_depth` residual stages are copied."""
+def split_resnet(visual: ModifiedResNet, semantic_depth: int | None) -> TowerParts:
+    """Trunk = stem + the first stages; deep stages = the deepest `semantic_depth` residual
+    stages, the ones IntCLIP copies."""
     requested = DEFAULT_SEMANTIC_STAGES if semantic_depth is None else semantic_depth
     depth = checked_semantic_depth(requested, len(RESIDUAL_STAGES), "residual stages")
     stages = [getattr(visual, name) for name in RESIDUAL_STAGES]
@@ -77,7 +76,7 @@ def build_resnet_encoder(
         visual.avgpool,
     ]  # fmt: skip
     split = len(stages) - depth
-    return SightSemanticEncoder(
+    return TowerParts(
         trunk=nn.Sequential(*stem, *stages[:split]),
         deep_stages=nn.Sequential(*stages[split:]),
         projection=AttentionPoolProjection(visual.attnpool),

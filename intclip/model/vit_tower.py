@@ -9,7 +9,7 @@ import torch
 from open_clip.transformer import VisionTransformer
 from torch import nn
 
-from intclip.model.encoder import SightSemanticEncoder, checked_semantic_depth
+from intclip.model.encoder import TowerParts, checked_semantic_depth
 from intclip.model.position import resize_position_embedding
 from pipeline.common.errors import UserError
 
@@ -74,10 +74,9 @@ class TokenProjection(nn.Module):
         return dense, projected[:, 0]
 
 
-def build_vit_encoder(
-    visual: VisionTransformer, semantic_depth: int | None
-) -> SightSemanticEncoder:
-    """Trunk = embedding + the first blocks; the last `semantic_depth` blocks are copied.
+def split_vit(visual: VisionTransformer, semantic_depth: int | None) -> TowerParts:
+    """Trunk = embedding + the first blocks; deep stages = the last `semantic_depth` blocks, the
+    ones IntCLIP copies.
 
     By default the deeper half of the blocks is copied, as IntCLIP copies two of four ResNet stages.
     """
@@ -86,7 +85,7 @@ def build_vit_encoder(
     requested = (len(blocks) + 1) // 2 if semantic_depth is None else semantic_depth
     depth = checked_semantic_depth(requested, len(blocks), "transformer blocks")
     split = len(blocks) - depth
-    return SightSemanticEncoder(
+    return TowerParts(
         trunk=nn.Sequential(PatchEmbedding(visual), TransformerBlocks(blocks[:split])),
         deep_stages=TransformerBlocks(blocks[split:]),
         projection=TokenProjection(visual),

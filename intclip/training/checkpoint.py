@@ -1,4 +1,4 @@
-"""IntCLIP checkpoints: only the trained tensors and a JSON header, in safetensors.
+"""Model checkpoints: only the trained tensors and a JSON header, in safetensors.
 
 The frozen CLIP is not stored: loading rebuilds the model on the CLIP it was trained on and
 refuses any other (model name and weights checksum), and refuses class embeddings (or, with
@@ -18,7 +18,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from intclip.model.class_text import ClassTextSource, text_mode_of
-from intclip.model.intclip import IntCLIP, ModelConfig
+from intclip.model.frozen_clip import ModelInputKind
+from intclip.model.models import AnyModelConfig, build_model, without_model_kind
+from intclip.model.trained import TrainedModel
 from pipeline.clip.loading import ClipIdentity, LoadedClip, state_dict_sha256
 from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_bytes
@@ -36,7 +38,7 @@ class CheckpointHeader(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     format: Literal["intclip-model-v1"]
-    config: ModelConfig
+    config: AnyModelConfig
     clip: ClipIdentity
     num_classes: int
     class_embeddings_sha256: str | None = None
@@ -48,7 +50,7 @@ class CheckpointHeader(BaseModel):
     """The resolved training config (every switch of the recipe); None outside a training run."""
 
 
-def save_model(model: IntCLIP, path: Path, training: TrainConfig | None = None) -> None:
+def save_model(model: TrainedModel, path: Path, training: TrainConfig | None = None) -> None:
     """Write the trained tensors and the header (with the training config) atomically."""
     tensors = {
         name: tensor.detach().to("cpu").contiguous()
@@ -83,7 +85,7 @@ def read_checkpoint_header(path: Path) -> CheckpointHeader:
         return CheckpointHeader.model_validate_json(metadata[HEADER_KEY])
     except ValidationError as err:
         reason = err.errors()[0]
-        where = ".".join(str(part) for part in reason["loc"])
+        where = ".".join(str(part) for part in without_model_kind(reason["loc"]))
         raise UserError(f"{path}: invalid checkpoint header ({where}: {reason['msg']})") from err
 
 
@@ -91,20 +93,26 @@ _TEXT_CHECKSUM = {"cached": "class_embeddings_sha256", "prompts": "descriptions_
 _TEXT_SOURCE = {"cached": "class embeddings", "prompts": "class texts"}
 
 
-def load_model(path: Path, clip: LoadedClip, class_text: ClassTextSource) -> IntCLIP:
+def load_model(
+    path: Path,
+    clip: LoadedClip,
+    class_text: ClassTextSource,
+    takes: ModelInputKind | None = None,
+) -> TrainedModel:
     """Rebuild the model on `clip` and `class_text` (class embeddings, or the class texts of
-    `model.text: prompts`), refusing any that differ from what it was trained with."""
+    `model.text: prompts`), refusing any that differ from what it was trained with. `takes:
+    images` gives a model trained on cached features its frozen tower back (prediction)."""
     path = Path(path)
     header = read_checkpoint_header(path)
     _refuse_other_clip_or_text(path, header, clip.identity, text_mode_of(class_text))
     tensors = _checked_tensors(path, header)
-    model = IntCLIP(clip, class_text, header.config)
+    model = build_model(clip, class_text, header.config, takes)
     _refuse_other_classes(path, header, model)
     model.load_trained_state_dict(tensors, str(path))
     return model
 
 
-def load_weights(model: IntCLIP, path: Path) -> None:
+def load_weights(model: TrainedModel, path: Path) -> None:
     """Copy a checkpoint's trained tensors into `model`, built from another config (a new run
     started from them), refusing another CLIP, text mode or class set as `load_model` does."""
     header = read_checkpoint_header(path)
@@ -126,7 +134,7 @@ def _refuse_other_clip_or_text(
         )
 
 
-def _refuse_other_classes(path: Path, header: CheckpointHeader, model: IntCLIP) -> None:
+def _refuse_other_classes(path: Path, header: CheckpointHeader, model: TrainedModel) -> None:
     mode = header.config.text
     if model.num_classes != header.num_classes:
         raise UserError(

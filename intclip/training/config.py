@@ -22,7 +22,9 @@ from pydantic import (
 )
 
 from intclip.data.config import AugmentConfig, DataConfig
-from intclip.model.intclip import ModelConfig, Role
+from intclip.model.intclip import ModelConfig
+from intclip.model.models import AnyModelConfig, without_model_kind
+from intclip.model.trained import Role
 from intclip.runtime.precision import Precision
 from intclip.training.loss import Reduction
 from pipeline.common.config_section import ConfigSection
@@ -187,7 +189,9 @@ class TrainConfig(ConfigSection):
 
     data: DataConfig
     clip: ClipSection
-    model: ModelConfig = ModelConfig()
+    model: AnyModelConfig = ModelConfig()
+    """IntCLIP (`model.head`: global, regional, both, official), or a head on the frozen
+    tower's features (`linear`, `mlp`, `text`), each with its own keys."""
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
@@ -227,6 +231,16 @@ class TrainConfig(ConfigSection):
         return data
 
     @model_validator(mode="after")
+    def _features_are_of_the_evaluation_view(self) -> TrainConfig:
+        if self.model.input == "features" and self.augment.enabled:
+            raise ValueError(
+                "model.input: features reads features of the evaluation view of each image, "
+                "computed once, so image augmentation cannot apply: set augment.enabled: false "
+                "(or model.input: images to run the tower on augmented images)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _prompts_read_the_descriptions(self) -> TrainConfig:
         if self.model.text != "prompts":
             return self
@@ -255,7 +269,7 @@ def load_config(path: Path, overrides: list[str] | None = None) -> TrainConfig:
         config = TrainConfig.model_validate(data)
     except ValidationError as err:
         problems = [
-            f"{'.'.join(str(k) for k in e['loc'])}: {e['msg']}"
+            f"{'.'.join(str(k) for k in without_model_kind(e['loc']))}: {e['msg']}"
             for e in err.errors(include_url=False)
         ]
         raise UserError(f"{path}: {'; '.join(problems)}") from None

@@ -34,8 +34,9 @@ from pipeline.embeddings.cache import (
 @dataclass(frozen=True)
 class Components:
     clip: LoadedClip
-    class_text: ClassTextSource
-    """Cached class embeddings [N, D] (`model.text: cached`) or class texts (`prompts`)."""
+    class_text: ClassTextSource | None
+    """Cached class embeddings [N, D] (`model.text: cached`) or class texts (`prompts`); None
+    when built without (`build_components(..., with_class_text=False)`)."""
     ids: list[str]
     """Class ids in label order."""
     taxonomy: Taxonomy | None
@@ -126,12 +127,17 @@ CLASS_TEXT_LOADERS: dict[
 ] = {"cached": _cached_embeddings, "prompts": _prompt_texts}
 
 
-def build_components(config: TrainConfig, device: torch.device) -> Components:
-    """Load the CLIP and the class text made for it, checked against the dataset."""
+def build_components(
+    config: TrainConfig, device: torch.device, with_class_text: bool = True
+) -> Components:
+    """Load the CLIP and the class text made for it, checked against the dataset;
+    `with_class_text=False` loads the CLIP alone (feature extraction needs no class text)."""
     clip = load_clip(config.clip.name, config.clip.pretrained, device)
     taxonomy = load_taxonomy(config.data.taxonomy) if config.data.taxonomy else None
     expected_ids = [c.id for c in taxonomy.classes] if taxonomy else None
-    class_text, ids = CLASS_TEXT_LOADERS[config.model.text](config, clip, expected_ids)
+    class_text, ids = None, list(expected_ids or [])
+    if with_class_text:
+        class_text, ids = CLASS_TEXT_LOADERS[config.model.text](config, clip, expected_ids)
     image_size = config.clip.image_size or clip.image_size[0]
     if not config.data.normalize:
         stderr.print(

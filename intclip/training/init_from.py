@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from intclip.model.intclip import IntCLIP
+from intclip.model.trained import TrainedModel
 from intclip.training.checkpoint import load_weights
 from intclip.training.config import InitFrom
 from pipeline.common.errors import UserError
@@ -27,7 +27,7 @@ def checkpoint_of(source: Path, best_model: str) -> Path:
     return source
 
 
-def initialise(model: IntCLIP, source: InitFrom, best_model: str) -> InitFrom:
+def initialise(model: TrainedModel, source: InitFrom, best_model: str) -> InitFrom:
     """Load the checkpoint `source` names into `model`; its resolved path and sha256."""
     path = checkpoint_of(source.path, best_model)
     digest = sha256_file(path)

@@ -14,10 +14,8 @@ from pathlib import Path
 import numpy as np
 from torch.nn.parallel import DistributedDataParallel
 
-from intclip.data.check import DecodedImages, check_index, summarize
-from intclip.data.dataset import ImageDataset, LabelIndex, load_split
-from intclip.data.loader import LoaderOptions, scoring_loader, train_loader
-from intclip.model.intclip import IntCLIP
+from intclip.data.loader import scoring_loader, train_loader
+from intclip.model.models import build_model
 from intclip.runtime import distributed, precision
 from intclip.runtime.acceleration import compiled, to_channels_last
 from intclip.training.accumulation import AccumulationPlan
@@ -27,6 +25,7 @@ from intclip.training.curves import plot_learning_curves
 from intclip.training.epoch_metrics import final_report, validation_row, write_metrics
 from intclip.training.factory import build_components
 from intclip.training.init_from import initialise
+from intclip.training.inputs import build_inputs
 from intclip.training.interrupts import stops_resumably
 from intclip.training.loss import AsymmetricLoss
 from intclip.training.optimizer import Optimisation, build_optimizer, build_scheduler
@@ -45,14 +44,13 @@ from intclip.training.run_dir import (
 )
 from intclip.training.run_log import RunLog, captured_output
 from intclip.training.scoring import predict_scores
+from intclip.training.splits import checked_split
 from intclip.training.state import TrainingProgress, restore_state, save_state, seed_everything
 from intclip.training.step import NonFiniteLoss, TrainingPass, unreadable_stops_the_run
 from intclip.training.trackers import Trackers, open_trackers, require_trackers
 from pipeline.common.console import stderr
 from pipeline.common.errors import UserError
-from pipeline.common.files import atomic_write_text, cache_root, stable_json
-
-DECODED_IMAGES = "decoded-images.json"  # under the cache root: images known to decode
+from pipeline.common.files import atomic_write_text, stable_json
 
 
 def train(
@@ -98,12 +96,12 @@ def _train(
     stopped_note = StateNote(run_dir)
 
     # Data: train and val only. The test split is never looked at while training.
-    train_index = _checked_split(config, "train", skip_bad, log)
-    val_index = _checked_split(config, "val", skip_bad, log)
+    train_index = checked_split(config, "train", skip_bad, log)
+    val_index = checked_split(config, "val", skip_bad, log)
 
     components = build_components(config, context.device)
     seed_everything(config.seed)  # the new modules' initial weights depend on the seed alone
-    model = IntCLIP(components.clip, components.class_text, config.model)
+    model = build_model(components.clip, components.class_text, config.model)
     if config.init_from is not None and resume is None:
         config = config.model_copy(
             update={"init_from": initialise(model, config.init_from, BEST_MODEL)}
@@ -121,12 +119,12 @@ def _train(
     groups = model.parameter_groups()
     log(", ".join(f"{g.role}: {g.count:,} trained parameters" for g in groups))
 
-    # Workers decode and crop; the device converts and normalises (see image_pipeline).
-    pipeline = components.image_pipeline(config)
-    model_input = components.model_input(pipeline, context.device, channels_last)
-    options = LoaderOptions.from_config(config.data, context.device)
-    train_set = ImageDataset(train_index, pipeline.train)
-    val_set = ImageDataset(val_index, pipeline.eval)
+    # Images: workers decode and crop, the device converts and normalises (image_pipeline).
+    # Features: the frozen tower's, from the cache, computed there first when missing.
+    inputs = build_inputs(config, components, context, channels_last)
+    model_input, options = inputs.model_input, inputs.options
+    train_set = inputs.dataset(train_index, "train", train=True)
+    val_set = inputs.dataset(val_index, "val")
     batch_size = config.optim.batch_size // context.world_size
     if batch_size < 1:
         raise UserError(
@@ -265,20 +263,3 @@ def _summary(progress: TrainingProgress, optim: OptimConfig, stopped_early: bool
 
 def _silent(*_: object, **__: object) -> None:
     """Ranks other than 0 print nothing."""
-
-
-def _checked_split(config: TrainConfig, split: str, skip_bad: bool, log) -> LabelIndex:
-    """The split, with label and file problems refused, or left out under `--skip-bad`."""
-    index = load_split(config.data, split)
-    problems = check_index(index, decoded=DecodedImages(cache_root() / DECODED_IMAGES))
-    if not problems:
-        return index
-    if not skip_bad:
-        raise UserError(
-            f"{split}: {len(problems)} bad entries ({summarize(problems)}), the first: "
-            f"{problems[0]}; run intclip-train check-data, or pass --skip-bad"
-        )
-    log(
-        f"{split}: leaving out {len({p.row for p in problems})} bad entries ({summarize(problems)})"
-    )
-    return index.without([p.row for p in problems])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from intclip.model.intclip import ParameterGroup
+from intclip.model.trained import ParameterGroup
 from intclip.runtime.acceleration import fused_optimizer
 from intclip.training.config import OptimConfig
 

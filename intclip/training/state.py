@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from intclip.model.intclip import IntCLIP
+from intclip.model.trained import TrainedModel
 from intclip.training.config import TrainConfig, config_leaves
 from intclip.training.optimizer import Optimisation
 from intclip.training.run_dir import CONFIG_FILE
@@ -77,6 +77,7 @@ KEYS_ADDED_SINCE = {
     "optim.grad_accumulation": 1,
     "optim.early_stop_patience": None,
     "init_from": None,
+    "model.input": "images",
 }
 """Keys newer than some `last.pt` files, with the value that gives what those runs did."""
 
@@ -84,7 +85,7 @@ KEYS_ADDED_SINCE = {
 def save_state(
     path: Path,
     config: TrainConfig,
-    model: IntCLIP,
+    model: TrainedModel,
     optimisation: Optimisation,
     progress: TrainingProgress,
 ) -> None:
@@ -106,7 +107,7 @@ def save_state(
 
 
 def restore_state(
-    path: Path, config: TrainConfig, model: IntCLIP, optimisation: Optimisation
+    path: Path, config: TrainConfig, model: TrainedModel, optimisation: Optimisation
 ) -> TrainingProgress:
     """The state of `last.pt`, refused when it is not ours or the config changed since."""
     try:

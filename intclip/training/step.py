@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from intclip.data.dataset import UnreadableImage
 from intclip.data.loader import EpochSeeds, TrainBatch
-from intclip.model.intclip import IntCLIP
+from intclip.model.trained import TrainedModel
 from intclip.runtime import distributed
 from intclip.training.accumulation import AccumulationPlan
 from intclip.training.config import TrainConfig
@@ -56,7 +56,7 @@ class TrainingPass:
     loader: DataLoader
     seeds: EpochSeeds
     plan: AccumulationPlan
-    model: IntCLIP
+    model: TrainedModel
     trainable: nn.Module
     ddp: DistributedDataParallel | None
     model_input: Callable[[torch.Tensor], torch.Tensor]

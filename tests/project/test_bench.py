@@ -50,7 +50,7 @@ def test_list_names_every_measure_of_the_issues(capsys):
     names = [line.split(":")[0] for line in out.splitlines()]
     assert code == 0 and names == [
         "image_pipeline", "loader_vs_step", "cli_start", "build_concurrency",
-        "annotation_index", "text_embedding", "train_step", "prompts_step",
+        "annotation_index", "text_embedding", "train_step", "prompts_step", "features_epoch",
     ]  # fmt: skip
 
 
@@ -88,3 +88,14 @@ def test_image_pipeline_labels_what_the_fast_path_reads(capsys, tmp_path):
             assert f"{kind}, {originals}: fast on prepared 366 px " in out
         assert f"prepare once, {originals}: prepare --resize-short-side 366 " in out
     assert out.count("| torchvision on originals ") == 10
+
+
+@pytest.mark.slow
+def test_features_epoch_runs_both_epochs_and_both_extraction_sides(capsys, tmp_path):
+    code, out, _ = run_bench(
+        capsys, "--only", "features_epoch", "--quick", "--out", str(tmp_path / "b.md")
+    )
+    assert code == 0
+    assert "cached features " in out and "images through the tower, " in out
+    assert "intclip-train features " in out and "one eval pass through the tower " in out
+    assert out.count("ratio") == 2

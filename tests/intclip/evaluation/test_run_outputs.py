@@ -13,6 +13,7 @@ import pytest
 from intclip.evaluation.predict import ImagePrediction, Intent
 from intclip.evaluation.prediction_files import PredictionFile, output_suffix
 from intclip.evaluation.results_table import (
+    FIRST_COLUMNS,
     RESULT_COLUMNS,
     append_result,
     config_hash,
@@ -69,6 +70,22 @@ def test_results_table_gains_one_row_per_evaluation(tmp_path):
     assert rows["macro_f1"][0] == pytest.approx(report.fine.macro_f1)
     assert rows["config_hash"][1] == config_hash(a_config(tmp_path, 0.02))
     assert rows["config_hash"][0] != rows["config_hash"][1]
+    assert rows["mAP_voc"][0] == pytest.approx(report.fine.mAP_voc)
+    assert rows["per_class_macro_f1"][0] == pytest.approx(report.per_class.macro_f1)
+    assert rows["at_0.5_samples_f1"][0] == pytest.approx(report.at_half.samples_f1)
+
+
+def test_a_table_of_the_first_columns_gains_the_new_ones_and_keeps_its_rows(tmp_path):
+    old = tmp_path / "results.csv"
+    old.write_text(",".join(FIRST_COLUMNS) + "\nNA,test,0.5,40.0,50.0,45.0,38.0,abc\n")
+    (tmp_path / "new").mkdir()
+    report = build_report("test", scored(0, 4), scored(1, 4), ["a", "b", "c", "d"], None)
+    append_result(tmp_path / "new", report, a_config(tmp_path))
+    rows = read_results(old)
+    assert tuple(rows.columns) == RESULT_COLUMNS
+    assert list(rows["run"]) == ["NA", "new"]  # a run named NA stays a name
+    assert rows["macro_f1"][0] == 40.0 and pd.isna(rows["mAP_voc"][0])
+    assert rows["mAP_voc"][1] == pytest.approx(report.fine.mAP_voc)
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,15 @@ from sklearn.metrics import average_precision_score, f1_score
 from intclip.metrics.multilabel import (
     INTENTONOMY_SUBSETS,
     THRESHOLD_GRID,
-    ScoreSummary,
     average_precision_per_class,
     evaluate_protocol,
     evaluate_split,
     mean_average_precision,
+    mean_voc_average_precision,
+    select_class_thresholds,
     select_threshold,
     subset_f1,
+    voc_average_precision,
 )
 
 
@@ -138,25 +140,36 @@ def test_subset_naming_a_missing_class_is_an_error() -> None:
         evaluate_split(labels, scores, 0.5, INTENTONOMY_SUBSETS)
 
 
-def test_summary_has_exactly_the_score_command_keys() -> None:
+def test_class_thresholds_maximise_each_class_and_break_ties_low() -> None:
+    # class 0 separates at 0.40-0.60 (tie: the lowest), class 1 only at 0.70
+    labels = np.array([[1, 1], [1, 1], [0, 0], [0, 0]])
+    scores = np.array([[0.62, 0.75], [0.90, 0.72], [0.40, 0.68], [0.10, 0.30]])
+    assert select_class_thresholds(labels, scores) == [0.4, 0.7]
+    result = evaluate_protocol(labels, scores, labels, scores)
+    assert result.class_thresholds == [0.4, 0.7]
+    assert result.test_per_class.macro_f1 == 100.0
+    assert result.test_at_half.per_class_f1 == pytest.approx([100.0, 80.0])  # 0.68 too
+
+
+def test_voc_ap_takes_the_best_precision_at_each_recall() -> None:
+    # ranks: +, -, +, -, +: precisions 1, 2/3, 3/5 at the three positives, none improved later
+    labels = np.array([1, 0, 1, 0, 1])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    assert voc_average_precision(labels, scores) == pytest.approx(100 * (1 + 2 / 3 + 3 / 5) / 3)
+    # -, +, +: the positive at rank 2 (precision 1/2) takes rank 3's 2/3; scikit-learn does not
+    labels, scores = np.array([0, 1, 1]), np.array([0.9, 0.8, 0.7])
+    assert voc_average_precision(labels, scores) == pytest.approx(100 * 2 / 3)
+    assert 100 * average_precision_score(labels, scores) == pytest.approx(100 * (1 / 2 + 2 / 3) / 2)
+
+
+def test_voc_map_leaves_out_classes_without_positives() -> None:
     labels, scores = random_split(seed=7)
-    summary = evaluate_protocol(labels, scores, labels, scores).summary()
-    assert (
-        set(summary.model_dump())
-        == set(ScoreSummary.model_fields)
-        == {
-            "threshold",
-            "macro_f1",
-            "micro_f1",
-            "samples_f1",
-            "mAP",
-            "val_macro_f1",
-            "val_micro_f1",
-            "val_samples_f1",
-            "val_mAP",
-        }
-    )
-    assert summary.macro_f1 == summary.val_macro_f1
+    labels[:, 2] = 0
+    per_class = [voc_average_precision(labels[:, c], scores[:, c]) for c in (0, 1, 3, 4)]
+    assert mean_voc_average_precision(labels, scores) == pytest.approx(np.mean(per_class))
+    metrics = evaluate_split(labels, scores, 0.5)
+    assert metrics.per_class_ap_voc[2] is None and metrics.per_class_ap[2] is None
+    assert metrics.mAP_voc == pytest.approx(np.mean(per_class))
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,7 @@
-"""`intclip-train score` through its entry point, on the real Intentonomy val/test labels."""
+"""`intclip-train score` through its entry point, on the real Intentonomy val/test labels.
+
+The reference numbers are computed here without intclip's metrics: scikit-learn for the F1s
+and its AP, and by hand (`independent_*`) for the per-class thresholds and both APs."""
 
 from __future__ import annotations
 
@@ -10,14 +13,18 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score, f1_score
 
 from testkit.cli import CliResult
-from testkit.paths import INTENTONOMY
+from testkit.paths import INTENTONOMY, TOY_TAXONOMY
 
 VAL_LABELS = INTENTONOMY / "val_label_vectors_intentonomy2020.npy"
 TEST_LABELS = INTENTONOMY / "test_label_vectors_intentonomy2020.npy"
+FIXTURE_VAL_SCORES = INTENTONOMY / "scores" / "val_scores.npy"
+FIXTURE_TEST_SCORES = INTENTONOMY / "scores" / "test_scores.npy"
+GRID = [step / 20 for step in range(1, 20)]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "intclip-train"
 
 
@@ -63,28 +70,108 @@ def real_inputs(tmp_path: Path) -> dict[str, Path]:
     }
 
 
+def flat(document: object, prefix: str = "") -> dict[str, object]:
+    """A JSON document as {dotted key: leaf}, for `pytest.approx`."""
+    if isinstance(document, dict | list):
+        items = document.items() if isinstance(document, dict) else enumerate(document)
+        return {k: v for key, value in items for k, v in flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): document}
+
+
+def f1s(labels: np.ndarray, scores: np.ndarray, threshold: object) -> dict[str, float]:
+    predictions = (scores > threshold).astype(int)
+    return {
+        f"{average}_f1": 100 * f1_score(labels, predictions, average=average, zero_division=0)
+        for average in ("macro", "micro", "samples")
+    }
+
+
+def present(labels: np.ndarray) -> list[int]:
+    return [c for c in range(labels.shape[1]) if labels[:, c].any()]
+
+
+def mean_ap(labels: np.ndarray, scores: np.ndarray) -> float:
+    return 100 * np.mean(
+        [average_precision_score(labels[:, c], scores[:, c]) for c in present(labels)]
+    )
+
+
 def scikit_learn_protocol(
     val_labels: np.ndarray, val_scores: np.ndarray, test_labels: np.ndarray, test_scores: np.ndarray
-) -> dict[str, float]:
-    """The Intentonomy protocol written out directly with scikit-learn, as the reference."""
-    grid = [step / 20 for step in range(1, 20)]
+) -> dict[str, object]:
+    """The Intentonomy protocol written out directly with scikit-learn, as the reference; the
+    per-class thresholds and VOC mAP by hand."""
+    val_macro = [f1s(val_labels, val_scores, threshold)["macro_f1"] for threshold in GRID]
+    threshold = GRID[val_macro.index(max(val_macro))]
+    val = f1s(val_labels, val_scores, threshold) | {
+        "mAP": mean_ap(val_labels, val_scores),
+        "mAP_voc": independent_voc_map(val_labels, val_scores),
+    }
+    test = f1s(test_labels, test_scores, threshold) | {
+        "mAP": mean_ap(test_labels, test_scores),
+        "mAP_voc": independent_voc_map(test_labels, test_scores),
+    }
+    per_class = independent_class_thresholds(val_labels, val_scores)
+    return {
+        "threshold": threshold,
+        **test,
+        **{f"val_{key}": value for key, value in val.items()},
+        "per_class_thresholds": per_class,
+        "per_class": f1s(test_labels, test_scores, np.array(per_class)),
+        "at_0.5": f1s(test_labels, test_scores, 0.5),
+    }
 
-    def f1s(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-        predictions = (scores > threshold).astype(int)
-        return {
-            f"{average}_f1": 100 * f1_score(labels, predictions, average=average, zero_division=0)
-            for average in ("macro", "micro", "samples")
-        }
 
-    def mean_ap(labels: np.ndarray, scores: np.ndarray) -> float:
-        present = [c for c in range(labels.shape[1]) if labels[:, c].any()]
-        return 100 * np.mean([average_precision_score(labels[:, c], scores[:, c]) for c in present])
+def class_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """F1 of one class from its counts; 0 when it has neither positives nor predictions."""
+    true_positives = int(np.sum((labels == 1) & predicted))
+    wrong = int(np.sum((labels == 0) & predicted)) + int(np.sum((labels == 1) & ~predicted))
+    return 0.0 if true_positives == 0 else 2 * true_positives / (2 * true_positives + wrong)
 
-    val_macro = [f1s(val_labels, val_scores, threshold)["macro_f1"] for threshold in grid]
-    threshold = grid[val_macro.index(max(val_macro))]
-    val = f1s(val_labels, val_scores, threshold) | {"mAP": mean_ap(val_labels, val_scores)}
-    test = f1s(test_labels, test_scores, threshold) | {"mAP": mean_ap(test_labels, test_scores)}
-    return {"threshold": threshold, **test} | {f"val_{key}": value for key, value in val.items()}
+
+def independent_class_thresholds(labels: np.ndarray, scores: np.ndarray) -> list[float]:
+    """Per class, the lowest grid value with the highest F1 of that class."""
+    chosen = []
+    for c in range(labels.shape[1]):
+        best, best_f1 = GRID[0], -1.0
+        for threshold in GRID:
+            value = class_f1(labels[:, c], scores[:, c] > threshold)
+            if value > best_f1:
+                best, best_f1 = threshold, value
+        chosen.append(best)
+    return chosen
+
+
+def independent_voc_ap(labels: np.ndarray, scores: np.ndarray) -> float:
+    """VOC's all-point AP by its definition: for each rank where a positive is found, the best
+    precision at that recall or beyond, times the recall it adds (1 / positives)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep their order
+    hits = [labels[i] == 1 for i in order]
+    precisions = [sum(hits[: k + 1]) / (k + 1) for k in range(len(hits))]
+    positives = sum(hits)
+    total = 0.0
+    for k, hit in enumerate(hits):
+        if hit:
+            total += max(precisions[k:]) / positives
+    return 100 * total
+
+
+def independent_voc_map(labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(np.mean([independent_voc_ap(labels[:, c], scores[:, c]) for c in present(labels)]))
+
+
+def independent_sklearn_ap(labels: np.ndarray, scores: np.ndarray) -> float:
+    """scikit-learn's AP by hand: precision at each distinct score (ties one step), times the
+    recall it adds."""
+    total, found, seen = 0.0, 0, 0
+    positives = int(labels.sum())
+    for value in sorted(set(scores.tolist()), reverse=True):
+        at = scores == value
+        seen += int(at.sum())
+        gained = int(labels[at].sum())
+        found += gained
+        total += (gained / positives) * (found / seen)
+    return 100 * total
 
 
 def test_json_agrees_with_scikit_learn_on_real_labels(
@@ -100,8 +187,54 @@ def test_json_agrees_with_scikit_learn_on_real_labels(
         np.load(real_inputs["test_scores"]),
     )
     assert set(reported) == set(expected)
-    assert reported == pytest.approx(expected)
+    assert flat(reported) == pytest.approx(flat(expected))
     assert 0.05 <= reported["threshold"] <= 0.95
+
+
+def test_real_28_class_matrices_give_every_row_as_an_independent_implementation(
+    train_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    """The committed 28-class score matrices (tests/fixtures/intentonomy/README.md): global,
+    per-class and 0.5 rows and both mAPs, each against the implementation in this file."""
+    val_labels, test_labels = np.load(VAL_LABELS), np.load(TEST_LABELS)
+    val_scores = np.load(FIXTURE_VAL_SCORES).astype(np.float64)
+    test_scores = np.load(FIXTURE_TEST_SCORES).astype(np.float64)
+    args = score_args(FIXTURE_VAL_SCORES, VAL_LABELS, FIXTURE_TEST_SCORES, TEST_LABELS)
+    code, out, err = train_cli(*args, "--json")
+    assert (code, err) == (0, "")
+    reported = json.loads(out)
+
+    thresholds = independent_class_thresholds(val_labels, val_scores)
+    assert reported["per_class_thresholds"] == thresholds
+    assert len(set(thresholds)) > 3  # the classes really differ
+    expected_rows = {
+        "per_class": np.array(thresholds),
+        "at_0.5": 0.5,
+    }
+    for key, threshold in expected_rows.items():
+        predicted = test_scores > threshold
+        per_class = [class_f1(test_labels[:, c], predicted[:, c]) for c in range(28)]
+        assert reported[key]["macro_f1"] == pytest.approx(100 * np.mean(per_class)), key
+        assert set(reported[key]) == {"macro_f1", "micro_f1", "samples_f1"}
+    assert reported["per_class"]["macro_f1"] > reported["macro_f1"] > reported["at_0.5"]["macro_f1"]
+    for prefix, labels, scores in (
+        ("", test_labels, test_scores),
+        ("val_", val_labels, val_scores),
+    ):
+        voc = [independent_voc_ap(labels[:, c], scores[:, c]) for c in present(labels)]
+        plain = [independent_sklearn_ap(labels[:, c], scores[:, c]) for c in present(labels)]
+        assert reported[f"{prefix}mAP_voc"] == pytest.approx(np.mean(voc))
+        assert reported[f"{prefix}mAP"] == pytest.approx(np.mean(plain))
+        assert reported[f"{prefix}mAP_voc"] > reported[f"{prefix}mAP"]
+
+    code, table, _ = train_cli(*args)
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if "│" in line}
+    for name in ("fine", "fine @ per class", "fine @ 0.5", "middle", "coarse"):
+        assert name in rows, name
+    assert f"{reported['at_0.5']['macro_f1']:.2f}" in rows["fine @ 0.5"]
+    assert f"{reported['mAP_voc']:.2f}" in rows["fine"]
+    assert "hard classes" in table and "threshold" in table  # subsets and the per-class table
 
 
 def test_table_shows_the_same_numbers(
@@ -112,10 +245,50 @@ def test_table_shows_the_same_numbers(
     code, table, _ = train_cli(*score_args(**real_inputs))
     assert code == 0
     assert f"threshold {reported['threshold']}, chosen on val" in table
-    for label, key in [("macro F1", "macro_f1"), ("samples F1", "samples_f1"), ("mAP", "mAP")]:
-        row = next(line for line in table.splitlines() if label in line)
-        assert f"{reported['val_' + key]:.2f}" in row
-        assert f"{reported[key]:.2f}" in row
+    rows = {line.split("│")[1].strip(): line for line in table.splitlines() if "│" in line}
+    for key in ("macro_f1", "samples_f1", "mAP", "mAP_voc"):
+        assert f"{reported[key]:.2f}" in rows["fine"]
+        assert f"{reported['val_' + key]:.2f}" in rows["val"]
+
+
+def test_name_appends_the_row_eval_writes_for_the_same_matrices(
+    train_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    from intclip.evaluation.results_table import RESULT_COLUMNS, report_row
+    from intclip.metrics.report import build_report, score_classes
+
+    args = score_args(FIXTURE_VAL_SCORES, VAL_LABELS, FIXTURE_TEST_SCORES, TEST_LABELS)
+    results = tmp_path / "runs" / "results.csv"
+    for name in ("method-a", "method-b"):
+        code, _, err = train_cli(*args, "--name", name, "--results", results)
+        assert (code, err) == (0, "")
+    table = pd.read_csv(results)
+    assert list(table["run"]) == ["method-a", "method-b"] and tuple(table.columns) == RESULT_COLUMNS
+    ids, taxonomy = score_classes(None, 28)
+    val = (np.load(VAL_LABELS), np.load(FIXTURE_VAL_SCORES).astype(np.float64))
+    test = (np.load(TEST_LABELS), np.load(FIXTURE_TEST_SCORES).astype(np.float64))
+    eval_row = report_row("method-a", build_report("test", val, test, ids, taxonomy))
+    written = table.iloc[0].to_dict()
+    for column in RESULT_COLUMNS:
+        if column in ("config_hash", "statistic", "seeds"):
+            assert pd.isna(written[column]), column  # no config: score rows have no hash
+        elif column in ("run", "split"):
+            assert written[column] == eval_row[column]
+        else:
+            assert written[column] == pytest.approx(eval_row[column]), column
+
+
+def test_taxonomy_must_name_as_many_classes_as_the_matrices(
+    train_cli: Callable[..., CliResult], tmp_path: Path
+) -> None:
+    paths = write_small_inputs(tmp_path)
+    toy = tmp_path / "toy.yaml"
+    toy.write_text(TOY_TAXONOMY)
+    code, _, err = train_cli(*score_args(**paths), "--taxonomy", toy)
+    assert code == 2 and err == f"error: {toy}: 3 classes, but the score matrices have 4\n"
+    small = write_small_inputs(tmp_path, val_classes=3, test_classes=3)
+    code, out, _ = train_cli(*score_args(**small), "--taxonomy", toy)
+    assert code == 0 and "│ coarse" in out and "beach" in out
 
 
 def test_sigmoid_flag_scores_logits_like_their_probabilities(
@@ -131,7 +304,7 @@ def test_sigmoid_flag_scores_logits_like_their_probabilities(
 
     _, from_logits, _ = train_cli(*logit_args, "--sigmoid", "--json")
     _, from_probabilities, _ = train_cli(*score_args(**real_inputs), "--json")
-    assert json.loads(from_logits) == pytest.approx(json.loads(from_probabilities))
+    assert flat(json.loads(from_logits)) == pytest.approx(flat(json.loads(from_probabilities)))
 
 
 def test_val_class_without_positives_warns_and_is_left_out_of_map(

@@ -147,9 +147,9 @@ def test_images_are_decoded_once_across_runs(train_cli, workspace, monkeypatch):
 
 def cut_after_the_check(monkeypatch, *victims: Path) -> None:
     """Truncate the victims once the run has checked (and decoded) train, then val."""
-    import intclip.training.loop
+    import intclip.training.splits
 
-    original = intclip.training.loop.check_index
+    original = intclip.training.splits.check_index
     checked = []
 
     def check_then_cut(index, **kwargs):
@@ -159,7 +159,7 @@ def cut_after_the_check(monkeypatch, *victims: Path) -> None:
             victim.write_bytes(victim.read_bytes()[:60])
         return problems
 
-    monkeypatch.setattr(intclip.training.loop, "check_index", check_then_cut)
+    monkeypatch.setattr(intclip.training.splits, "check_index", check_then_cut)
 
 
 def test_an_image_cut_mid_run_stops_it_naming_the_file(
@@ -245,7 +245,7 @@ def test_non_finite_loss_in_the_first_epoch_says_last_pt_holds_the_start(
 
 
 def test_non_finite_val_scores_stop_the_run(train_cli, workspace, monkeypatch):
-    import intclip.training.loop
+    import intclip.training.splits
 
     def nan_scores(model, dataset, *args, **kwargs):
         return np.full((len(dataset), 4), np.nan, dtype=np.float32)

@@ -388,7 +388,7 @@ def test_official_config_trains_resumes_exactly_and_follows_the_official_schedul
     assert report["at_fixed_threshold"]["macro_f1"] == pytest.approx(expected)
 
 
-def test_report_table_shows_the_fixed_threshold_row() -> None:
+def test_report_table_shows_the_official_and_any_fixed_threshold_row() -> None:
     generator = np.random.default_rng(0)
     labels = (generator.random((20, 3)) > 0.6).astype(np.int64)
     labels[0] = 1
@@ -396,12 +396,15 @@ def test_report_table_shows_the_fixed_threshold_row() -> None:
     ids = ["a", "b", "c"]
     console = Console(width=200, record=True)
 
-    console.print(report_table(build_report("test", (labels, scores), (labels, scores), ids, None)))
-    assert "fine @" not in console.export_text()
-    report = build_report("test", (labels, scores), (labels, scores), ids, None, 0.5)
+    report = build_report("test", (labels, scores), (labels, scores), ids, None)
     console.print(report_table(report))
     expected = 100 * f1_score(labels, scores > 0.5, average="micro", zero_division=0)
-    assert "fine @ 0.5" in console.export_text()
+    assert "fine @ 0.5" in console.export_text() and "fine @ 0.3" not in console.export_text()
+    assert report.at_half.micro_f1 == pytest.approx(expected)
+    report = build_report("test", (labels, scores), (labels, scores), ids, None, 0.3)
+    console.print(report_table(report))
+    expected = 100 * f1_score(labels, scores > 0.3, average="micro", zero_division=0)
+    assert "fine @ 0.3" in console.export_text()
     assert report.at_fixed_threshold.micro_f1 == pytest.approx(expected)
 
 
