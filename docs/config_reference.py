@@ -107,12 +107,20 @@ def _yaml(value: Any) -> str:
     return str(value)
 
 
+def models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The config sections a field can hold: one, `X | None`, or a tagged union of several."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    found: list[type[BaseModel]] = []
+    for argument in typing.get_args(annotation):
+        found += [model for model in models_of(argument) if model not in found]
+    return found
+
+
 def model_of(annotation: Any) -> type[BaseModel] | None:
-    """The config section a field holds, if it holds one (directly or as `X | None`)."""
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+    """The config section a field holds, if it holds exactly one."""
+    models = models_of(annotation)
+    return models[0] if len(models) == 1 else None
 
 
 def sections_of(model: type[BaseModel]) -> bool:
@@ -124,17 +132,39 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def render_section(model: type[BaseModel], prefix: str, lines: list[str], doc: str) -> None:
-    """A table of the section's keys, then each of its own sections, depth first."""
+def alternative_label(model: type[BaseModel], alternatives: list[type[BaseModel]], key: str) -> str:
+    """What tells one section of a tagged union from the others: the first key whose choices
+    do not overlap between them, e.g. `model.head: "linear" | "mlp" | "text"`."""
+    if len(alternatives) == 1:
+        return ""
+    for name, field in model.model_fields.items():
+        choices = [
+            set(typing.get_args(other.model_fields[name].annotation))
+            for other in alternatives
+            if name in other.model_fields
+        ]
+        complete = len(choices) == len(alternatives) and all(choices)
+        if complete and sum(map(len, choices)) == len(set().union(*choices)):
+            return f"`{key}.{name}: {type_name(field.annotation)}`"
+    return model.__name__
+
+
+def render_section(
+    model: type[BaseModel], prefix: str, lines: list[str], doc: str, title: str = ""
+) -> None:
+    """A table of the section's keys, then each of its own sections, depth first. A key that
+    holds one of several sections (a tagged union) gets one section per alternative."""
     rows, subsections = [], []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        sub = model_of(field.annotation)
-        if sub is not None and sections_of(sub):
-            intro = sub.__doc__ or field.description or ""
-            if not intro.strip():
-                raise MissingHelp(f"{sub.__name__} ({key}) has no docstring")
-            subsections.append((sub, f"{key}.", intro, field))
+        alternatives = [sub for sub in models_of(field.annotation) if sections_of(sub)]
+        if alternatives:
+            for sub in alternatives:
+                intro = sub.__doc__ or field.description or ""
+                if not intro.strip():
+                    raise MissingHelp(f"{sub.__name__} ({key}) has no docstring")
+                label = alternative_label(sub, alternatives, key)
+                subsections.append((sub, f"{key}.", intro, field, label))
             continue
         if not field.description:
             raise MissingHelp(f"{model.__name__}.{name} ({key}) has no attribute docstring")
@@ -142,16 +172,17 @@ def render_section(model: type[BaseModel], prefix: str, lines: list[str], doc: s
             f"| `{key}` | `{_cell(field_type(field))}` | `{_cell(default_text(field))}` "
             f"| {_cell(field.description)} |"
         )
-    lines += [f"## `{prefix.rstrip('.')}`" if prefix else "## Top-level keys", ""]
+    heading = f"## `{prefix.rstrip('.')}`" if prefix else "## Top-level keys"
+    lines += [f"{heading}: {title}" if title else heading, ""]
     if doc:
         lines += [" ".join(doc.split()), ""]
     if rows:
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
-    for sub, sub_prefix, intro, field in subsections:
-        optional = model_of(field.annotation) is not field.annotation
+    for sub, sub_prefix, intro, field, label in subsections:
+        optional = type(None) in typing.get_args(field.annotation)
         required = field.default is PydanticUndefined and field.default_factory is None
         status = "required" if required else ("optional, default none" if optional else "")
-        render_section(sub, sub_prefix, lines, f"{intro} ({status})" if status else intro)
+        render_section(sub, sub_prefix, lines, f"{intro} ({status})" if status else intro, label)
 
 
 def render() -> str:

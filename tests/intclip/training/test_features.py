@@ -391,7 +391,7 @@ def test_seeds_that_cannot_start_leave_no_group_behind(train_cli, workspace, tmp
     code, _, err = train_cli(
         "run", "--config", config, "--set", f"data.train={missing}", "--seeds", "0,1"
     )
-    assert code == 2 and f"{missing}: annotation file not found" in err
+    assert code == 2 and f"{missing}: annotation file not found" in err, err
     assert not (tmp_path / "runs").exists()
     err = one_line_error(train_cli("run", "--config", config, "--seeds", "0", "--stop-after", "1"))
     assert "without --resume or --stop-after" in err
