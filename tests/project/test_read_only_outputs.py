@@ -20,6 +20,7 @@ import yaml
 from intclip.data.synthetic import make_synthetic_intentonomy
 from pipeline.descriptions.format import write_descriptions
 from testkit.descriptions import descriptions_document
+from testkit.disk import snapshot
 from testkit.fake_openai import FakeOpenAI
 from testkit.paths import TOY_TAXONOMY
 from testkit.tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
@@ -37,10 +38,6 @@ pytestmark = pytest.mark.skipif(
 def read_only(folder: Path) -> Path:
     folder.chmod(0o555)
     return folder
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def run_unprivileged(tmp_path: Path, *args: object) -> subprocess.CompletedProcess:
