@@ -17,9 +17,15 @@ class DownloadSettings(BaseModel):
     timeout: PositiveFloat = Field(
         default=30.0, description="seconds to connect, or to wait for the next bytes"
     )
+    deadline: PositiveFloat = Field(
+        default=300.0,
+        description="seconds a request may take in all, from connecting to the last byte",
+    )
     max_attempts: PositiveInt = Field(default=5, description="requests per image, retries included")
     rate: PositiveFloat = Field(default=10.0, description="requests per second, all together")
-    max_bytes: PositiveInt = Field(default=20 * 2**20, description="largest body accepted")
+    max_bytes: PositiveInt = Field(
+        default=20 * 2**20, description="largest body accepted, once decompressed"
+    )
     resize_short_side: PositiveInt | None = Field(
         default=None, description="store images downscaled to this shorter side (px)"
     )

@@ -196,6 +196,7 @@ def download(
         "concurrency"
     ].default,
     timeout: Annotated[float, _setting("timeout", "--timeout")] = _DOWNLOAD["timeout"].default,
+    deadline: Annotated[float, _setting("deadline", "--deadline")] = _DOWNLOAD["deadline"].default,
     max_attempts: Annotated[int, _setting("max_attempts", "--max-attempts")] = _DOWNLOAD[
         "max_attempts"
     ].default,
@@ -221,6 +222,7 @@ def download(
     settings = download_settings(
         concurrency=concurrency,
         timeout=timeout,
+        deadline=deadline,
         max_attempts=max_attempts,
         rate=rate,
         max_bytes=max_bytes,

@@ -13,16 +13,19 @@ from pipeline.common.image_errors import DECODE_ERRORS
 
 
 def outside_root(root: Path, relative: str) -> str | None:
-    """Why `relative` is no safe path under `root` (NUL, absolute, `..`, a link out), or None.
+    """Why `relative` names no path strictly inside `root` (NUL; empty, `.`, `..` or a final
+    `/`, which name no file; absolute; `..` or a link leading out; the root itself), or None.
 
     `root` must already be resolved.
     """
     if "\0" in relative:
         return f"{relative!r} contains a NUL character"
+    if relative.rsplit("/", 1)[-1] in ("", ".", ".."):
+        return f"{relative!r} names no file (empty, '.', '..' or ending in '/')"
     if Path(relative).is_absolute():
         return f"{relative} is an absolute path"
     resolved = (root / relative).resolve()
-    if not resolved.is_relative_to(root):
+    if resolved == root or not resolved.is_relative_to(root):
         return f"{relative} resolves to {resolved}"
     return None
 
