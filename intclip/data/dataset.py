@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from intclip.data.image_files import DECODE_ERRORS
 from intclip.data.manifest import IMAGE, csv_rows, jsonl_rows
 from pipeline.common.errors import UserError
+from pipeline.common.image_errors import DECODE_ERRORS, opened_image
 from pipeline.common.safe_load import load_json, read_text_file
 
 if TYPE_CHECKING:
@@ -252,7 +252,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         path = self.index.image_root / self.index.paths[row]
         try:
-            with Image.open(path) as image:
+            with opened_image(path) as image:
                 tensor = self.transform(image)
         except DECODE_ERRORS as err:
             detail = " ".join(str(err).split())

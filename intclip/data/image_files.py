@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
-from pipeline.common.image_errors import DECODE_ERRORS
+from pipeline.common.files import NotARegularFile
+from pipeline.common.image_errors import DECODE_ERRORS, ImageTooLarge, opened_image
 
 
 def outside_root(root: Path, relative: str) -> str | None:
@@ -33,13 +32,18 @@ def outside_root(root: Path, relative: str) -> str | None:
 def decode_problem(path: Path) -> tuple[str, str] | None:
     """Verify the container, then decode every pixel: a cut-off file passes verify() alone.
 
-    Returns (`truncated` or `corrupt`, detail), or None for a whole image.
+    Returns (`truncated`, `corrupt`, `too large` or `not a regular file`, detail), or None for
+    a whole image.
     """
     try:
-        with Image.open(path) as image:
+        with opened_image(path) as image:
             image.verify()
-        with Image.open(path) as image:
+        with opened_image(path) as image:
             image.load()
+    except ImageTooLarge as err:
+        return "too large", f"{path}: {err}"
+    except NotARegularFile as err:
+        return "not a regular file", f"{path} is {err.kind}"
     except DECODE_ERRORS as err:
         kind = "truncated" if "truncated" in str(err).lower() else "corrupt"
         return kind, f"{path}: {err}"
