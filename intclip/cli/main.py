@@ -150,9 +150,9 @@ def check_data(
     from intclip.training.config import load_config
 
     settings = load_config(config, overrides)
+    indexes = {split: load_split(settings.data, split) for split in SPLITS}  # all read first
     total = 0
-    for split in SPLITS:
-        index = load_split(settings.data, split)
+    for split, index in indexes.items():
         if index is None:
             continue
         problems = check_index(index, decode=decode)

@@ -245,7 +245,14 @@ def _checked_split(config: TrainConfig, split: str, skip_bad: bool, log) -> Labe
             f"{split}: {len(problems)} bad entries ({summarize(problems)}), the first: "
             f"{problems[0]}; run intclip-train check-data, or pass --skip-bad"
         )
+    kept = index.without([p.row for p in problems])
+    if not len(kept):
+        raise UserError(
+            f"{split}: every entry of {index.source} is bad ({summarize(problems)}), so "
+            f"--skip-bad leaves nothing to {'train on' if split == 'train' else 'validate on'}; "
+            "run intclip-train check-data"
+        )
     log(
         f"{split}: leaving out {len({p.row for p in problems})} bad entries ({summarize(problems)})"
     )
-    return index.without([p.row for p in problems])
+    return kept
