@@ -4,12 +4,14 @@ augmented. Validated at the edge; everything below reads plain attributes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
 from intclip.data.shrink import DEFAULT_CROP_SCALE_MIN
 from pipeline.common.config_section import ConfigSection
+
+CropShare = Annotated[float, Field(gt=0, le=1)]
 
 
 class DataConfig(ConfigSection):
@@ -53,7 +55,17 @@ class AugmentConfig(ConfigSection):
 
     enabled: bool = True
     """`false` trains on the evaluation transform, as the official code in effect does."""
-    crop_scale: tuple[float, float] = (DEFAULT_CROP_SCALE_MIN, 1.0)
+    crop_scale: tuple[CropShare, CropShare] = (DEFAULT_CROP_SCALE_MIN, 1.0)
+    """The share of the image's area a random crop covers, lowest and highest: each in (0, 1],
+    the first no larger than the second."""
     flip: bool = True
-    randaugment_ops: int = Field(default=2, ge=0)
+    randaugment_ops: int = Field(default=2, ge=0, le=14)
+    """RandAugment operations per image, at most the 14 it has; 0 turns it off."""
     randaugment_magnitude: int = Field(default=9, ge=0, le=30)
+
+    @model_validator(mode="after")
+    def _crop_scale_ordered(self) -> AugmentConfig:
+        low, high = self.crop_scale
+        if low > high:
+            raise ValueError(f"crop_scale: the lowest share {low} exceeds the highest {high}")
+        return self
