@@ -8,6 +8,8 @@ A resumed run appends. A terminal's live progress bar bypasses the log (see `pro
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -32,7 +34,13 @@ class RunLog:
     def attach(self, run_dir: Path) -> None:
         """Start writing to `run_dir`/train.log, held-back lines first."""
         if self._file is None:
-            self._file = (run_dir / LOG_FILE).open("a", encoding="utf-8", buffering=1)
+            path = run_dir / LOG_FILE
+            if not os.access(run_dir, os.W_OK | os.X_OK):  # every file of the run is rewritten
+                raise UserError(f"{run_dir}: cannot write ({os.strerror(errno.EACCES)})")
+            try:
+                self._file = path.open("a", encoding="utf-8", buffering=1)
+            except OSError as err:  # a read-only run directory, resumed: nothing written yet
+                raise UserError(f"{path}: cannot write ({err.strerror})") from None
             self.write("".join(self._held))
             self._held.clear()
 
