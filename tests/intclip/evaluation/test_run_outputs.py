@@ -145,7 +145,7 @@ def test_a_prediction_file_of_other_classes_or_a_foreign_file_is_refused(tmp_pat
     with pytest.raises(UserError, match=r"unknown format '.txt'; use .csv or .jsonl"):
         output_suffix(tmp_path / "out.txt")
     (tmp_path / "folder.csv").mkdir()
-    with pytest.raises(UserError, match=r"folder.csv: cannot read \(Is a directory\)"):
+    with pytest.raises(UserError, match=r"folder.csv: cannot read \(not a regular file: a d"):
         PredictionFile(tmp_path / "folder.csv", NODES)
 
 
