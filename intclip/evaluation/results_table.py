@@ -2,7 +2,8 @@
 
 Each `eval` and `zeroshot` appends its headline numbers; the table is rewritten through a
 temporary file, so a reader never sees half a row, and a damaged table is refused rather than
-silently replaced.
+silently replaced. Reading and rewriting happen under a lock (`results.csv.lock` beside it,
+through `filelock`), so evaluations that finish at once each keep their row.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from intclip.metrics.report import EvaluationReport
 from intclip.training.config import TrainConfig
@@ -18,6 +20,8 @@ from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_text, sha256_json
 
 RESULTS_FILE = "results.csv"
+LOCK_SUFFIX = ".lock"
+LOCK_WAIT_S = 120.0  # another evaluation writes one row; waiting longer means it is stuck
 RESULT_COLUMNS = (
     "run",
     "split",
@@ -53,11 +57,23 @@ def append_result(report_dir: Path, report: EvaluationReport, config: TrainConfi
         "mAP": report.fine.mAP,
         "config_hash": config_hash(config),
     }
-    existing, new = read_results(path), pd.DataFrame([row], columns=list(RESULT_COLUMNS))
-    table = new if existing.empty else pd.concat([existing, new], ignore_index=True)
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False, lineterminator="\n")
-    atomic_write_text(path, buffer.getvalue())
+    lock = FileLock(path.with_name(path.name + LOCK_SUFFIX))
+    try:
+        with lock.acquire(timeout=LOCK_WAIT_S):
+            existing, new = read_results(path), pd.DataFrame([row], columns=list(RESULT_COLUMNS))
+            table = new if existing.empty else pd.concat([existing, new], ignore_index=True)
+            buffer = io.StringIO()
+            table.to_csv(buffer, index=False, lineterminator="\n")
+            atomic_write_text(path, buffer.getvalue())
+    except Timeout:
+        raise UserError(
+            f"{lock.lock_file}: held by another evaluation for over {LOCK_WAIT_S:g} s; the row "
+            f"of {row['run']} was not added to {path}"
+        ) from None
+    except OSError as err:  # the lock file cannot be made: a read-only folder
+        raise UserError(
+            f"{path.with_name(path.name + LOCK_SUFFIX)}: cannot write ({err.strerror})"
+        ) from None
     return path
 
 
