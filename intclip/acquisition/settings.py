@@ -11,7 +11,7 @@ from pipeline.common.errors import UserError
 class DownloadSettings(BaseModel):
     """How politely and how patiently to fetch; the defaults suit Unsplash's image CDN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     concurrency: PositiveInt = Field(default=8, description="requests in flight at once")
     timeout: PositiveFloat = Field(

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from intclip.acquisition.settings import DownloadSettings, download_settings
 from pipeline.common.collector import imports_first, tensor_command
-from pipeline.common.console import VersionOption, run_app, stderr
+from pipeline.common.console import VersionOption, finite, run_app, stderr
 from pipeline.common.errors import UserError
 from pipeline.common.files import stable_json
 
@@ -262,6 +262,7 @@ def prepare(
         float | None,
         typer.Option(
             show_default=False,
+            callback=finite,
             help="The lower end of augment.crop_scale, in (0, 1]; default: its default.",
         ),
     ] = None,

@@ -143,7 +143,7 @@ def cache_ls(cache_dir: CacheDirOption = None) -> None:
 def cache_verify(
     path: Annotated[Path, typer.Argument(help="A cache file, as printed by embed.")],
     device: DeviceOption = "auto",
-    atol: Annotated[float, typer.Option(help="Largest allowed absolute difference.")] = 1e-5,
+    atol: Annotated[float, typer.Option(min=0, help="Largest allowed absolute difference.")] = 1e-5,
 ) -> None:
     """Recompute a cached file from its recorded sources and compare (exit 1 if it differs)."""
     from pipeline.clip.loading import load_clip

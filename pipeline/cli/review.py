@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from pipeline.common.console import stderr, stdout
+from pipeline.common.console import finite, stderr, stdout
 from pipeline.common.errors import EXIT_CHECK_FAILED
 from pipeline.common.files import atomic_write_text, sha256_file, stable_json
 from pipeline.descriptions.build import BuildPlan, revise_flagged
@@ -66,9 +66,14 @@ def review(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the report as JSON here.")
     ] = None,
-    min_margin: Annotated[float, typer.Option(help="Smallest acceptable margin.")] = 0.02,
+    min_margin: Annotated[
+        float, typer.Option(help="Smallest acceptable margin.", callback=finite)
+    ] = 0.02,
     duplicate_threshold: Annotated[
-        float, typer.Option(help="Cosine similarity that makes two descriptions near-duplicates.")
+        float,
+        typer.Option(
+            help="Cosine similarity that makes two descriptions near-duplicates.", callback=finite
+        ),
     ] = 0.95,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when any class is flagged.")

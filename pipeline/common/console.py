@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import math
 import sys
 import traceback
 from collections.abc import Sequence
@@ -59,6 +60,14 @@ VersionOption = Annotated[
         "--version", callback=_show_version, is_eager=True, help="Show the version and exit."
     ),
 ]
+
+
+def finite(value: float | None) -> float | None:
+    """The callback of every float option that no pydantic model checks: `nan` passes every
+    comparison (so every min and max), and `inf` means nothing as a setting."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 def fail(message: str) -> None:

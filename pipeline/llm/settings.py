@@ -60,7 +60,7 @@ def is_loopback(base_url: str | None) -> bool:
 class LLMSettings(BaseModel):
     """Which server and model to ask, how to sample, and how hard to insist."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     base_url: str | None = None
