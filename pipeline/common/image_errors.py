@@ -6,8 +6,8 @@ opens them with `opened_image`: only a regular file is opened (a FIFO would bloc
 and its size, known from the header before any pixel is decoded, is bounded: at most
 `max_image_pixels()` pixels (INTCLIP_MAX_IMAGE_PIXELS, default 100 million), and sides at most
 MAX_ASPECT_RATIO apart, since resizing the shorter side of a 1 x 20,000,000 strip to 224 pixels
-would make it 4.5 billion pixels wide. PIL's own limit is set to the same bound, for anything
-that opens an image another way.
+would make it 4.5 billion pixels wide. PIL's own limit (which refuses twice its value, at open)
+is raised to the bound where it is lower, so that this check is the one that speaks.
 
 PIL raises more than OSError: ValueError for bad header fields, SyntaxError for some broken PNG
 chunks found only while decoding, DecompressionBombError for absurd sizes. Every reader that
@@ -79,11 +79,14 @@ def size_problem(width: int, height: int) -> str | None:
 def opened_image(path: Path) -> Iterator[Image.Image]:
     """The image at `path`, opened (not yet decoded) only if it is a regular file of bounded
     size; raises one of DECODE_ERRORS otherwise."""
-    Image.MAX_IMAGE_PIXELS = max_image_pixels()
+    limit = max_image_pixels()
+    if (Image.MAX_IMAGE_PIXELS or limit) < limit:  # PIL's own check must not refuse first
+        Image.MAX_IMAGE_PIXELS = limit
     with open_regular(path) as handle, Image.open(handle) as image:
         problem = size_problem(*image.size)
         if problem is not None:
             raise ImageTooLarge(problem)
+        image.filename = os.fspath(path)  # as when PIL opens a path: readers may use it
         yield image
 
 
