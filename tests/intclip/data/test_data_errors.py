@@ -36,53 +36,43 @@ def check_data(train_cli, config: Path):
     return train_cli("check-data", "--config", config)
 
 
-def test_an_image_id_listed_twice(train_cli, dataset, tmp_path):
+def _soft(value):
+    return lambda d: d["annotations"][3]["category_ids_softprob"].__setitem__(0, value)
+
+
+def _emptied(d):
+    d.update(images=[], annotations=[])
+
+
+SOFT = "annotations[3]: category_ids_softprob must be 4 numbers in [0, 1]"
+DATA_ERRORS = {
+    "an image id listed twice": (
+        "train", lambda d: d["images"][2].update(id=d["images"][0]["id"]),
+        "images[2]: id 'train00000' is listed again (first at images[0]); which annotation "
+        "is whose cannot be told",
+    ),
+    "an image without annotation": (
+        "val", lambda d: d["annotations"].pop(1),
+        "images[1]: image 'val00001' (low/val00001.png) has no annotation",
+    ),
+    "a soft probability given as a string": ("train", _soft("1"), SOFT),
+    "a soft probability given as a boolean": ("train", _soft(True), SOFT),
+    "a soft probability given as null": ("train", _soft(None), SOFT),
+    "an empty train split": ("train", _emptied, "the train split (data.train) lists no images"),
+    "an empty val split": ("val", _emptied, "the val split (data.val) lists no images"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", DATA_ERRORS)
+def test_data_errors_are_refused_in_one_line_naming_file_and_entry(
+    train_cli, dataset, tmp_path, case
+):
     data, config = dataset
-    rewrite(data.train, lambda d: d["images"][2].update(id=d["images"][0]["id"]))
-    before = snapshot(tmp_path)
-    assert_refused(
-        check_data(train_cli, config), 2,
-        f"error: {data.train}: images[2]: id 'train00000' is listed again (first at "
-        "images[0]); which annotation is whose cannot be told",
-    )  # fmt: skip
-    assert snapshot(tmp_path) == before
-
-
-def test_an_image_without_annotation(train_cli, dataset, tmp_path):
-    data, config = dataset
-    rewrite(data.val, lambda d: d["annotations"].pop(1))
-    before = snapshot(tmp_path)
-    assert_refused(
-        check_data(train_cli, config), 2,
-        f"error: {data.val}: images[1]: image 'val00001' (low/val00001.png) has no annotation",
-    )  # fmt: skip
-    assert snapshot(tmp_path) == before
-
-
-@pytest.mark.parametrize("value", ["1", True, None])
-def test_a_soft_probability_that_is_no_number(train_cli, dataset, tmp_path, value):
-    data, config = dataset
-    rewrite(
-        data.train, lambda d: d["annotations"][3]["category_ids_softprob"].__setitem__(0, value)
-    )
-    before = snapshot(tmp_path)
-    assert_refused(
-        check_data(train_cli, config), 2,
-        f"error: {data.train}: annotations[3]: category_ids_softprob must be 4 numbers in [0, 1]",
-    )  # fmt: skip
-    assert snapshot(tmp_path) == before
-
-
-@pytest.mark.parametrize("split", ["train", "val"])
-def test_an_empty_split_is_refused_naming_split_and_file(train_cli, dataset, tmp_path, split):
-    data, config = dataset
+    split, change, detail = DATA_ERRORS[case]
     path = getattr(data, split)
-    rewrite(path, lambda d: d.update(images=[], annotations=[]))
+    rewrite(path, change)
     before = snapshot(tmp_path)
-    assert_refused(
-        check_data(train_cli, config), 2,
-        f"error: {path}: the {split} split (data.{split}) lists no images",
-    )  # fmt: skip
+    assert_refused(check_data(train_cli, config), 2, f"error: {path}: {detail}")
     assert snapshot(tmp_path) == before
 
 

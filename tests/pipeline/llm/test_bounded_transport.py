@@ -15,17 +15,6 @@ from pipeline.llm.transport import MAX_RESPONSE_BYTES
 from testkit.disk import snapshot
 from testkit.fake_openai import Encoded, FakeOpenAI, Redirect, Refusal, Trickle
 from testkit.hostile_http import gzip_bomb
-from testkit.paths import TOY_TAXONOMY
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch) -> Path:
-    taxonomy = tmp_path / "prompts" / "toy.yaml"
-    taxonomy.parent.mkdir()
-    taxonomy.write_text(TOY_TAXONOMY)
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    return taxonomy
 
 
 def build(prompts_cli, taxonomy: Path, server: FakeOpenAI, *args: object):
@@ -49,21 +38,21 @@ def quick_retries(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize("part", ["headers", "body"])
-def test_a_trickling_answer_is_cut_at_the_deadline_and_asked_again(prompts_cli, project, part):
+def test_a_trickling_answer_is_cut_at_the_deadline_and_asked_again(prompts_cli, toy_taxonomy, part):
     with FakeOpenAI() as server:
         server.enqueue(Trickle(0.2, part))  # about 800 bytes: minutes, a byte at a time
-        code, out, err = build(prompts_cli, project, server, "--timeout", "1")
+        code, out, err = build(prompts_cli, toy_taxonomy, server, "--timeout", "1")
         requests = server.request_count
     assert code == 0, err
     assert requests == 4  # the cut one, asked again, then the other two classes
     assert out.startswith("wrote ")
 
 
-def test_a_server_that_always_trickles_fails_in_one_line(prompts_cli, project, quick_retries):
-    before = snapshot(project.parent.parent)
+def test_a_server_that_always_trickles_fails_in_one_line(prompts_cli, toy_taxonomy, quick_retries):
+    before = snapshot(toy_taxonomy.parent.parent)
     with FakeOpenAI() as server:
         server.enqueue(*[Trickle(0.2, "body")] * 6)
-        code, out, err = build(prompts_cli, project, server, "--timeout", "0.5")
+        code, out, err = build(prompts_cli, toy_taxonomy, server, "--timeout", "0.5")
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
     assert code == 3 and out == "", err
     assert errors == [
@@ -72,19 +61,19 @@ def test_a_server_that_always_trickles_fails_in_one_line(prompts_cli, project, q
         "2 attempts (--timeout bounds each request in all, from connecting to the last byte "
         "of the answer)"
     ]
-    assert {p for p in snapshot(project.parent.parent) if not p.startswith("cache")} == {
+    assert {p for p in snapshot(toy_taxonomy.parent.parent) if not p.startswith("cache")} == {
         p for p in before if not p.startswith("cache")
     }
 
 
-def test_a_gzip_bomb_is_refused_at_the_cap_in_bounded_memory(prompts_cli, project):
+def test_a_gzip_bomb_is_refused_at_the_cap_in_bounded_memory(prompts_cli, toy_taxonomy):
     bomb = gzip_bomb(200 << 20)  # 200 KB that inflates to 200 MB
-    before = snapshot(project.parent)
+    before = snapshot(toy_taxonomy.parent)
     with FakeOpenAI() as server:
         server.enqueue(*[Encoded(bomb)] * 3)
         tracemalloc.start()
         try:
-            code, out, err = build(prompts_cli, project, server)
+            code, out, err = build(prompts_cli, toy_taxonomy, server)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -98,14 +87,14 @@ def test_a_gzip_bomb_is_refused_at_the_cap_in_bounded_memory(prompts_cli, projec
         f"the response is larger than {MAX_RESPONSE_BYTES:,} bytes once decompressed"
     ]
     assert peak < 4 * MAX_RESPONSE_BYTES, peak
-    assert snapshot(project.parent) == before
+    assert snapshot(toy_taxonomy.parent) == before
 
 
-def test_a_redirect_to_a_file_url_is_named_and_not_retried(prompts_cli, project):
-    before = snapshot(project.parent)
+def test_a_redirect_to_a_file_url_is_named_and_not_retried(prompts_cli, toy_taxonomy):
+    before = snapshot(toy_taxonomy.parent)
     with FakeOpenAI() as server:
         server.enqueue(Redirect("file:///etc/passwd"))
-        result = build(prompts_cli, project, server)
+        result = build(prompts_cli, toy_taxonomy, server)
         requests = server.request_count
     code, out, err = result
     errors = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -116,13 +105,13 @@ def test_a_redirect_to_a_file_url_is_named_and_not_retried(prompts_cli, project)
         "'file://127.0.0.1/etc/passwd': only http and https URLs are followed; check "
         "--base-url or OPENAI_BASE_URL"  # httpx gives a Location without a host the server's
     ]
-    assert snapshot(project.parent) == before
+    assert snapshot(toy_taxonomy.parent) == before
 
 
-def test_control_characters_of_a_reply_are_escaped_in_the_message(prompts_cli, project):
+def test_control_characters_of_a_reply_are_escaped_in_the_message(prompts_cli, toy_taxonomy):
     with FakeOpenAI() as server:
         server.enqueue(*[Refusal("no\x1b[2J\x1b]0;owned\x07")] * 3)
-        code, _, err = build(prompts_cli, project, server, "--max-attempts", "1")
+        code, _, err = build(prompts_cli, toy_taxonomy, server, "--max-attempts", "1")
     assert code == 3
     assert "\x1b" not in err and "\x07" not in err
     assert (
