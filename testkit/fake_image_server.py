@@ -23,6 +23,8 @@ from types import TracebackType
 
 from PIL import Image
 
+from testkit.hostile_http import gzip_bomb, head, trickle
+
 HANG_LIMIT_S = 30.0  # a hanging answer gives up by itself if the test forgets to close
 Behaviour = Callable[[BaseHTTPRequestHandler, "ImageServer"], None]
 
@@ -102,6 +104,29 @@ def oversized(size: int, declare_length: bool) -> Behaviour:
         handler.close_connection = True
 
     return answer
+
+
+def trickling(delay_s: float, part: str = "body") -> Behaviour:
+    """A JPEG sent one byte every `delay_s` seconds, from the status line on (`part="headers"`)
+    or its body only: bytes keep coming, so only a total deadline ends the request."""
+
+    def answer(handler: BaseHTTPRequestHandler, server: ImageServer) -> None:
+        body = jpeg_bytes(handler.path)
+        headers = head(200, "OK", {"Content-Type": "image/jpeg", "Content-Length": str(len(body))})
+        if part == "headers":
+            trickle(handler, headers + body, delay_s, server.closing)
+        else:
+            handler.wfile.write(headers)
+            trickle(handler, body, delay_s, server.closing)
+
+    return answer
+
+
+def gzip_bombed(inflated_bytes: int) -> Behaviour:
+    """An "image" of `inflated_bytes` zeros, sent gzip-encoded: a thousandth of that."""
+    return status(
+        200, {"Content-Type": "image/jpeg", "Content-Encoding": "gzip"}, gzip_bomb(inflated_bytes)
+    )
 
 
 def hang() -> Behaviour:

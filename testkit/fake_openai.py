@@ -26,7 +26,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
+
+from testkit.hostile_http import head, trickle
 
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
@@ -47,6 +49,7 @@ JSON_SCHEMA_REJECTION = (
 
 Responder = Callable[[dict[str, Any]], str]
 Response = tuple[int, bytes, Mapping[str, str]]  # status, body, extra headers
+Writer = Callable[[BaseHTTPRequestHandler, threading.Event], None]  # writes the answer itself
 
 
 def json_response(status: int, payload: dict[str, Any], headers: Mapping[str, str]) -> Response:
@@ -131,7 +134,53 @@ class Hang:
         return completion_response(request, responder(request), None)
 
 
-Fault = ErrorReply | Content | Refusal | Body | Hang
+@dataclass(frozen=True)
+class Trickle:
+    """The normal answer, one byte every `delay_s` seconds: from its status line on
+    (`part="headers"`), or its body only; bytes keep coming, so no idle timeout ever fires."""
+
+    delay_s: float
+    part: Literal["headers", "body"] = "body"
+
+    def respond(self, request: dict[str, Any], responder: Responder) -> Writer:
+        _, data, _ = completion_response(request, responder(request), None)
+        headers = head(
+            200, "OK", {"Content-Type": "application/json", "Content-Length": str(len(data))}
+        )
+
+        def write(handler: BaseHTTPRequestHandler, closing: threading.Event) -> None:
+            if self.part == "body":
+                handler.wfile.write(headers)
+            trickle(
+                handler, (headers if self.part == "headers" else b"") + data, self.delay_s, closing
+            )
+
+        return write
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A 200 answer whose body is `data` as given, declared as `encoding` (a gzip bomb...)."""
+
+    data: bytes
+    encoding: str = "gzip"
+
+    def respond(self, request: dict[str, Any], responder: Responder) -> Response:
+        return 200, self.data, {"Content-Encoding": self.encoding}
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A redirect to `location` (a file: URL...)."""
+
+    location: str
+    status: int = 307
+
+    def respond(self, request: dict[str, Any], responder: Responder) -> Response:
+        return self.status, b"", {"Location": self.location}
+
+
+Fault = ErrorReply | Content | Refusal | Body | Hang | Trickle | Encoded | Redirect
 
 
 def rate_limited(
@@ -239,6 +288,7 @@ class FakeOpenAI:
         self._faults: deque[Fault] = deque()
         self._received: list[ReceivedRequest] = []
         self._lock = threading.Lock()
+        self.closing = threading.Event()
         self._http = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._thread = threading.Thread(
             target=self._http.serve_forever, kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True
@@ -272,6 +322,7 @@ class FakeOpenAI:
         return self
 
     def close(self) -> None:
+        self.closing.set()
         self._http.shutdown()
         self._http.server_close()
 
@@ -286,7 +337,7 @@ class FakeOpenAI:
     ) -> None:
         self.close()
 
-    def reply(self, path: str, body: dict[str, Any]) -> Response:
+    def reply(self, path: str, body: dict[str, Any]) -> Response | Writer:
         """Record the request and answer it: the rejection mode first, then the next fault."""
         if path == MODELS_PATH:  # the health check of a local server; not counted
             return json_response(200, {"object": "list", "data": [{"id": "fake"}]}, {})
@@ -314,10 +365,16 @@ def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
-            self._send(*server.reply(self.path, json.loads(self.rfile.read(length) or b"{}")))
+            self._answer(server.reply(self.path, json.loads(self.rfile.read(length) or b"{}")))
 
         def do_GET(self) -> None:
-            self._send(*server.reply(self.path, {}))
+            self._answer(server.reply(self.path, {}))
+
+        def _answer(self, answer: Response | Writer) -> None:
+            if callable(answer):
+                answer(self, server.closing)
+            else:
+                self._send(*answer)
 
         def _send(self, status: int, data: bytes, headers: Mapping[str, str]) -> None:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ import pipeline.cli.review
 from testkit.cli import CliResult, invoke
 from testkit.descriptions import word_embedder
 from testkit.fake_openai import FakeOpenAI
+from testkit.paths import TOY_TAXONOMY
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +32,18 @@ def prompts_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 def train_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
     """`intclip-train ARGS...` -> (exit code, stdout, stderr)."""
     return partial(invoke, intclip.cli.main.main, capsys)
+
+
+@pytest.fixture
+def toy_taxonomy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The toy taxonomy at tmp_path/prompts/toy.yaml, a cache root under tmp_path and an API
+    key, for a `build` against a loopback server."""
+    taxonomy = tmp_path / "prompts" / "toy.yaml"
+    taxonomy.parent.mkdir()
+    taxonomy.write_text(TOY_TAXONOMY)
+    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    return taxonomy
 
 
 @pytest.fixture

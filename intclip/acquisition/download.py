@@ -2,11 +2,14 @@
 
 Every image is streamed to `<name>.part` and renamed to its real name only after it decodes
 completely, so an interrupted run never leaves half an image under the real name and a rerun
-fetches only what is missing. Transient failures (network errors, timeouts, 408, 429, 5xx) are
-retried by the project's one backoff policy (`pipeline.common.retry`), which honours Retry-After; an
-answer that retrying cannot fix (404, an HTML page, a body over the size limit, bytes that are
-not an image) fails that image at once. All requests, retries and redirects included, share one
-rate limit. No torch here: the command starts in a moment.
+fetches only what is missing. Transient failures (network errors, timeouts, a request past its
+total deadline, 408, 429, 5xx) are retried by the project's one backoff policy
+(`pipeline.common.retry`), which honours Retry-After; an answer that retrying cannot fix (404,
+an HTML page, a body over the size limit once decompressed, bytes that are not an image) fails
+that image at once. Bodies are decoded here, a bounded step at a time
+(`pipeline.common.bounded_http`), so a gzip bomb is refused at the cap, never inflated. All
+requests, retries and redirects included, share one rate limit. No torch here: the command
+starts in a moment.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ from intclip.acquisition.settings import DownloadSettings
 from intclip.acquisition.sources import ImageSource
 from intclip.data.image_files import decode_problem, outside_root
 from intclip.data.shrink import RESIZE_JPEG_QUALITY, shrink
+from pipeline.common.bounded_http import (
+    ACCEPT_ENCODING,
+    BodyDecoder,
+    DeadlinePassed,
+    ResponseTooLarge,
+    UnsupportedEncoding,
+)
+from pipeline.common.files import NotARegularFile
 from pipeline.common.retry import backoff_policy, is_transient_status, retry_after_from_headers
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
@@ -118,6 +129,8 @@ def _failure_of(error: Exception, timeout: float) -> tuple[Reason, int | None, s
         return "HTTP error", error.status, str(error)
     if isinstance(error, OSError):
         return "cannot write", None, f"{error.strerror or error}: {error.filename}"
+    if isinstance(error, DeadlinePassed):
+        return "timeout", None, f"{type(error).__name__}: {error} (--deadline)"
     if isinstance(error, httpx2.TimeoutException):
         return "timeout", None, f"{type(error).__name__}: nothing for {timeout:g} s (--timeout)"
     detail = str(error).splitlines()[0] if str(error) else "connection failed"
@@ -223,6 +236,9 @@ class Downloader:
                 raise Refused("unsafe filename", f"outside the image root: {escape}")
             _check_url(source.url)
             target = self.root / source.filename
+            if target.exists() and not target.is_file():  # a directory, a FIFO...
+                kind = NotARegularFile(target, target.stat().st_mode).kind
+                raise Refused("unsafe filename", f"{source.filename} is {kind}")
             if await self._present(target):
                 return "skipped"
             part = _part_path(target)
@@ -266,19 +282,31 @@ class Downloader:
         return await asyncio.to_thread(decode_problem, target) is None
 
     async def _attempt(self, url: str, part: Path, attempts: list[int]) -> None:
-        """One try: follow redirects (each through the rate limit), stream the body to `part`."""
+        """One try: follow redirects (each through the rate limit), stream the body to `part`;
+        each request, from connecting to its last byte, within `--deadline`."""
         attempts[0] += 1
         for _ in range(MAX_REDIRECTS + 1):
             await self.limiter.wait()
-            async with self.client.stream("GET", url) as response:
-                if response.is_redirect and "location" in response.headers:
-                    url = urljoin(str(response.url), response.headers["location"])
-                    _check_url(url)
-                    continue
-                self._accept(response)
-                await self._save_body(response, part)
+            try:
+                async with asyncio.timeout(self.settings.deadline):
+                    redirect = await self._request(url, part)
+            except TimeoutError:
+                raise DeadlinePassed(self.settings.deadline) from None
+            if redirect is None:
                 return
+            url = redirect
         raise Refused("too many redirects", f"more than {MAX_REDIRECTS} redirects")
+
+    async def _request(self, url: str, part: Path) -> str | None:
+        """One request: the URL it redirects to, or None once its body is in `part`."""
+        async with self.client.stream("GET", url) as response:
+            if response.is_redirect and "location" in response.headers:
+                redirect = urljoin(str(response.url), response.headers["location"])
+                _check_url(redirect)
+                return redirect
+            self._accept(response)
+            await self._save_body(response, part)
+            return None
 
     def _accept(self, response: httpx2.Response) -> None:
         status = response.status_code
@@ -294,18 +322,24 @@ class Downloader:
             raise Refused("too large", f"{declared} bytes > --max-bytes", status)
 
     async def _save_body(self, response: httpx2.Response, part: Path) -> None:
-        part.parent.mkdir(parents=True, exist_ok=True)
-        received = 0
-        with open(part, "wb") as handle:
-            async for chunk in response.aiter_bytes(CHUNK_BYTES):
-                received += len(chunk)
-                if received > self.settings.max_bytes:
-                    raise Refused(
-                        "too large", f"over {self.settings.max_bytes} bytes (--max-bytes)", 200
-                    )
-                handle.write(chunk)
-                self.tally.bytes += len(chunk)
-                self._on_progress(self.tally)
+        """The body, decoded here within --max-bytes (raw bytes: httpx would inflate a gzip
+        body whole), written to `part`."""
+        limit = self.settings.max_bytes
+        try:
+            decoder = BodyDecoder(response.headers.get("content-encoding", ""), limit)
+            part.parent.mkdir(parents=True, exist_ok=True)
+            with open(part, "wb") as handle:
+                async for chunk in response.aiter_raw(CHUNK_BYTES):
+                    handle.write(decoder.decode(chunk))
+                    self.tally.bytes += len(chunk)
+                    self._on_progress(self.tally)
+                handle.write(decoder.flush())
+        except ResponseTooLarge:
+            raise Refused(
+                "too large", f"over {limit} bytes once decoded (--max-bytes)", 200
+            ) from None
+        except (UnsupportedEncoding, httpx2.DecodingError) as err:
+            raise Refused("not decodable", str(err), 200) from None
 
 
 async def _download(
@@ -322,7 +356,7 @@ async def _download(
         loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
         async with httpx2.AsyncClient(
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
             timeout=httpx2.Timeout(settings.timeout),
             limits=httpx2.Limits(max_connections=settings.concurrency),
             follow_redirects=False,

@@ -11,15 +11,21 @@ from pipeline.common.errors import UserError
 class DownloadSettings(BaseModel):
     """How politely and how patiently to fetch; the defaults suit Unsplash's image CDN."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     concurrency: PositiveInt = Field(default=8, description="requests in flight at once")
     timeout: PositiveFloat = Field(
         default=30.0, description="seconds to connect, or to wait for the next bytes"
     )
+    deadline: PositiveFloat = Field(
+        default=300.0,
+        description="seconds a request may take in all, from connecting to the last byte",
+    )
     max_attempts: PositiveInt = Field(default=5, description="requests per image, retries included")
     rate: PositiveFloat = Field(default=10.0, description="requests per second, all together")
-    max_bytes: PositiveInt = Field(default=20 * 2**20, description="largest body accepted")
+    max_bytes: PositiveInt = Field(
+        default=20 * 2**20, description="largest body accepted, once decompressed"
+    )
     resize_short_side: PositiveInt | None = Field(
         default=None, description="store images downscaled to this shorter side (px)"
     )

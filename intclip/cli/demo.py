@@ -9,6 +9,7 @@ then checks the data, trains, evaluates, predicts and runs the zero-shot baselin
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -23,6 +24,8 @@ import yaml
 
 from intclip.data.synthetic import make_synthetic_intentonomy
 from pipeline.clip.loading import load_clip
+from pipeline.common.console import fail
+from pipeline.common.errors import EXIT_BAD_INPUT
 
 BANNER = "SMOKE RUN: random CLIP weights, template LLM, generated images; numbers mean nothing"
 COLOURS = ("red", "yellow-green", "cyan", "violet")
@@ -113,8 +116,22 @@ def _step(title: str, *command: object, env: dict[str, str] | None = None) -> st
 
 
 def main(workdir: str = "demo-run") -> None:
+    """The demo in `workdir`; a folder it cannot write (read-only, a file in its place, a full
+    disk) is one error line and exit 2, as in every command."""
     root = Path(workdir).resolve()
+    try:
+        _demo(root)
+    except OSError as err:
+        where = err.filename or root
+        fail(f"{where}: cannot write the demo there ({err.strerror or err})")
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _demo(root: Path) -> None:
     bin_dir = Path(sys.executable).parent
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(root))
+    root.mkdir(parents=True, exist_ok=True)
     print(f"{BANNER}\nworking in {root}", flush=True)
     dataset = make_synthetic_intentonomy(root / "data", sizes=(192, 48, 48), image_size=32)
     taxonomy = root / "prompts" / "squares.yaml"

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from intclip.acquisition.settings import DownloadSettings, download_settings
 from pipeline.common.collector import imports_first, tensor_command, tensor_command_checked
-from pipeline.common.console import VersionOption, run_app, stderr
+from pipeline.common.console import VersionOption, finite, run_app, stderr
 from pipeline.common.errors import UserError
 from pipeline.common.files import stable_json
 
@@ -257,6 +257,7 @@ def download(
         "concurrency"
     ].default,
     timeout: Annotated[float, _setting("timeout", "--timeout")] = _DOWNLOAD["timeout"].default,
+    deadline: Annotated[float, _setting("deadline", "--deadline")] = _DOWNLOAD["deadline"].default,
     max_attempts: Annotated[int, _setting("max_attempts", "--max-attempts")] = _DOWNLOAD[
         "max_attempts"
     ].default,
@@ -282,6 +283,7 @@ def download(
     settings = download_settings(
         concurrency=concurrency,
         timeout=timeout,
+        deadline=deadline,
         max_attempts=max_attempts,
         rate=rate,
         max_bytes=max_bytes,
@@ -321,6 +323,7 @@ def prepare(
         float | None,
         typer.Option(
             show_default=False,
+            callback=finite,
             help="The lower end of augment.crop_scale, in (0, 1]; default: its default.",
         ),
     ] = None,

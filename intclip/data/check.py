@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 from intclip.data.dataset import EntryProblem, LabelIndex
 from intclip.data.image_files import decode_problem, outside_root
-from pipeline.common.files import atomic_write_text
+from pipeline.common.files import NotARegularFile, atomic_write_text
 
 
 class DecodedImages:
@@ -75,8 +76,12 @@ def _file_problem(
     if escape is not None:
         return "outside image root", escape
     path = root / relative
-    if not path.is_file():
+    try:
+        mode = path.stat().st_mode
+    except OSError:
         return "missing", str(path)
+    if not stat.S_ISREG(mode):  # a FIFO would block the decoder forever
+        return "not a regular file", f"{path} is {NotARegularFile(path, mode).kind}"
     if not os.access(path, os.R_OK):
         return "unreadable", str(path)
     if not decode or (decoded is not None and decoded.decoded(path)):

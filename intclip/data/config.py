@@ -4,7 +4,7 @@ augmented. Validated at the edge; everything below reads plain attributes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, PositiveInt, model_validator
 
@@ -16,6 +16,8 @@ from pipeline.descriptions.taxonomy import load_taxonomy
 
 DEFAULT_TAXONOMY = project_prompts() / "intentonomy.yaml"
 """Whose classes a dataset has when its config names no taxonomy: Intentonomy's 28."""
+
+CropShare = Annotated[float, Field(gt=0, le=1)]
 
 
 class DataConfig(ConfigSection):
@@ -87,11 +89,19 @@ class AugmentConfig(ConfigSection):
 
     enabled: bool = True
     """`false` trains on the evaluation transform, as the official code in effect does."""
-    crop_scale: tuple[float, float] = (DEFAULT_CROP_SCALE_MIN, 1.0)
-    """Area fraction range of the random resized crop."""
+    crop_scale: tuple[CropShare, CropShare] = (DEFAULT_CROP_SCALE_MIN, 1.0)
+    """The share of the image's area a random crop covers, lowest and highest: each in (0, 1],
+    the first no larger than the second."""
     flip: bool = True
     """Random horizontal flip."""
-    randaugment_ops: int = Field(default=2, ge=0)
-    """RandAugment operations per image; 0 turns RandAugment off."""
+    randaugment_ops: int = Field(default=2, ge=0, le=14)
+    """RandAugment operations per image, at most the 14 it has; 0 turns it off."""
     randaugment_magnitude: int = Field(default=9, ge=0, le=30)
     """RandAugment magnitude (0-30)."""
+
+    @model_validator(mode="after")
+    def _crop_scale_ordered(self) -> AugmentConfig:
+        low, high = self.crop_scale
+        if low > high:
+            raise ValueError(f"crop_scale: the lowest share {low} exceeds the highest {high}")
+        return self

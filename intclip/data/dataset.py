@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from intclip.data.image_files import DECODE_ERRORS
 from intclip.data.manifest import IMAGE, csv_rows, jsonl_rows
 from pipeline.common.errors import UserError
+from pipeline.common.image_errors import DECODE_ERRORS, opened_image
 from pipeline.common.safe_load import load_json, read_text_file
 
 if TYPE_CHECKING:
@@ -114,6 +114,7 @@ def load_intentonomy(
             kind = type(data[key]).__name__
             raise UserError(f"{annotation_file}: {key} must be a list, not {kind}")
     filenames: dict[str, str] = {}
+    positions: dict[str, int] = {}
     for position, image in enumerate(data["images"]):
         image_id = image.get("id") if isinstance(image, dict) else None
         filename = image.get("filename") if isinstance(image, dict) else None
@@ -121,19 +122,33 @@ def load_intentonomy(
             raise UserError(
                 f"{annotation_file}: images[{position}] needs an id and a filename (a string)"
             )
+        first = positions.setdefault(str(image_id), position)
+        if first != position:
+            raise UserError(
+                f"{annotation_file}: images[{position}]: id {image_id!r} is listed again (first "
+                f"at images[{first}]); which annotation is whose cannot be told"
+            )
         filenames[str(image_id)] = filename
     width = _declared_width(data)
     if width is not None and width[0] != num_classes:
         raise width_mismatch(Path(annotation_file), *width, num_classes)
     entries = []
+    annotated: set[str] = set()
     for position, annotation in enumerate(data["annotations"]):
         where = f"{annotation_file}: annotations[{position}]"
         image_id = str(annotation.get("image_id")) if isinstance(annotation, dict) else None
         if image_id not in filenames:
             raise UserError(f"{where}: image_id {image_id!r} is not in images")
+        annotated.add(image_id)
         entries.append(
             (where, filenames[image_id], _target_row(annotation, num_classes, label_mode, where))
         )
+    for image_id, position in positions.items():
+        if image_id not in annotated:
+            raise UserError(
+                f"{annotation_file}: images[{position}]: image {image_id!r} "
+                f"({filenames[image_id]}) has no annotation"
+            )
     index = _index(Path(annotation_file), Path(image_root), entries, num_classes)
     return index if width is None else replace(index, label_width=width[0])
 
@@ -159,14 +174,16 @@ def _target_row(
 ) -> Labels:
     """A soft row as given (binarised unless `soft`), or the label ids to be checked."""
     if "category_ids_softprob" in annotation:
-        try:
-            soft = np.asarray(annotation["category_ids_softprob"], dtype=np.float32)
-        except (TypeError, ValueError):
-            soft = np.full(0, np.nan, dtype=np.float32)
+        given = annotation["category_ids_softprob"]
+        numbers = isinstance(given, list) and all(
+            isinstance(p, int | float) and not isinstance(p, bool) for p in given
+        )  # numpy would take the string "1" for the number 1
+        soft = np.asarray(given if numbers else [np.nan], dtype=np.float64)
         if soft.shape != (num_classes,) or not np.all((soft >= 0) & (soft <= 1)):
             raise UserError(
                 f"{where}: category_ids_softprob must be {num_classes} numbers in [0, 1]"
             )
+        soft = soft.astype(np.float32)
         return soft if label_mode == "soft" else (soft > 0).astype(np.float32)
     if "category_ids" in annotation:
         return annotation["category_ids"]
@@ -254,10 +271,14 @@ def load_split(data: DataConfig, split: Split) -> LabelIndex | None:
     if path is None:
         return None
     if data.format == "intentonomy":
-        return load_intentonomy(path, data.image_root, data.num_classes, data.label_mode)
-    if data.label_mode == "soft":
+        index = load_intentonomy(path, data.image_root, data.num_classes, data.label_mode)
+    elif data.label_mode == "soft":
         raise UserError(f"{path}: manifests carry label ids only; use label_mode: binary")
-    return load_manifest(path, data.image_root, data.num_classes)
+    else:
+        index = load_manifest(path, data.image_root, data.num_classes)
+    if not len(index):
+        raise UserError(f"{path}: the {split} split (data.{split}) lists no images")
+    return index
 
 
 class UnreadableImage(UserError):
@@ -287,7 +308,7 @@ class ImageDataset(Dataset):
     def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         path = self.index.image_root / self.index.paths[row]
         try:
-            with Image.open(path) as image:
+            with opened_image(path) as image:
                 tensor = self.transform(image)
         except DECODE_ERRORS as err:
             detail = " ".join(str(err).split())

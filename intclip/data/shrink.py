@@ -22,6 +22,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.common.image_errors import opened_image
+
 RESIZE_JPEG_QUALITY = 90
 RESIZE_FILTER = Image.Resampling.LANCZOS
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -40,7 +42,7 @@ def shrink(source: Path, destination: Path, short_side: int, suffix: str) -> boo
     `suffix` (the final file name's) names; False, writing nothing, when it is that small
     already (images are never enlarged). `destination` may be `source`: the image is read
     before it is written."""
-    with Image.open(source) as image:
+    with opened_image(source) as image:
         scale = short_side / min(image.size)
         if scale >= 1:
             return False

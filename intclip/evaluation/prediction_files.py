@@ -21,6 +21,7 @@ from typing import IO
 
 from intclip.evaluation.predict import ImagePrediction
 from pipeline.common.errors import UserError
+from pipeline.common.files import open_regular
 
 Node = tuple[str, str]  # (level, id)
 
@@ -89,6 +90,8 @@ def _jsonl_images(path: Path, text: str, nodes: list[Node]) -> list[str]:
     return images
 
 
+_JSONL_ROW_START = '{"image": '  # json.dumps of an ImagePrediction starts so
+
 _FORMATS: dict[str, tuple[Callable, Callable, Callable | None]] = {
     ".csv": (_csv_rows, _csv_images, _csv_header),
     ".jsonl": (_jsonl_rows, _jsonl_images, None),
@@ -101,29 +104,44 @@ class PredictionFile:
     def __init__(self, path: Path, nodes: list[Node]) -> None:
         self.path, self.nodes = Path(path), nodes
         self._rows, read_images, header = _FORMATS[output_suffix(self.path)]
-        self.done = set(read_images(self.path, self._recovered_text(), nodes))
+        data = self._read()
+        whole = data[: data.rfind(b"\n") + 1]
+        try:
+            text = whole.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UserError(f"{self.path}: not UTF-8 text; choose another --output") from None
+        # Whose file this is is settled before anything is cut: a refusal changes no byte.
+        self.done = set(read_images(self.path, text, nodes))
+        partial = data[len(whole) :]
+        if partial:
+            self._cut_partial_row(whole, partial, header)
         self._handle = self._open()
         if header is not None and self._handle.tell() == 0:
             self._write(_csv_text([header(nodes)]))
 
-    def _recovered_text(self) -> str:
-        """The file's whole rows: a partial last row from a killed run is cut off."""
+    def _read(self) -> bytes:
         try:
-            data = self.path.read_bytes()
+            with open_regular(self.path) as handle:
+                return handle.read()
         except FileNotFoundError:
-            return ""
+            return b""
         except OSError as err:
             raise UserError(f"{self.path}: cannot read ({err.strerror})") from err
-        whole = data[: data.rfind(b"\n") + 1]
-        if len(whole) != len(data):
-            try:
-                os.truncate(self.path, len(whole))
-            except OSError as err:
-                raise UserError(f"{self.path}: cannot write ({err.strerror})") from err
+
+    def _cut_partial_row(self, whole: bytes, partial: bytes, header: Callable | None) -> None:
+        """Cut a partial last row, as a killed run leaves one. With no whole row before it,
+        nothing says the file is ours unless the part is the start of what this format
+        writes first (the CSV header, a JSONL row): anything else is refused, untouched."""
+        if not whole:
+            first = (_csv_text([header(self.nodes)]) if header else _JSONL_ROW_START).encode()
+            if not first.startswith(partial[: len(first)]):
+                raise UserError(
+                    f"{self.path}: not a prediction file of this run; choose another --output"
+                )
         try:
-            return whole.decode("utf-8")
-        except UnicodeDecodeError:
-            raise UserError(f"{self.path}: not UTF-8 text; choose another --output") from None
+            os.truncate(self.path, len(whole))
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write ({err.strerror})") from err
 
     def _open(self) -> IO[str]:
         try:

@@ -4,7 +4,9 @@ Each `eval`, `zeroshot` and `score --name` appends its headline numbers under al
 threshold rules; `run --seeds` appends the mean and the standard deviation over its seeds. The
 table is rewritten through a temporary file, so a reader never sees half a row; a damaged table
 is refused rather than silently replaced, and a table written before the newer columns existed
-gains them, empty, on its next row.
+gains them, empty, on its next row. Reading and rewriting happen under a lock
+(`results.csv.lock` beside it, through `filelock`), so evaluations that finish at once each keep
+their row.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 from pathlib import Path
 
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from intclip.metrics.report import EvaluationReport
 from intclip.training.config import TrainConfig
@@ -20,6 +23,8 @@ from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_text, sha256_json
 
 RESULTS_FILE = "results.csv"
+LOCK_SUFFIX = ".lock"
+LOCK_WAIT_S = 120.0  # another evaluation writes one row; waiting longer means it is stuck
 FIRST_COLUMNS = (
     "run",
     "split",
@@ -97,12 +102,25 @@ def append_result(report_dir: Path, report: EvaluationReport, config: TrainConfi
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
-    """Add `rows` (keyed by `RESULT_COLUMNS`) to the table at `path`, created if missing."""
-    existing, new = read_results(path), pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
-    table = new if existing.empty else pd.concat([existing, new], ignore_index=True)
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False, lineterminator="\n")
-    atomic_write_text(path, buffer.getvalue())
+    """Add `rows` (keyed by `RESULT_COLUMNS`) to the table at `path`, created if missing, under
+    the table's lock: the read, the new rows and the rewrite happen as one."""
+    lock = FileLock(path.with_name(path.name + LOCK_SUFFIX))
+    try:
+        with lock.acquire(timeout=LOCK_WAIT_S):
+            existing, new = read_results(path), pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+            table = new if existing.empty else pd.concat([existing, new], ignore_index=True)
+            buffer = io.StringIO()
+            table.to_csv(buffer, index=False, lineterminator="\n")
+            atomic_write_text(path, buffer.getvalue())
+    except Timeout:
+        raise UserError(
+            f"{lock.lock_file}: held by another evaluation for over {LOCK_WAIT_S:g} s; the rows "
+            f"of {', '.join(str(row['run']) for row in rows)} were not added to {path}"
+        ) from None
+    except OSError as err:  # the lock file cannot be made: a read-only folder
+        raise UserError(
+            f"{path.with_name(path.name + LOCK_SUFFIX)}: cannot write ({err.strerror})"
+        ) from None
 
 
 def read_results(path: Path) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import numpy as np
 
 from intclip.metrics.multilabel import MIN_CLASSES
 from pipeline.common.errors import UserError
-from pipeline.common.files import atomic_write_bytes
+from pipeline.common.files import atomic_write_bytes, open_regular
 
 _NPY_HEADER_READERS = {
     (1, 0): np.lib.format.read_array_header_1_0,
@@ -66,7 +66,7 @@ def _read_npy_header(path: Path, handle: BinaryIO) -> tuple[tuple[int, ...], np.
 def _read_matrix(path: Path) -> np.ndarray:
     """A non-empty 2-D numeric array from a .npy file; pickled objects are never loaded."""
     try:
-        with path.open("rb") as handle:
+        with open_regular(path) as handle:
             shape, dtype = _read_npy_header(path, handle)
             if dtype.hasobject:
                 raise UserError(f"{path}: holds Python objects; save a numeric array instead")

@@ -3,8 +3,8 @@
 The frozen CLIP is not stored: loading rebuilds the model on the CLIP it was trained on and
 refuses any other (model name and weights checksum), and refuses class embeddings (or, with
 `model.text: prompts`, a descriptions file) other than the ones it was trained with. The learned
-prompt contexts are trained tensors like any other. Nothing is unpickled, and a checksum over
-the stored tensors catches a corrupted file.
+prompt contexts are trained tensors like any other. Nothing is unpickled, and checksums over
+the stored tensors and over the header catch a corrupted file.
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ from intclip.model.models import AnyModelConfig, build_model, without_model_kind
 from intclip.model.trained import TrainedModel
 from pipeline.clip.loading import ClipIdentity, LoadedClip, state_dict_sha256
 from pipeline.common.errors import UserError
-from pipeline.common.files import atomic_write_bytes
+from pipeline.common.files import atomic_write_bytes, sha256_bytes
 
 if TYPE_CHECKING:
     from intclip.training.config import TrainConfig
 
 CHECKPOINT_FORMAT = "intclip-model-v1"
 HEADER_KEY = "intclip"
+HEADER_SHA256_KEY = "intclip_sha256"
+"""sha256 of the header's JSON text; files written before it was kept have none."""
 
 
 class CheckpointHeader(BaseModel):
@@ -65,7 +67,9 @@ def save_model(model: TrainedModel, path: Path, training: TrainConfig | None = N
         trained_sha256=state_dict_sha256(tensors),
         training=training.model_dump(mode="json") if training is not None else None,
     )
-    data = safetensors.torch.save(tensors, metadata={HEADER_KEY: header.model_dump_json()})
+    text = header.model_dump_json()
+    metadata = {HEADER_KEY: text, HEADER_SHA256_KEY: sha256_bytes(text.encode("utf-8"))}
+    data = safetensors.torch.save(tensors, metadata=metadata)
     atomic_write_bytes(Path(path), data)
 
 
@@ -81,6 +85,9 @@ def read_checkpoint_header(path: Path) -> CheckpointHeader:
         raise UserError(f"{path}: damaged or not a safetensors checkpoint ({err})") from err
     if HEADER_KEY not in metadata:
         raise UserError(f"{path}: not an IntCLIP checkpoint (no {HEADER_KEY!r} header)")
+    recorded = metadata.get(HEADER_SHA256_KEY)
+    if recorded is not None and recorded != sha256_bytes(metadata[HEADER_KEY].encode("utf-8")):
+        raise UserError(f"{path} is corrupted: its header does not match its recorded checksum")
     try:
         return CheckpointHeader.model_validate_json(metadata[HEADER_KEY])
     except ValidationError as err:

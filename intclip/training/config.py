@@ -52,8 +52,9 @@ class ClipSection(ConfigSection):
     """An open_clip model name, or the path of an open_clip model-config JSON."""
     pretrained: str = "openai"
     """An open_clip pretrained tag, or a local checkpoint file."""
-    image_size: PositiveInt | None = None
-    """Input size; default: the tower's own. Position embeddings are resampled to it."""
+    image_size: int | None = Field(default=None, ge=32, le=2048)
+    """Input size, 32 to 2048 pixels; default: the tower's own. Position embeddings are
+    resampled to it."""
     descriptions: Path | None = None
     """Descriptions file whose cached embeddings (for this CLIP and `aggregate`) are used;
     with `model.text: prompts`, the file the prompts' class texts are read from."""
@@ -115,8 +116,8 @@ class OptimConfig(ConfigSection):
     """Training images per micro-batch, over all processes together."""
     eval_batch_size: PositiveInt = 128
     """Images per batch in validation, evaluation and prediction."""
-    grad_clip: NonNegativeFloat | None = 1.0
-    """Max gradient norm; None turns clipping off."""
+    grad_clip: PositiveFloat | None = 1.0
+    """Max gradient norm; None turns clipping off (0 would zero every gradient)."""
     compile: bool = False
     """Compile the model with torch.compile (slow first steps, faster after)."""
     channels_last: bool = True
@@ -133,6 +134,11 @@ class OptimConfig(ConfigSection):
     def _whole_warmup_epochs_per_epoch(self) -> OptimConfig:
         if self.schedule.unit == "epoch" and not float(self.warmup_epochs).is_integer():
             raise ValueError("with schedule unit 'epoch', warmup_epochs must be a whole number")
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(
+                f"warmup_epochs {self.warmup_epochs:g} exceeds epochs {self.epochs}: the run "
+                "would end still warming up"
+            )
         return self
 
 
@@ -143,8 +149,8 @@ class LossConfig(ConfigSection):
     """Focusing exponent of the negative term."""
     gamma_pos: NonNegativeFloat = 1.0
     """Focusing exponent of the positive term."""
-    clip: NonNegativeFloat = 0.05
-    """Probability margin: negatives below it cost nothing (0 turns it off)."""
+    clip: float = Field(default=0.05, ge=0, lt=1)
+    """Probability margin shifted off the negatives (0 turns it off; 1 would zero them all)."""
     eps: float = Field(default=1e-8, gt=0)
     """Lower bound inside the logarithms."""
     reduction: Reduction = "mean"
@@ -195,8 +201,9 @@ class TrainConfig(ConfigSection):
     augment: AugmentConfig = AugmentConfig()
     optim: OptimConfig = OptimConfig()
     loss: LossConfig = LossConfig()
-    seed: int = 0
-    """Seeds the new modules' initial weights and, with the epoch, every epoch's randomness."""
+    seed: int = Field(default=0, ge=0, lt=2**32)
+    """Seeds the new modules' initial weights and, with the epoch, every epoch's randomness
+    (0 to 2**32 - 1, numpy's range)."""
     device: str = "auto"
     """`auto` (CUDA when available), `cpu`, `cuda`, `cuda:1`, ..."""
     output_dir: Path = Path("runs")

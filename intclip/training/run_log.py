@@ -9,6 +9,8 @@ A resumed run appends. Every line starts with the local time it was printed at
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -36,8 +38,14 @@ class RunLog:
     def attach(self, run_dir: Path) -> None:
         """Start writing to `run_dir`/train.log, held-back lines first."""
         if self._file is None:
-            self._file = (run_dir / LOG_FILE).open("a", encoding="utf-8", buffering=1)
-            self._file.write("".join(self._held))
+            path = run_dir / LOG_FILE
+            if not os.access(run_dir, os.W_OK | os.X_OK):  # every file of the run is rewritten
+                raise UserError(f"{run_dir}: cannot write ({os.strerror(errno.EACCES)})")
+            try:
+                self._file = path.open("a", encoding="utf-8", buffering=1)
+            except OSError as err:  # a read-only run directory, resumed: nothing written yet
+                raise UserError(f"{path}: cannot write ({err.strerror})") from None
+            self._file.write("".join(self._held))  # held lines carry their own time already
             self._held.clear()
 
     def write(self, text: str) -> None:

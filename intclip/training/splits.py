@@ -32,7 +32,14 @@ def checked_split(
             f"{split}: {len(problems)} bad entries ({summarize(problems)}), the first: "
             f"{problems[0]}; run intclip-train check-data, or pass --skip-bad"
         )
+    kept = index.without([p.row for p in problems])
+    if not len(kept):
+        raise UserError(
+            f"{split}: every entry of {index.source} is bad ({summarize(problems)}), so "
+            f"--skip-bad leaves nothing to {'train on' if split == 'train' else 'validate on'}; "
+            "run intclip-train check-data"
+        )
     log(
         f"{split}: leaving out {len({p.row for p in problems})} bad entries ({summarize(problems)})"
     )
-    return index.without([p.row for p in problems])
+    return kept

@@ -2,12 +2,15 @@
 every random generator and the run's progress, refused when the config changed since.
 
 Every epoch's randomness derives from (seed, epoch, rank), so a resumed run continues exactly.
+The file is torch's zip archive, which keeps a CRC-32 checksum of every record: all of them are
+checked before anything is loaded, so a damaged `last.pt` is refused, not trained into NaN.
 """
 
 from __future__ import annotations
 
 import io
 import random
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +112,14 @@ def save_state(
 def restore_state(
     path: Path, config: TrainConfig, model: TrainedModel, optimisation: Optimisation
 ) -> TrainingProgress:
-    """The state of `last.pt`, refused when it is not ours or the config changed since."""
+    """The state of `last.pt`, refused when it is damaged, not ours, or the config changed
+    since."""
+    damaged = _damaged_record(path)
+    if damaged is not None:
+        raise UserError(
+            f"{path}: damaged: its record {damaged} does not match the checksum written with "
+            "it; cannot resume from this file"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch reports any damage or foreign pickle as a plain exception
@@ -138,6 +148,16 @@ def restore_state(
         return TrainingProgress(**state["progress"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise UserError(f"{path}: its optimiser or progress do not fit this run ({err})") from err
+
+
+def _damaged_record(path: Path) -> str | None:
+    """The first record of the archive whose bytes fail their CRC-32, or None. An archive
+    that cannot even be opened is left to torch.load, whose error names the damage."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None
 
 
 def _recorded(recorded: dict[str, object], key: str) -> object:

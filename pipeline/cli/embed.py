@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
 from pipeline.common.collector import tensor_command
-from pipeline.common.console import stderr
+from pipeline.common.console import stderr, stdout
 from pipeline.common.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.common.files import cache_root, sha256_file
 from pipeline.descriptions.format import read_descriptions
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 app = typer.Typer()
 cache_app = typer.Typer(help="Inspect and verify the embedding cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-stdout = Console(highlight=False, soft_wrap=True)
 
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1, ... (auto: CUDA if any).")]
 CacheDirOption = Annotated[
@@ -145,7 +143,7 @@ def cache_ls(cache_dir: CacheDirOption = None) -> None:
 def cache_verify(
     path: Annotated[Path, typer.Argument(help="A cache file, as printed by embed.")],
     device: DeviceOption = "auto",
-    atol: Annotated[float, typer.Option(help="Largest allowed absolute difference.")] = 1e-5,
+    atol: Annotated[float, typer.Option(min=0, help="Largest allowed absolute difference.")] = 1e-5,
 ) -> None:
     """Recompute a cached file from its recorded sources and compare (exit 1 if it differs)."""
     from pipeline.clip.loading import load_clip

@@ -13,13 +13,12 @@ from typing import Annotated, Literal
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli.embed import app as embed_app
 from pipeline.cli.review import app as review_app
 from pipeline.cli.review import review_and_revise, review_built
-from pipeline.common.console import VersionOption, run_app, stderr
+from pipeline.common.console import VersionOption, run_app, stderr, stdout
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, UserError
 from pipeline.common.files import cache_root
 from pipeline.descriptions.build import (
@@ -63,8 +62,6 @@ def _root(version: VersionOption = None) -> None:
     """Class descriptions for intclip: taxonomy in, validated LLM descriptions out, and their
     CLIP text embeddings."""
 
-
-stdout = Console(highlight=False, soft_wrap=True)
 
 TaxonomyOption = Annotated[
     Path,

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
 
-from pipeline.common.console import stderr
+from pipeline.common.console import finite, stderr, stdout
 from pipeline.common.errors import EXIT_CHECK_FAILED
 from pipeline.common.files import atomic_write_text, sha256_file, stable_json
 from pipeline.descriptions.build import BuildPlan, revise_flagged
@@ -26,7 +25,6 @@ from pipeline.llm.client import LLMClient
 MINILM_NAME = "minilm:all-MiniLM-L6-v2"
 
 app = typer.Typer()
-stdout = Console(highlight=False, soft_wrap=True)
 
 
 def choose_embedder(
@@ -68,9 +66,14 @@ def review(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the report as JSON here.")
     ] = None,
-    min_margin: Annotated[float, typer.Option(help="Smallest acceptable margin.")] = 0.02,
+    min_margin: Annotated[
+        float, typer.Option(help="Smallest acceptable margin.", callback=finite)
+    ] = 0.02,
     duplicate_threshold: Annotated[
-        float, typer.Option(help="Cosine similarity that makes two descriptions near-duplicates.")
+        float,
+        typer.Option(
+            help="Cosine similarity that makes two descriptions near-duplicates.", callback=finite
+        ),
     ] = 0.95,
     strict: Annotated[
         bool, typer.Option("--strict", help="Exit 1 when any class is flagged.")

@@ -14,7 +14,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from pipeline.common.errors import UserError
-from pipeline.common.image_errors import DECODE_ERRORS
+from pipeline.common.files import NotARegularFile
+from pipeline.common.image_errors import DECODE_ERRORS, opened_image
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 BICUBIC = T.InterpolationMode.BICUBIC
@@ -22,15 +23,19 @@ ImageTransform = Callable[[Image.Image], torch.Tensor]
 
 
 def list_images(paths: Sequence[Path], recursive: bool = False) -> list[Path]:
-    """Image files named directly, in argument order, and the images in named directories,
-    sorted by name within each; `recursive` also walks their subdirectories (not symlinked
-    ones, which could loop), each after its parent's own images."""
+    """Image files named directly, in argument order, and the images (regular files with an
+    image suffix) in named directories, sorted by name within each; `recursive` also walks
+    their subdirectories (not symlinked ones, which could loop), each after its parent's own
+    images."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
             found += _images_in(path, recursive)
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            kind = NotARegularFile(path, path.stat().st_mode).kind
+            raise UserError(f"{path}: not a regular file but {kind}, and not a directory")
         else:
             raise UserError(f"{path}: no such image or directory")
     if not found:
@@ -44,7 +49,8 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
         entries = sorted(folder.iterdir())
     except OSError as err:
         raise UserError(f"{folder}: cannot list this directory ({err.strerror})") from err
-    found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir()]
+    # regular files only (links to them too): a FIFO named like an image would block forever
+    found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
     if recursive:
         for sub in entries:
             if sub.is_dir() and not sub.is_symlink():
@@ -55,7 +61,7 @@ def _images_in(folder: Path, recursive: bool) -> list[Path]:
 def open_image(path: Path) -> Image.Image:
     """An RGB image, or one line naming the file that is not one."""
     try:
-        with Image.open(path) as image:
+        with opened_image(path) as image:
             return image.convert("RGB")
     except DECODE_ERRORS as err:
         raise UserError(f"{path}: cannot read this image ({err})") from err

@@ -11,18 +11,32 @@ from __future__ import annotations
 
 import atexit
 import gc
+import math
 import sys
 import traceback
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, UserError
+from pipeline.common.text import escape_controls
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class SafeConsole(Console):
+    """A console that shows control characters in the strings it prints as escapes: file
+    names, taxonomy names and server replies reach messages, and an escape sequence in one
+    would rewrite the terminal. Newlines and tabs are kept; rich renderables pass unchanged."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        shown = (escape_controls(o, keep_layout=True) if isinstance(o, str) else o for o in objects)
+        super().print(*shown, **kwargs)
+
+
+stderr = SafeConsole(stderr=True, highlight=False, soft_wrap=True)
+stdout = SafeConsole(highlight=False, soft_wrap=True)
 DEBUG_FLAG = "--debug"
 
 
@@ -48,9 +62,17 @@ VersionOption = Annotated[
 ]
 
 
+def finite(value: float | None) -> float | None:
+    """The callback of every float option that no pydantic model checks: `nan` passes every
+    comparison (so every min and max), and `inf` means nothing as a setting."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 def fail(message: str) -> None:
-    """Print one error line on stderr."""
-    stderr.print(f"error: {message}", markup=False)
+    """Print one error line on stderr, every control character in it escaped."""
+    stderr.print(f"error: {escape_controls(message)}", markup=False)
 
 
 def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> None:
@@ -74,7 +96,7 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> Non
         fail("aborted: the input ended (end of file) while a command was reading it")
         sys.exit(1)
     except UserError as err:
-        for line in str(err).splitlines():
+        for line in str(err).split("\n"):  # only newlines part the lines of a message
             fail(line)
         sys.exit(err.exit_code)
     except Exception as err:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipeline.common.errors import UserError
 
@@ -21,6 +23,48 @@ def project_prompts() -> Path:
     """The project's `prompts/` (Intentonomy's taxonomy and descriptions, the prompt
     templates): the copy an installed wheel carries (pyproject.toml), else the checkout's."""
     return _WHEEL_PROMPTS if _WHEEL_PROMPTS.is_dir() else PROJECT_ROOT / "prompts"
+
+
+_FILE_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+class NotARegularFile(OSError):
+    """A path that names a FIFO, a device, a socket or a directory, where a file was expected."""
+
+    def __init__(self, path: Path, mode: int) -> None:
+        self.kind = _FILE_KINDS.get(stat.S_IFMT(mode), "an unknown kind of file")
+        super().__init__(errno.EINVAL, f"not a regular file: {self.kind}")
+        self.path = Path(path)
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for binary reading, only if it is a regular file (a link to one is fine).
+
+    A FIFO without a writer would block `open` forever, a device never ends, so the kind is
+    checked before opening, then again on the descriptor, which is opened without blocking
+    (a FIFO put in the file's place meanwhile is refused, not waited for). Raises
+    `NotARegularFile`, or the OSError of `open` (missing, no permission, a NUL in the path
+    is ValueError)."""
+    path = Path(path)
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(path, mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotARegularFile(path, mode)
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -1,26 +1,34 @@
 """The one reader of YAML and JSON text from users: bounded, plain data, one-line errors.
 
-Every taxonomy, training config, `--set` value, descriptions file, manifest and annotation file
-goes through here, so no reader can be made to hang, exhaust memory or overflow the stack:
-the nesting depth and the size after expanding YAML aliases are bounded (billion laughs), and
-only plain data is built — explicit tags (`!!python/...`, `!x`), complex keys (`? [a, b]`) and
-duplicate keys are refused with the file and line at fault.
+Every taxonomy, training config, `--set` value, descriptions file, manifest, annotation file and
+prompt template goes through here, so no reader can be made to hang, exhaust memory or overflow
+the stack: only regular files are opened (a FIFO or a device is refused before anything is read),
+the size of the text, the nesting depth, the length of a number (Python refuses to convert an
+integer of more than 4,300 digits, and a float that long is infinite) and the size after
+expanding YAML aliases are bounded (billion laughs), and only plain data is built — explicit
+tags (`!!python/...`, `!x`), complex keys (`? [a, b]`) and duplicate keys, in YAML and JSON
+alike, are refused with the file and line at fault.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipeline.common.errors import UserError
+from pipeline.common.files import open_regular
 
 MAX_DEPTH = 64
 MAX_NODES = 100_000  # counted with every alias expanded
 MAX_BYTES = 16 << 20
+MAX_NUMBER_CHARS = 100
+"""The longest number literal read, sign, point and exponent included: far more digits than
+any float holds, far fewer than Python's integer conversion limit."""
 # libyaml's parser when PyYAML was built with it (its wheels are): the same events and nodes as
 # the pure-Python one, an order of magnitude sooner; objects are still built in Python, by
 # SafeLoader's constructor, from checked nodes only.
@@ -30,6 +38,10 @@ FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # JSON strings (the unrolled form: runs of plain characters in one step), and all but brackets
 _NOT_A_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+')
 _INNERMOST_PAIR = re.compile(r"\[\]|\{\}")
+# A run of digits too long for a number: the sign that a JSON text may hold one (or a string
+# that happens to be long digits, which the exact second look tells apart).
+_LONG_DIGITS = re.compile(rf"[0-9]{{{MAX_NUMBER_CHARS - 1},}}")
+_YAML_NUMBER_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
 
 
 class UnsafeInput(UserError):
@@ -40,8 +52,8 @@ def read_text_file(path: Path, what: str) -> str:
     """A UTF-8 text file of bounded size; any reason it cannot be read is one line."""
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_BYTES + 1)  # bounded: /dev/zero or a FIFO cannot hang it
+        with open_regular(path) as handle:
+            data = handle.read(MAX_BYTES + 1)  # bounded: a file that grows cannot exhaust memory
         if len(data) > MAX_BYTES:
             raise UnsafeInput(f"{path}: {what} larger than {MAX_BYTES >> 20} MiB")
         return data.decode("utf-8")
@@ -81,16 +93,91 @@ def load_yaml(text: str, source: str | Path) -> Any:
 
 
 def load_json(text: str, source: str | Path) -> Any:
-    """JSON data with the nesting bounded; errors name the line."""
+    """JSON data with the nesting and the numbers bounded and every key of an object once;
+    errors name the line."""
     try:
-        data = json.loads(text)
+        data = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise UserError(f"{source}:{err.lineno}: invalid JSON: {err.msg}") from None
     except RecursionError:
         raise UnsafeInput(f"{source}: nested deeper than {MAX_DEPTH} levels") from None
+    except _DuplicateKey as err:
+        line = _line_of_duplicate(text, err.key)
+        raise UnsafeInput(f"{source}:{line}: duplicate key {_quoted(err.key)}") from None
+    except ValueError:  # an integer beyond Python's conversion limit
+        _check_json_numbers(text, source)
+        raise
+    _check_json_numbers(text, source)
     if _json_depth(text) > MAX_DEPTH:
         raise UnsafeInput(f"{source}: nested deeper than {MAX_DEPTH} levels")
     return data
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, position: int | None = None) -> None:
+        super().__init__(key)
+        self.key, self.position = key, position
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object's pairs as a dict, refused when a key repeats (json keeps the last silently)."""
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return data
+
+
+def _line_of_duplicate(text: str, key: str) -> int:
+    """The line of a repeated key, found on the error path only: the pure-Python scanner, which
+    lets an object's parser know where the object starts, finds the object; the key's second
+    occurrence in it is the line."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+    def parse_object(s_and_end: tuple[str, int], *args: Any) -> tuple[dict[str, Any], int]:
+        try:
+            return json.decoder.JSONObject(s_and_end, *args)
+        except _DuplicateKey as err:
+            where = s_and_end[1] if err.position is None else err.position
+            raise _DuplicateKey(err.key, where) from None
+
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    try:
+        decoder.decode(text)
+    except _DuplicateKey as err:
+        start = err.position or 0
+    except (ValueError, RecursionError):
+        start = 0
+    found = list(re.finditer(rf"{re.escape(json.dumps(key))}\s*:", text[start:]))
+    at = start + found[1].start() if len(found) > 1 else start
+    return text.count("\n", 0, at) + 1
+
+
+def _check_json_numbers(text: str, source: str | Path) -> None:
+    """No number literal longer than MAX_NUMBER_CHARS. A regex finds the rare text that may
+    hold one; only that text is parsed again, with every number checked."""
+    if _LONG_DIGITS.search(text) is None:
+        return
+
+    def bounded(convert: Callable[[str], Any]) -> Callable[[str], Any]:
+        def parse(literal: str) -> Any:
+            if len(literal) > MAX_NUMBER_CHARS:
+                line = text.count("\n", 0, max(text.find(literal), 0)) + 1
+                raise UnsafeInput(
+                    f"{source}:{line}: a number of {len(literal):,} characters; numbers may "
+                    f"have at most {MAX_NUMBER_CHARS}"
+                )
+            return convert(literal)
+
+        return parse
+
+    json.loads(text, parse_int=bounded(int), parse_float=bounded(float))
+
+
+def _quoted(text: str) -> str:
+    """A key as it can be shown on one line: control characters escaped."""
+    return repr(text)
 
 
 def _json_depth(text: str) -> int:
@@ -147,6 +234,11 @@ def _check_nodes(root: yaml.Node, source: str | Path) -> None:
     while stack:
         node, children_done = stack.pop()
         if isinstance(node, yaml.ScalarNode):
+            if node.tag in _YAML_NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+                raise UnsafeInput(
+                    f"{source}:{_line(node.start_mark)}: a number of {len(node.value):,} "
+                    f"characters; numbers may have at most {MAX_NUMBER_CHARS}"
+                )
             size[id(node)] = 1
             continue
         children = _children(node, source)
@@ -183,7 +275,9 @@ def _children(node: yaml.Node, source: str | Path) -> list[yaml.Node]:
                 "are not allowed"
             )
         if key.value in seen:
-            raise UnsafeInput(f"{source}:{_line(key.start_mark)}: duplicate key '{key.value}'")
+            raise UnsafeInput(
+                f"{source}:{_line(key.start_mark)}: duplicate key {_quoted(key.value)}"
+            )
         seen.add(key.value)
         children += [key, value]
     return children

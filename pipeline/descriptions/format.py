@@ -180,6 +180,14 @@ class DescriptionsFile(BaseModel):
         labels = [c.label for c in classes]
         if labels != sorted(set(labels)):
             raise ValueError("classes must be sorted by label, each label once")
+        first_label: dict[str, int] = {}
+        for entry in classes:
+            first = first_label.setdefault(entry.id, entry.label)
+            if first != entry.label:
+                raise ValueError(
+                    f"class id {entry.id!r} is given to labels {first} and {entry.label}; "
+                    "each class id once"
+                )
         return classes
 
     def by_label(self) -> dict[int, ClassDescriptions]:

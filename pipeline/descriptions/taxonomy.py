@@ -12,15 +12,40 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    ValidationError,
+)
 
 from pipeline.common.errors import EXIT_BAD_INPUT, UserError
 from pipeline.common.files import sha256_json
 from pipeline.common.safe_load import compose_yaml, construct_yaml, read_text_file
+from pipeline.common.text import first_control
 
 SLUG_PATTERN = r"^[a-z][a-z0-9]*(?:_[a-z0-9]+)*$"
+MISSING_LABELS_SHOWN = 10  # a gap in the labels names this many of them, then a count
+
+
+def _no_control_characters(text: str) -> str:
+    """Names reach prompts, file headers and every terminal that shows a message: a newline
+    or an escape sequence in one would break lines or rewrite the screen."""
+    found = first_control(text)
+    if found is not None:
+        raise ValueError(f"must not contain control characters (found {found})")
+    return text
+
+
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
-NonEmpty = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+NonEmpty = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1),
+    AfterValidator(_no_control_characters),
+]
 
 
 class TaxonomyNode(BaseModel):
@@ -50,8 +75,15 @@ class FineClass:
     name: str
     path: tuple[str, ...]
     path_ids: tuple[str, ...]
-    siblings: tuple[str, ...]
+    family: tuple[tuple[str, str], ...]
+    """(id, name) of every child of its parent, itself included: one tuple shared by them all,
+    so that a taxonomy of many classes under one parent loads in linear time and memory."""
     dataset_name: str | None
+
+    @property
+    def siblings(self) -> tuple[str, ...]:
+        """The names of the other children of its parent."""
+        return tuple(name for node_id, name in self.family if node_id != self.id)
 
 
 @dataclass(frozen=True)
@@ -184,13 +216,15 @@ _MESSAGES = {
     "string_pattern_mismatch": "'{field}' must be a lowercase slug (like 'good_life'): {input!r}",
     "string_too_short": "'{field}' must not be empty",
     "too_short": "'{field}' must not be empty",
+    "value_error": "'{field}' {reason}",
 }
 
 
 def _pydantic_message(error: Any) -> str:
     field = next((str(k) for k in reversed(error["loc"]) if isinstance(k, str)), "value")
     template = _MESSAGES.get(error["type"], "'{field}': {msg}")
-    return template.format(field=field, input=error.get("input"), msg=error["msg"])
+    reason = error["msg"].removeprefix("Value error, ")
+    return template.format(field=field, input=error.get("input"), msg=error["msg"], reason=reason)
 
 
 def _walk(
@@ -275,7 +309,10 @@ def _label_problems(
     line, and says which labels are missing."""
     count = len(leaves)
     missing = sorted(set(range(count)) - set(first_owner))
-    gap = f"; labels must be exactly 0..{count - 1}, missing {missing}" if missing else ""
+    shown = ", ".join(map(str, missing[:MISSING_LABELS_SHOWN]))
+    if len(missing) > MISSING_LABELS_SHOWN:
+        shown += f", ... ({len(missing):,} in all)"
+    gap = f"; labels must be exactly 0..{count - 1}, missing [{shown}]" if missing else ""
     problems = []
     for loc, node in leaves:
         if node.label is None:
@@ -300,6 +337,7 @@ def _fine_classes(document: TaxonomyDocument) -> tuple[FineClass, ...]:
     classes: list[FineClass] = []
 
     def visit(nodes: tuple[TaxonomyNode, ...], path: tuple[TaxonomyNode, ...]) -> None:
+        family = tuple((s.id, s.name) for s in nodes)
         for node in nodes:
             here = (*path, node)
             if node.children:
@@ -312,7 +350,7 @@ def _fine_classes(document: TaxonomyDocument) -> tuple[FineClass, ...]:
                     name=node.name,
                     path=tuple(n.name for n in here),
                     path_ids=tuple(n.id for n in here),
-                    siblings=tuple(s.name for s in nodes if s.id != node.id),
+                    family=family,
                     dataset_name=node.dataset_name,
                 )
             )

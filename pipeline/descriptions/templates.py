@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pipeline.common.errors import UserError
 from pipeline.common.files import project_prompts, sha256_json
+from pipeline.common.safe_load import read_text_file
 
 TEMPLATE_FILES = {"system": "system.txt", "user": "user.txt"}
 PLACEHOLDERS = frozenset(
@@ -56,10 +57,7 @@ def load_templates(directory: Path) -> PromptTemplates:
     texts = {}
     for role, filename in TEMPLATE_FILES.items():
         path = directory / filename
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: cannot read prompt template ({err})") from err
+        text = read_text_file(path, "prompt template")
         template = string.Template(text)
         if not template.is_valid():
             raise UserError(f"{path}: malformed placeholder (write a literal '$' as '$$')")

@@ -22,7 +22,10 @@ from pipeline.llm.settings import LLMError, LLMSettings, describe_validation_err
 from pipeline.llm.transport import (
     FAILURE_RULES,
     UNCLASSIFIED_FAILURE,
+    bounds_refused,
     error_detail,
+    http_client,
+    is_redirect_refused,
     openai_module,
     rejects_response_format,
     root_cause,
@@ -145,6 +148,7 @@ class LLMClient:
                     base_url=self.settings.base_url,
                     max_retries=0,
                     timeout=self.settings.timeout,
+                    http_client=http_client(self.settings),
                 )
             return self._openai_client
 
@@ -285,6 +289,11 @@ class LLMClient:
                 if not self._fell_back(mode, error):
                     raise self._failure(error, mode, attempts) from error
                 continue
+            except Exception as error:  # the transport's bounds, which openai passes on
+                if not (bounds_refused(error) or is_redirect_refused(error)):
+                    raise
+                attempts = policy.statistics["attempt_number"]
+                raise self._failure(error, mode, attempts) from error
             return body, requests + policy.statistics["attempt_number"]
 
     def _post(
@@ -336,7 +345,7 @@ class LLMClient:
             )
         return True
 
-    def _failure(self, error: openai.APIError, mode: RequestMode, attempts: int) -> LLMError:
+    def _failure(self, error: BaseException, mode: RequestMode, attempts: int) -> LLMError:
         """The one-line error for a request that failed for good; never shows the key."""
         fields = {
             "attempts": attempts,

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from pipeline.common.errors import EXIT_BAD_INPUT, UserError
+from pipeline.common.text import escape_controls
 
 API_KEY_ENV = "OPENAI_API_KEY"
 BASE_URL_ENV = "OPENAI_BASE_URL"
@@ -30,8 +31,9 @@ class LLMError(UserError):
 
 
 def one_line(text: str) -> str:
-    """Collapse newlines and runs of spaces, so an error stays a single line."""
-    return " ".join(text.split())
+    """Collapse newlines and runs of spaces, so an error stays a single line, and escape the
+    control characters left (a server's reply may hold terminal escape sequences)."""
+    return escape_controls(" ".join(text.split()))
 
 
 def describe_validation_error(error: ValidationError) -> str:
@@ -58,7 +60,7 @@ def is_loopback(base_url: str | None) -> bool:
 class LLMSettings(BaseModel):
     """Which server and model to ask, how to sample, and how hard to insist."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: str = Field(min_length=1)
     base_url: str | None = None

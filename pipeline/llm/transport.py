@@ -1,7 +1,11 @@
-"""The transport policy: which HTTP failures are retried, how long to wait, how to report them.
+"""The transport: the HTTP client every LLM request goes through, which failures are retried,
+how long to wait, how to report them.
 
-One tenacity policy for every request; the server's Retry-After is honoured; a failure that
-retrying cannot fix (a bad key, an unknown model, no quota) is reported at once.
+Every request has a total deadline (`--timeout`, connecting to the last byte of the answer),
+every answer is decoded within `MAX_RESPONSE_BYTES`, and only http and https are followed
+(`pipeline.common.bounded_http`). One tenacity policy for every request; the server's
+Retry-After is honoured; a failure that retrying cannot fix (a bad key, an unknown model, no
+quota, an answer over the cap, a redirect to a file: URL) is reported at once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pipeline.common.retry import backoff_policy, is_transient_status, retry_aft
 from pipeline.llm.settings import API_KEY_ENV, LLMSettings, one_line
 
 if TYPE_CHECKING:
-    import openai
+    import httpx2
     import tenacity
 
 QUOTA_EXHAUSTED_CODE = "insufficient_quota"
@@ -30,6 +34,8 @@ QUOTA_EXHAUSTED_CODE = "insufficient_quota"
 FORMAT_REJECTION_STATUS_CODES = frozenset({400, 422, 500})
 FORMAT_REJECTION_WORDS = ("response_format", "json_schema")
 ERROR_DETAIL_MAX_CHARS = 300
+MAX_RESPONSE_BYTES = 8 << 20
+"""The largest answer read, once decompressed: a few hundred descriptions would fit."""
 
 
 def openai_module() -> ModuleType:
@@ -40,6 +46,37 @@ def openai_module() -> ModuleType:
     with nullcontext() if "openai" in sys.modules else collector_paused():
         import openai  # waits, in any thread, until another thread's import of it is done
     return openai
+
+
+def http_client(settings: LLMSettings) -> httpx2.Client:
+    """The HTTP client of the openai client: every request within `settings.timeout` seconds
+    in all, answers decoded up to MAX_RESPONSE_BYTES, http and https only, redirects followed
+    (each one a request of its own, bounded alike)."""
+    import httpx2
+
+    from pipeline.common.bounded_http import BoundedTransport
+
+    return httpx2.Client(
+        transport=BoundedTransport(settings.timeout, MAX_RESPONSE_BYTES),
+        timeout=settings.timeout,
+        follow_redirects=True,
+        trust_env=False,  # the transport takes the environment's proxy itself, bounded alike
+    )
+
+
+def bounds_refused(error: BaseException) -> bool:
+    """An answer the bounds refused: too large once decompressed, or in an encoding not asked
+    for. A retry would get the same."""
+    from pipeline.common.bounded_http import ResponseTooLarge, UnsupportedEncoding
+
+    return isinstance(error, ResponseTooLarge | UnsupportedEncoding)
+
+
+def is_redirect_refused(error: BaseException) -> bool:
+    """The server redirected to a URL that is not http or https (a file: URL...)."""
+    from pipeline.common.bounded_http import NotHttpURL
+
+    return isinstance(error, NotHttpURL)
 
 
 def retry_after_seconds(error: BaseException) -> float | None:
@@ -118,11 +155,11 @@ def short_line(text: str) -> str:
     return line
 
 
-def error_detail(error: openai.APIError) -> str:
-    """The server's own words about the failure."""
-    body = error.body
+def error_detail(error: BaseException) -> str:
+    """The server's own words about the failure, or the error's own when it has none."""
+    body = getattr(error, "body", None)
     message = body.get("message") if isinstance(body, dict) else None
-    return short_line(str(message or error.message))
+    return short_line(str(message or getattr(error, "message", None) or error))
 
 
 def status_is(status_code: int) -> Callable[[BaseException], bool]:
@@ -151,8 +188,15 @@ FAILURE_RULES: tuple[tuple[Callable[[BaseException], bool], str, int], ...] = (
         EXIT_BAD_INPUT,
     ),
     (
+        is_redirect_refused,
+        "{base_url} answered with {detail}; check --base-url or OPENAI_BASE_URL",
+        EXIT_BAD_INPUT,
+    ),
+    (bounds_refused, "the answer of {base_url} was refused: {detail}", EXIT_LLM_FAILURE),
+    (
         is_timeout,
-        "no answer from {base_url} within {timeout:g} s, {attempts} attempts",
+        "no answer from {base_url} within {timeout:g} s, {attempts} attempts (--timeout bounds "
+        "each request in all, from connecting to the last byte of the answer)",
         EXIT_LLM_FAILURE,
     ),
     (

@@ -14,28 +14,17 @@ from pathlib import Path
 import pytest
 
 from testkit.fake_openai import FakeOpenAI, Hang
-from testkit.paths import TOY_TAXONOMY
 
 BIN = Path(sys.executable).parent
 
 
-@pytest.fixture
-def taxonomy(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "prompts" / "toy.yaml"
-    path.parent.mkdir()
-    path.write_text(TOY_TAXONOMY)
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    return path
-
-
-def test_connection_refused_fails_the_whole_build_at_once(prompts_cli, taxonomy, tmp_path):
+def test_connection_refused_fails_the_whole_build_at_once(prompts_cli, toy_taxonomy, tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     before = sorted(p for p in tmp_path.rglob("*"))
     code, out, err = prompts_cli(
-        "build", "--taxonomy", taxonomy, "--model", "m", "--base-url",
+        "build", "--taxonomy", toy_taxonomy, "--model", "m", "--base-url",
         f"http://127.0.0.1:{port}/v1", "--concurrency", "1",
     )  # fmt: skip
     assert code == 2 and out == ""
@@ -50,12 +39,12 @@ def test_connection_refused_fails_the_whole_build_at_once(prompts_cli, taxonomy,
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "codes"), [(signal.SIGINT, {130, 1}), (signal.SIGTERM, {-15})])
-def test_a_signal_stops_a_build_with_every_request_in_flight(taxonomy, signum, codes):
+def test_a_signal_stops_a_build_with_every_request_in_flight(toy_taxonomy, signum, codes):
     with FakeOpenAI() as server:
         server.enqueue(*[Hang(600)] * 3)
         env = {**os.environ, "OPENAI_BASE_URL": server.base_url}
         command = [
-            str(BIN / "intclip-prompts"), "build", "--taxonomy", str(taxonomy),
+            str(BIN / "intclip-prompts"), "build", "--taxonomy", str(toy_taxonomy),
             "--model", "m", "--concurrency", "3", "--timeout", "600",
         ]  # fmt: skip
         process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
@@ -70,4 +59,4 @@ def test_a_signal_stops_a_build_with_every_request_in_flight(taxonomy, signum, c
             process.kill()
     assert process.returncode in codes, err
     assert "Traceback" not in err
-    assert not (taxonomy.parent / "toy.descriptions.json").exists()
+    assert not (toy_taxonomy.parent / "toy.descriptions.json").exists()

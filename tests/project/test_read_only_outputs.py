@@ -20,6 +20,7 @@ import yaml
 from intclip.data.synthetic import make_synthetic_intentonomy
 from pipeline.descriptions.format import write_descriptions
 from testkit.descriptions import descriptions_document
+from testkit.disk import snapshot
 from testkit.fake_openai import FakeOpenAI
 from testkit.paths import TOY_TAXONOMY
 from testkit.tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
@@ -37,10 +38,6 @@ pytestmark = pytest.mark.skipif(
 def read_only(folder: Path) -> Path:
     folder.chmod(0o555)
     return folder
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def run_unprivileged(tmp_path: Path, *args: object) -> subprocess.CompletedProcess:
@@ -104,8 +101,8 @@ def test_embed_into_a_read_only_cache(tmp_path, prompts_cli):
     assert snapshot(cache) == before
 
 
-@pytest.mark.slow
-def test_training_into_a_read_only_output_directory(tmp_path, prompts_cli):
+def squares_config(tmp_path: Path, prompts_cli) -> tuple[Path, Path]:
+    """A training config over generated squares, with embeddings made; and its output_dir."""
     dataset = make_synthetic_intentonomy(tmp_path / "data", sizes=(8, 4, 4), image_size=32)
     descriptions = tmp_path / "squares.descriptions.json"
     write_descriptions(
@@ -118,8 +115,6 @@ def test_training_into_a_read_only_output_directory(tmp_path, prompts_cli):
     )  # fmt: skip
     assert code == 0, err
     runs = tmp_path / "runs"
-    (runs / "earlier").mkdir(parents=True)
-    (runs / "earlier" / "metrics.csv").write_text("epoch\n1\n")
     config = tmp_path / "squares.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -130,14 +125,41 @@ def test_training_into_a_read_only_output_directory(tmp_path, prompts_cli):
                     "pretrained": str(weights),
                     "embeddings": out.strip().splitlines()[-1],
                 },
-                "optim": {"epochs": 1, "batch_size": 4, "eval_batch_size": 4},
+                "optim": {"epochs": 2, "batch_size": 4, "eval_batch_size": 4},
                 "device": "cpu",
                 "output_dir": str(runs),
             }
         )
     )
+    return config, runs
+
+
+@pytest.mark.slow
+def test_training_into_a_read_only_output_directory(tmp_path, prompts_cli):
+    config, runs = squares_config(tmp_path, prompts_cli)
+    (runs / "earlier").mkdir(parents=True)
+    (runs / "earlier" / "metrics.csv").write_text("epoch\n1\n")
     before = snapshot(read_only(runs))
     result = run_unprivileged(tmp_path, "intclip-train", "run", "--config", config)
     assert_refused(result, runs)
     assert snapshot(runs) == before
     assert sorted(p.name for p in runs.iterdir()) == ["earlier"]
+
+
+@pytest.mark.slow
+def test_resuming_a_read_only_run_directory(tmp_path, prompts_cli):
+    config, _ = squares_config(tmp_path, prompts_cli)
+    stopped = subprocess.run(
+        [str(BIN / "intclip-train"), "run", "--config", str(config), "--stop-after", "1"],
+        capture_output=True, text=True, check=False, timeout=600,
+        env={**os.environ, "INTCLIP_CACHE_DIR": str(tmp_path / "user-cache")},
+    )  # fmt: skip
+    assert stopped.returncode == 0, stopped.stderr
+    run_dir = Path(stopped.stdout.strip().splitlines()[-1])
+    for path in run_dir.rglob("*"):
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    before = snapshot(read_only(run_dir))
+    result = run_unprivileged(tmp_path, "intclip-train", "run", "--resume", run_dir)
+    assert_refused(result, run_dir)
+    assert result.stderr == f"error: {run_dir}: cannot write (Permission denied)\n"
+    assert snapshot(run_dir) == before

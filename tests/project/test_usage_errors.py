@@ -103,3 +103,37 @@ def test_end_of_input_is_one_line_not_the_crash_guard(prompts_cli, monkeypatch):
     monkeypatch.setattr(pipeline.cli.main, "load_taxonomy", end_of_input)
     code, _, err = prompts_cli("validate", "--taxonomy", "t.yaml")
     assert code == 1 and err.strip().startswith("error: aborted") and "\n" not in err.strip()
+
+
+@pytest.mark.parametrize(
+    ("cli", "args", "expected"),
+    [
+        ("prompts", ("review", "--descriptions", "d.json", "--min-margin", "nan"),
+         "error: Invalid value for '--min-margin': nan is not a finite number (see "
+         "'intclip-prompts review --help')"),
+        ("prompts", ("review", "--descriptions", "d.json", "--duplicate-threshold", "inf"),
+         "error: Invalid value for '--duplicate-threshold': inf is not a finite number (see "
+         "'intclip-prompts review --help')"),
+        ("prompts", ("cache", "verify", "x.safetensors", "--atol", "nan"),
+         "error: Invalid value for '--atol': Input should be greater than or equal to 0 (see "
+         "'intclip-prompts cache verify --help')"),
+        ("train", ("eval", "--run", "r", "--threshold", "nan"),
+         "error: Invalid value for '--threshold': Input should be less than or equal to 1 (see "
+         "'intclip-train eval --help')"),
+        ("train", ("prepare", "--images", "i", "--out", "o", "--resize-short-side", "9",
+                   "--crop-scale-min", "nan"),
+         "error: Invalid value for '--crop-scale-min': nan is not a finite number (see "
+         "'intclip-train prepare --help')"),
+        ("train", ("download", "--annotations", "a.json", "--image-root", "i", "--deadline",
+                   "inf"), "error: --deadline: Input should be a finite number"),
+        ("train", ("download", "--annotations", "a.json", "--image-root", "i", "--timeout",
+                   "nan"), "error: --timeout: Input should be a finite number"),
+    ],
+)  # fmt: skip
+def test_non_finite_numbers_are_refused_before_anything_runs(
+    prompts_cli, train_cli, tmp_path, monkeypatch, cli, args, expected
+):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = (prompts_cli if cli == "prompts" else train_cli)(*args)
+    assert (code, out, err) == (2, "", f"{expected}\n")
+    assert list(tmp_path.iterdir()) == []

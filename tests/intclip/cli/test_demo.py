@@ -1,9 +1,13 @@
-"""The demo's stand-in LLM; `make demo` itself runs in tests/project/test_readme.py, as the
-README shows it."""
+"""The demo's stand-in LLM and its refusal of an unusable output path; `make demo` itself runs in
+tests/project/test_readme.py, as the README shows it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+
+import pytest
 
 
 def test_the_stand_in_llm_describes_the_class_asked_about(tmp_path, prompts_cli, monkeypatch):
@@ -29,3 +33,29 @@ def test_the_stand_in_llm_describes_the_class_asked_about(tmp_path, prompts_cli,
         for text in entry["descriptions"]:
             words = text.rstrip(".").split()
             assert colour in words and not any(other in words for other in others), text
+
+
+@pytest.mark.parametrize("where", ["onto a file", "under a file", "read-only"])
+def test_a_demo_folder_it_cannot_write_is_one_line(tmp_path, where):
+    import os
+    import shutil
+
+    from testkit.disk import snapshot
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("not a folder\n")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    target = {"onto a file": blocker, "under a file": blocker / "demo",
+              "read-only": locked / "demo"}[where]  # fmt: skip
+    command = [sys.executable, "-m", "intclip.cli.demo", str(target)]
+    if where == "read-only" and os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("as root this needs util-linux's setpriv")
+        command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *command]
+    before = snapshot(tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    cause = "Permission denied" if where == "read-only" else "Not a directory"
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == f"error: {target}: cannot write the demo there ({cause})\n"
+    assert snapshot(tmp_path) == before

@@ -162,7 +162,7 @@ def test_a_prediction_file_of_other_classes_or_a_foreign_file_is_refused(tmp_pat
     with pytest.raises(UserError, match=r"unknown format '.txt'; use .csv or .jsonl"):
         output_suffix(tmp_path / "out.txt")
     (tmp_path / "folder.csv").mkdir()
-    with pytest.raises(UserError, match=r"folder.csv: cannot read \(Is a directory\)"):
+    with pytest.raises(UserError, match=r"folder.csv: cannot read \(not a regular file: a d"):
         PredictionFile(tmp_path / "folder.csv", NODES)
 
 
@@ -172,3 +172,30 @@ def test_predict_refuses_an_unknown_output_suffix_before_loading_a_model(train_c
     )
     assert code == 2 and out == "" and err.count("\n") == 1
     assert f"--output {tmp_path / 'p.txt'}: unknown format '.txt'; use .csv or .jsonl" in err
+
+
+def _append_rows(folder: Path, run: str, start, count: int) -> None:
+    report = build_report("test", scored(0, 4), scored(1, 4), ["a", "b", "c", "d"], None)
+    start.wait()
+    for _ in range(count):
+        append_result(folder / run, report, a_config(folder))
+
+
+def test_results_appended_by_concurrent_processes_are_all_kept(tmp_path):
+    """Without the lock, processes that read the table at once each write back their own
+    version, and all but one lose their rows."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    start = context.Event()
+    workers = [
+        context.Process(target=_append_rows, args=(tmp_path, f"run{n}", start, 5)) for n in range(6)
+    ]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 6
+    rows = read_results(tmp_path / "results.csv")
+    assert sorted(rows["run"].value_counts().items()) == [(f"run{n}", 5) for n in range(6)]

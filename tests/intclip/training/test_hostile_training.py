@@ -11,6 +11,8 @@ import csv
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +26,11 @@ from pipeline.clip.loading import load_clip
 from pipeline.descriptions.format import write_descriptions
 from pipeline.embeddings.cache import embed_descriptions
 from testkit.descriptions import descriptions_document
+from testkit.disk import assert_refused, fifo, snapshot
 from testkit.tiny_clip import TINY_CLIP_CONFIGS
 
 VIT = TINY_CLIP_CONFIGS["vit"]
+BIN = Path(sys.executable).parent
 CLASSES = ["red_square", "green_square", "cyan_square", "violet_square"]
 
 
@@ -99,7 +103,7 @@ BAD_IMAGES = {
 
 @pytest.mark.parametrize("kind", BAD_IMAGES)
 def test_a_bad_image_stops_before_training_naming_it(train_cli, workspace, monkeypatch, kind):
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64x64 is a bomb, 32x32 is not
+    monkeypatch.setenv("INTCLIP_MAX_IMAGE_PIXELS", "2000")  # 64x64 is too large, 32x32 is not
     victim = sorted(workspace["images"].glob("train*.png"))[3]
     BAD_IMAGES[kind](victim)
     line = one_error(train_cli("run", "--config", workspace["config"]), 2)
@@ -421,3 +425,161 @@ def test_eval_with_a_truncated_best_checkpoint(train_cli, stopped_run):
         train_cli("eval", "--run", stopped_run, "--split", "val", "--device", "cpu"), 2
     )
     assert line.startswith(f"error: {best}: damaged or not a safetensors checkpoint")
+
+
+# ---- splits left empty ----
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_split_is_refused_before_any_run_directory(train_cli, workspace, split):
+    config = yaml.safe_load(workspace["config"].read_text())
+    path = Path(config["data"][split])
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps({**document, "images": [], "annotations": []}))
+    line = one_error(train_cli("run", "--config", workspace["config"]), 2)
+    assert line == f"error: {path}: the {split} split (data.{split}) lists no images"
+    assert not workspace["runs"].exists()
+
+
+def test_skip_bad_that_leaves_no_train_entry_is_refused(train_cli, workspace):
+    for image in workspace["images"].glob("train*.png"):
+        image.write_bytes(b"")
+    train = yaml.safe_load(workspace["config"].read_text())["data"]["train"]
+    line = one_error(train_cli("run", "--config", workspace["config"], "--skip-bad"), 2)
+    assert line == (
+        f"error: train: every entry of {train} is bad (16 corrupt), so --skip-bad leaves "
+        "nothing to train on; run intclip-train check-data"
+    )
+    assert not workspace["runs"].exists()
+
+
+# ---- numeric settings out of range or out of order ----
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("seed=-1", "seed: Input should be greater than or equal to 0"),
+        ("seed=5000000000", "seed: Input should be less than 4294967296"),
+        ("augment.crop_scale=[0.9, 0.2]",
+         "augment: Value error, crop_scale: the lowest share 0.9 exceeds the highest 0.2"),
+        ("augment.crop_scale=[-1, 1]", "augment.crop_scale.0: Input should be greater than 0"),
+        ("augment.crop_scale=[0.5, 3]",
+         "augment.crop_scale.1: Input should be less than or equal to 1"),
+        ("augment.randaugment_ops=1000",
+         "augment.randaugment_ops: Input should be less than or equal to 14"),
+        ("clip.image_size=3", "clip.image_size: Input should be greater than or equal to 32"),
+        ("optim.warmup_epochs=5", "optim: Value error, warmup_epochs 5 exceeds epochs 2: the "
+         "run would end still warming up"),
+        ("optim.grad_clip=0", "optim.grad_clip: Input should be greater than 0"),
+        ("loss.clip=1", "loss.clip: Input should be less than 1"),
+    ],
+)  # fmt: skip
+def test_numeric_settings_out_of_range_are_refused_before_any_run_directory(
+    train_cli, workspace, setting, expected
+):
+    line = one_error(train_cli("run", "--config", workspace["config"], "--set", setting), 2)
+    assert line == f"error: {workspace['config']}: {expected}"
+    assert not workspace["runs"].exists()
+
+
+# ---- damaged or unwritable run state ----
+
+
+def test_resume_refuses_a_last_pt_with_flipped_bytes(train_cli, stopped_run):
+    last = stopped_run / "last.pt"
+    data = bytearray(last.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    last.write_bytes(bytes(data))
+    before = snapshot(stopped_run)
+    line = one_error(train_cli("run", "--resume", stopped_run), 2)
+    assert re.fullmatch(
+        rf"error: {re.escape(str(last))}: damaged: its record \S+ does not match the checksum "
+        "written with it; cannot resume from this file",
+        line,
+    ), line
+    after = snapshot(stopped_run)
+    log, earlier = after.pop("train.log"), before.pop("train.log")
+    assert log.startswith(earlier) and log.endswith(f"{line}\n".encode())
+    assert after == before  # only the log says why the run did not continue
+
+
+def test_a_best_checkpoint_with_an_edited_header_is_refused(train_cli, stopped_run):
+    best = stopped_run / "best.safetensors"
+    data = best.read_bytes()
+    field = b'aggregation_reduction\\":8'  # in the header's JSON, itself a JSON string
+    assert field in data
+    best.write_bytes(data.replace(field, field[:-1] + b"9", 1))
+    line = one_error(
+        train_cli("eval", "--run", stopped_run, "--split", "val", "--device", "cpu"), 2
+    )
+    assert line == f"error: {best} is corrupted: its header does not match its recorded checksum"
+
+
+# ---- what predict opens and writes ----
+
+
+def test_predict_skips_a_fifo_in_a_folder_and_refuses_one_named(
+    train_cli, stopped_run, workspace, tmp_path
+):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sorted(workspace["images"].glob("val*.png"))[0], folder / "a.png")
+    with fifo(folder / "b.png") as watch:
+        code, out, err = train_cli(
+            "predict", "--run", stopped_run, folder, "--format", "json", "--device", "cpu"
+        )
+        named = train_cli("predict", "--run", stopped_run, folder / "b.png", "--device", "cpu")
+        assert not watch.opened
+    assert code == 0, err
+    assert [entry["image"] for entry in json.loads(out)] == [str(folder / "a.png")]
+    assert_refused(
+        named, 2, f"error: {folder / 'b.png'}: not a regular file but a FIFO, and not a directory"
+    )
+
+
+def test_predict_refuses_a_20_megapixel_strip_in_one_line(train_cli, stopped_run, tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (20_000_000, 1), (10, 200, 10)).save(strip)
+    assert_refused(
+        train_cli("predict", "--run", stopped_run, strip, "--device", "cpu"), 2,
+        f"error: none of the 1 image(s) could be read; {strip}: cannot read this image "
+        "(20000000x1: one side is more than 100 times the other)",
+    )  # fmt: skip
+
+
+def test_predict_output_refused_leaves_the_file_byte_identical(
+    train_cli, stopped_run, workspace, tmp_path
+):
+    output = tmp_path / "other.csv"
+    output.write_bytes(b"image,score\na.png,0.5\nb.png,0.25\nc.png,0.125")  # no final newline
+    image = sorted(workspace["images"].glob("val*.png"))[0]
+    before = snapshot(tmp_path)
+    code, _, err = train_cli(
+        "predict", "--run", stopped_run, image, "--output", output, "--device", "cpu"
+    )
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"error: {output}: its columns are not this run's (2 vs 7, or other classes); "
+        "choose another --output"
+    )
+    assert snapshot(tmp_path) == before
+
+
+# ---- evaluations finishing at once ----
+
+
+@pytest.mark.slow
+def test_concurrent_evaluations_each_keep_their_row(stopped_run):
+    """Six `eval` processes at once, each adding its row to the shared results.csv."""
+    command = [str(BIN / "intclip-train"), "eval", "--run", str(stopped_run), "--split", "val",
+               "--device", "cpu", "--json"]  # fmt: skip
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * 6, errors
+    table = (stopped_run.parent / "results.csv").read_text().splitlines()
+    assert len(table) == 1 + 6 and table[0].startswith("run,split,")

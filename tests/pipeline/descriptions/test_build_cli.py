@@ -237,7 +237,7 @@ def test_json_schema_rejection_falls_back(project, build, monkeypatch):
         (("--min-words", "9", "--max-words", "3"), "min_words 9 exceeds max_words 3"),
         (("--num-descriptions", "0"), "invalid num_descriptions"),
         (("--base-url", "ftp://x"), "must be an http:// or https:// URL"),
-        (("--templates", "/nonexistent"), "cannot read prompt template"),
+        (("--templates", "/nonexistent"), "prompt template not found"),
     ],
 )
 def test_bad_options_are_one_line_exit_2(project, fake_openai, build, args, expected):

@@ -17,6 +17,7 @@ from pipeline.common.errors import UserError
 from pipeline.descriptions.format import write_descriptions
 from pipeline.embeddings.cache import load_class_embeddings
 from testkit.descriptions import descriptions_document
+from testkit.disk import snapshot
 from testkit.tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
 VIT = TINY_CLIP_CONFIGS["vit"]
@@ -125,6 +126,19 @@ def test_an_empty_class_list_is_one_line(prompts_cli, setup):
     code, out, err = embed(prompts_cli, setup)
     assert (code, out) == (2, "")
     assert err == f"error: {setup['descriptions']}: no classes to embed\n"
+
+
+def test_two_classes_of_one_id_are_refused_before_embedding(prompts_cli, setup, tmp_path):
+    path = setup["descriptions"]
+    path.write_text(path.read_text().replace('"id": "thrill"', '"id": "calm"'))
+    before = snapshot(tmp_path)
+    code, out, err = embed(prompts_cli, setup)
+    assert (code, out) == (2, "")
+    assert err == (
+        f"error: {path}: classes: Value error, class id 'calm' is given to labels 0 and 1; "
+        "each class id once\n"
+    )
+    assert snapshot(tmp_path) == before
 
 
 def test_missing_descriptions_file_is_one_line(prompts_cli, setup, tmp_path):
