@@ -24,16 +24,37 @@ BOXES = {
     "trunk": (140, 160, 130, 70, FROZEN, ["CLIP image tower", "shallow stages"]),
     "sight": (305, 85, 165, 60, FROZEN, ["sight branch", "deepest stages, frozen"]),
     "semantic": (305, 245, 165, 60, TRAINED, ["semantic branch", "trained copy of them"]),
-    "aggregation": (505, 145, 235, 100, TRAINED, [
-        "sight-assisted aggregation",
-        "Q, K from semantic; V from sight",
-        "\u03b1 \u00b7 attended + (sight + semantic) / 2",
-    ]),
-    "head": (775, 160, 165, 70, TRAINED, ["class head", "per-position similarity,", "spatial pooling"]),
+    "aggregation": (
+        505,
+        145,
+        235,
+        100,
+        TRAINED,
+        [
+            "sight-assisted aggregation",
+            "Q, K from semantic; V from sight",
+            "\u03b1 \u00b7 attended + (sight + semantic) / 2",
+        ],
+    ),
+    "head": (
+        775,
+        160,
+        165,
+        70,
+        TRAINED,
+        ["class head", "per-position similarity,", "spatial pooling"],
+    ),
     "loss": (797, 55, 120, 50, PLAIN, ["asymmetric loss", "(training)"]),
     "scores": (797, 290, 120, 44, PLAIN, ["28 intent scores"]),
     "taxonomy": (20, 355, 155, 60, OFFLINE, ["1. taxonomy", "coarse > middle > fine"]),
-    "descriptions": (205, 355, 185, 60, OFFLINE, ["LLM class descriptions", "prompts/*.json, in git"]),
+    "descriptions": (
+        205,
+        355,
+        185,
+        60,
+        OFFLINE,
+        ["LLM class descriptions", "prompts/*.json, in git"],
+    ),
     "text": (420, 355, 180, 60, FROZEN, ["2. CLIP text tower", "class embeddings, cached"]),
     "prompts": (630, 355, 150, 60, TRAINED, ["or learned prompts", "(DualCoOp, official)"]),
 }
@@ -61,7 +82,7 @@ def centre(name: str) -> tuple[float, float]:
 
 def edge_point(name: str, towards: tuple[float, float]) -> tuple[float, float]:
     """Where the line from the box's centre to `towards` leaves the box."""
-    x, y, w, h, *_ = BOXES[name]
+    _, _, w, h, *_ = BOXES[name]
     cx, cy = centre(name)
     dx, dy = towards[0] - cx, towards[1] - cy
     scale = min(
@@ -78,7 +99,8 @@ def box(x: float, y: float, w: float, h: float, fill: str, lines: list[str]) -> 
     )
     top = y + h / 2 - (len(lines) - 1) * 8
     texts = [
-        f'<text x="{x + w / 2}" y="{top + 16 * i + 4:.1f}" text-anchor="middle">{escape(line)}</text>'
+        f'<text x="{x + w / 2}" y="{top + 16 * i + 4:.1f}" text-anchor="middle">'
+        f"{escape(line)}</text>"
         for i, line in enumerate(lines)
     ]
     return "\n".join([shape, *texts])
