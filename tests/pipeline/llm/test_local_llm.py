@@ -143,13 +143,18 @@ def test_build_with_local_llm(stand_in, prompts_cli, tmp_path, monkeypatch):
     code, out, err = prompts_cli(*local)
     assert code == 0, err
     assert "ignoring model gpt-4o-mini" in err
+    assert (
+        "note: --llm local: settings for a small local model: 3 descriptions per class, one "
+        "description per request (change them with --num-descriptions, --all-at-once)" in err
+    )
     sent = [json.loads(line) for line in bodies.read_text().splitlines()]
-    assert len(sent) == 3
+    assert len(sent) == 9  # 3 classes, one request per description
     assert all(body.items() >= local_llm.SAMPLING.items() for body in sent)
     assert {"repeat_penalty", "top_k", "min_p"} <= local_llm.SAMPLING.keys()
     document = json.loads((tmp_path / "toy.descriptions.json").read_text())
     assert document["generator"]["model"] == "Tiny-Model.Q4"
-    assert len(document["classes"]) == 3
+    assert document["generator"]["params"]["one_at_a_time"] is True
+    assert [len(entry["descriptions"]) for entry in document["classes"]] == [3, 3, 3]
     assert gone(stand_in["pid"]())
     assert not list((tmp_path / "cache" / "llm-server").iterdir())  # a clean run keeps no log
     stand_in["pid_file"].unlink()
@@ -168,6 +173,39 @@ def test_a_local_model_gets_more_answers_per_class(stand_in, prompts_cli, tmp_pa
     code, _, err = prompts_cli(*local)
     assert code == 0, err
     assert gone(stand_in["pid"]())
+
+
+def test_a_local_build_sends_back_only_the_failing_description(
+    stand_in, prompts_cli, tmp_path, monkeypatch
+):
+    """A small model repeats itself: each repeat is sent back alone, with why it was refused,
+    and the next description is asked for afresh, with no earlier conversation."""
+    monkeypatch.setenv("FAKE_LLAMA_REPEATS", "1")
+    bodies = tmp_path / "bodies.jsonl"
+    monkeypatch.setenv("FAKE_LLAMA_BODIES", str(bodies))
+    code, _, err = prompts_cli(
+        "build", "--taxonomy", write_toy(tmp_path), "--llm", "local",
+        "--gguf", stand_in["gguf"], "--concurrency", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads((tmp_path / "toy.descriptions.json").read_text())
+    rules = DescriptionRules(num_descriptions=3)
+    for entry in document["classes"]:
+        rules.check(entry["descriptions"])  # three, none repeated: nothing relaxed
+    sent = [json.loads(line) for line in bodies.read_text().splitlines()]
+    schemas = [body["response_format"]["json_schema"]["schema"] for body in sent]
+    assert all(s["properties"]["descriptions"]["maxItems"] == 1 for s in schemas)
+    reasked = [body["messages"] for body in sent if body["messages"][-2]["role"] == "assistant"]
+    assert len(sent) == 9 + len(reasked) and len(reasked) == 6  # descriptions 2 and 3 of each
+    for messages in reasked:
+        _, _, one, rejected, why = messages
+        assert [m["role"] for m in messages] == ["system", "user", "user", "assistant", "user"]
+        assert one["content"] in {
+            f"Write description {n} of 3 now, and only that one." for n in (2, 3)
+        }
+        (text,) = [d["text"] for d in json.loads(rejected["content"])["descriptions"]]
+        assert "repeat(s) an earlier description of this class" in why["content"]
+        assert repr(text) in why["content"]
 
 
 def test_server_crash_mid_build(stand_in, prompts_cli, tmp_path, monkeypatch):
