@@ -24,7 +24,7 @@ from intclip.training.accumulation import AccumulationPlan
 from intclip.training.checkpoint import save_model
 from intclip.training.config import OptimConfig, TrainConfig
 from intclip.training.epoch_metrics import validation_row, write_metrics
-from intclip.training.factory import build_components
+from intclip.training.factory import build_components, check_official_sentences
 from intclip.training.init_from import initialise
 from intclip.training.loss import AsymmetricLoss
 from intclip.training.optimizer import Optimisation, build_optimizer, build_scheduler
@@ -91,6 +91,7 @@ def _train(
         run_log.attach(run_dir)
     stopped_note = state_note(run_dir)
 
+    check_official_sentences(config)  # before the data checks, which may take minutes
     # Data: train and val only. The test split is never looked at while training.
     train_index = _checked_split(config, "train", skip_bad, log)
     val_index = _checked_split(config, "val", skip_bad, log)
@@ -136,11 +137,12 @@ def _train(
         len(seeds), batch_size, config.optim.grad_accumulation, config.loss.reduction
     )
 
-    optimizer = build_optimizer(config.optim, groups, context.device)
+    scaler = precision.grad_scaler(config.precision, context.device)
+    optimizer = build_optimizer(config.optim, groups, context.device, scaler is not None)
     optimisation = Optimisation(
         optimizer,
         build_scheduler(config.optim, optimizer, plan.steps),
-        precision.grad_scaler(config.precision, context.device),
+        scaler,
         [p for g in groups for p in g.parameters],
         config.optim.grad_clip,
     )
