@@ -5,8 +5,10 @@ Takes llama.cpp's `--model --host --port --model_alias --n_ctx` and behaves as
 `exit` dies at once with a message; `crash_after_one` answers one chat request, then dies;
 `hang` holds every chat request forever, touching `<pid file>.busy` when one arrives.
 `FAKE_LLAMA_BAD_ANSWERS=N` makes its first N answers break the rules (no descriptions), as a
-tiny model's do. `FAKE_LLAMA_BODIES` names a file that gets each chat request's body as a JSON line.
-It writes its pid to `FAKE_LLAMA_PID_FILE` so tests can check nothing is left behind, and, when
+tiny model's do. `FAKE_LLAMA_REPEATS=1` answers every request of a class with the same
+sentence, as a tiny model repeats itself, until a request shows it a rejected answer.
+`FAKE_LLAMA_BODIES` names a file that gets each chat request's body as a JSON line. It writes
+its pid to `FAKE_LLAMA_PID_FILE` so tests can check nothing is left behind, and, when
 `FAKE_LLAMA_LISTEN_AFTER` names a file, waits for that file before listening, as llama.cpp
 loads its model before it binds the port.
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 # Run as a script (as the real server module is), so the repository root that holds testkit/
 # is not on the path the way pytest's `pythonpath` puts it there for the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from testkit.fake_openai import FakeOpenAI, describing_responder
+from testkit.fake_openai import FakeOpenAI, Responder, describing_responder
 
 FOREVER_S = 3600
 
@@ -56,6 +58,8 @@ def main() -> None:
             return json.dumps({"descriptions": []}) if seen < bad_answers else describe(request)
 
         answer = break_rules_first
+    if os.environ.get("FAKE_LLAMA_REPEATS"):
+        answer = repeat_until_shown(answer)
     if mode == "crash_after_one":
 
         def respond_then_crash(request: dict) -> str:
@@ -85,6 +89,19 @@ def main() -> None:
             time.sleep(0.02)
     with FakeOpenAI(responder=answer, port=args.port):
         time.sleep(FOREVER_S)
+
+
+def repeat_until_shown(answer: Responder) -> Responder:
+    """The answer to the class's first request (its first two messages) whatever else the
+    request says, unless it holds a rejected answer (an assistant turn)."""
+
+    def respond(request: dict) -> str:
+        messages = request.get("messages", [])
+        if any(message.get("role") == "assistant" for message in messages):
+            return answer(request)
+        return answer({**request, "messages": messages[:2]})
+
+    return respond
 
 
 if __name__ == "__main__":

@@ -35,6 +35,24 @@ def save_random_clip(config: Path, path: Path, seed: int) -> Path:
     return path
 
 
+def save_calm_text_clip(config: Path, path: Path, seed: int, attention_gain: float) -> Path:
+    """`save_random_clip` with the text attention's output scaled by `attention_gain`.
+
+    In a pretrained CLIP a class's positive and negative prompts start close (cosine about
+    0.98), so the official head's logits, 100 times a difference of pooled cosines, start in a
+    range the loss can train. In a random tiny CLIP the 16 random contexts dominate each prompt
+    through attention: the logits saturate and the loss gradient vanishes. A weak attention
+    output keeps the contexts' effect small, as pretraining does, and still lets it train."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = load_clip(str(config), None).module
+    with torch.no_grad():
+        for block in module.transformer.resblocks:
+            block.attn.out_proj.weight.mul_(attention_gain)
+    safetensors.torch.save_file(module.state_dict(), path)
+    return path
+
+
 def random_class_embeddings(num_classes: int, seed: int) -> torch.Tensor:
     """Unit-norm stand-ins [num_classes, TINY_EMBED_DIM] for cached class text embeddings."""
     generator = torch.Generator().manual_seed(seed)

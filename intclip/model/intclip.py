@@ -20,9 +20,9 @@ Where this implementation departs from the official code (github.com/yan9qu/IntC
   7x7 grid). Here any open_clip ModifiedResNet or class-token VisionTransformer is split (see
   `intclip.model.backbone`) at any input size the tower takes; position embeddings are resampled
   to the actual grid. Any other tower is refused with a clear error.
-- Class texts. The official head learns positive and negative prompt contexts (DualCoOp) around
-  the class name. Here `text: cached` (the default) scores against CLIP text embeddings of the
-  class descriptions, computed once by the embedding stage and kept as a frozen buffer;
+- Class texts. The official head learns positive and negative prompt contexts (DualCoOp) before
+  one sentence per class. Here `text: cached` (the default) scores against CLIP text embeddings of
+  the class descriptions, computed once by the embedding stage and kept as a frozen buffer;
   `text: prompts` learns the official contexts, placed before each of the class's descriptions
   (or its name) and averaged per class (`intclip.model.prompts`). The head's pooling temperature,
   logit scale and per-class bias are learned by default; `head: official` with all three fixed

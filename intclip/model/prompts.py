@@ -8,6 +8,10 @@ contexts train; the token embeddings of the frozen part of every prompt are comp
 
 With `n_ctx: 0` a prompt is exactly the tokenised class text, so the features are the cached
 embeddings of `intclip-prompts embed` (aggregate `mean`): the two text paths agree.
+
+The official prompt learner (`models/dualcoop.py` of github.com/yan9qu/IntCLIP) tokenises
+`"X X ... X <class text>."` and draws every class's contexts independently; `class_text_format:
+"{text}."` and `random_init: per_class` are those two settings.
 """
 
 from __future__ import annotations
@@ -45,8 +49,16 @@ class PromptConfig(BaseModel):
     init: str | None = None
     """A phrase whose token embeddings start every context (it must have n_ctx tokens);
     default: normal, std 0.02."""
+    random_init: Literal["per_class", "shared"] = "per_class"
+    """Without `init`, class-specific contexts are drawn independently for every class
+    (`per_class`, the official code: normal(0, 0.02) of shape [classes, n_ctx, width]), or drawn
+    once and copied to every class (`shared`), so that all classes start alike. Seeded by `seed`."""
     class_text: Literal["descriptions", "name"] = "descriptions"
     """What follows the context: each of the class's descriptions, or the class name."""
+    class_text_format: Literal["{text}", "{text}."] = "{text}"
+    """How the class text is written after the context: as it is, or followed by a full stop
+    (`"{text}."`, the official code's `"X ... X <text>."`). The whole formatted text is
+    tokenised at once, as the official code tokenises its prompt."""
 
 
 class ClassText(NamedTuple):
@@ -116,7 +128,7 @@ class PromptedClassText(nn.Module):
         self.tower = FrozenTextTower(clip)
         self.source_sha256 = texts.sha256
         self.num_classes = len(texts.classes)
-        tokens, owner = _prompt_tokens(self.tower, texts, config.n_ctx)
+        tokens, owner = _prompt_tokens(self.tower, texts, config)
         tokens = tokens[:, : needed_length(self.tower, tokens)]  # the rest is padding
         embedded = self.tower.embed(tokens)
         self.register_buffer("tokens", tokens.to(embedded.device), persistent=False)
@@ -170,11 +182,13 @@ class PromptedClassText(nn.Module):
 
 
 def _prompt_tokens(
-    tower: FrozenTextTower, texts: ClassTexts, n_ctx: int
+    tower: FrozenTextTower, texts: ClassTexts, config: PromptConfig
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids [P, L] of every prompt (start, n_ctx placeholders, text, end, padding), and
-    the class of each prompt [P]; a text that no longer fits is refused, never truncated."""
+    """Token ids [P, L] of every prompt (start, n_ctx placeholders, formatted text, end,
+    padding), and the class of each prompt [P]; a text that no longer fits is refused, never
+    truncated."""
     tokenizer = tower.tokenizer
+    n_ctx = config.n_ctx
     placeholder = tokenizer.encode(PLACEHOLDER)
     rows, owner = [], []
     for index, entry in enumerate(texts.classes):
@@ -182,7 +196,7 @@ def _prompt_tokens(
             ids = [
                 tokenizer.sot_token_id,
                 *placeholder * n_ctx,
-                *tokenizer.encode(text),
+                *tokenizer.encode(config.class_text_format.format(text=text)),
                 tokenizer.eot_token_id,
             ]
             if len(ids) > tower.context_length:
@@ -197,8 +211,11 @@ def _prompt_tokens(
 
 
 def _initial_contexts(tower: FrozenTextTower, config: PromptConfig, classes: int) -> torch.Tensor:
-    """Normal(0, 0.02), or the token embeddings of `config.init`; one copy per class if
-    class-specific."""
+    """Normal(0, 0.02), drawn for every class or once (`random_init`), or the token embeddings
+    of `config.init`; [classes, n_ctx, W] if class-specific, else [n_ctx, W]."""
+    if config.init is None and config.class_specific and config.random_init == "per_class":
+        initial = torch.empty(classes, config.n_ctx, tower.width).normal_(std=INIT_STD)
+        return initial.to(tower.token_embedding.weight.device)
     if config.init is None:
         initial = torch.empty(config.n_ctx, tower.width).normal_(std=INIT_STD)
     else:

@@ -23,6 +23,11 @@ def compiled(module: nn.Module, enabled: bool) -> nn.Module:
     return torch.compile(module) if enabled else module
 
 
-def fused_optimizer(device: torch.device) -> dict[str, bool]:
-    """Optimiser keyword arguments: one fused kernel per step where torch has one."""
-    return {"fused": True} if device.type in FUSED_OPTIMIZER_DEVICES else {}
+def fused_optimizer(device: torch.device, loss_scaled: bool = False) -> dict[str, bool]:
+    """Optimiser keyword arguments: one fused kernel per step where torch has one.
+
+    Not on the CPU under a GradScaler (fp16): torch's fused CPU SGD writes garbage (1e29) into
+    the weights on the first step the scaler lets through after skipping one."""
+    if device.type not in FUSED_OPTIMIZER_DEVICES or (loss_scaled and device.type == "cpu"):
+        return {}
+    return {"fused": True}

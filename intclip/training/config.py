@@ -80,9 +80,11 @@ class ScheduleConfig(ConfigSection):
     """Ramp up linearly to each group's learning rate, or hold every group at `warmup_lr`."""
     warmup_lr: PositiveFloat | None = None
     """The learning rate of every group during a constant warm-up (official: 1e-5)."""
-    cosine_epochs: PositiveFloat | None = None
-    """Period of the cosine after warm-up, in epochs; default: the epochs left after warm-up,
-    so it reaches zero at the end. The official code uses the total epoch count (T_max = 60)."""
+    cosine_epochs: PositiveFloat | Literal["epochs"] | None = None
+    """Period of the cosine after warm-up, in epochs. `null` (the default): the epochs left
+    after warm-up, so it reaches zero at the end; `epochs`: `optim.epochs` itself, as the
+    official code's Dassl scheduler (T_max = MAX_EPOCH, counted after warm-up, so it never
+    reaches zero); a number pins it whatever `optim.epochs` says."""
 
     @model_validator(mode="after")
     def _warmup_lr_with_constant_warmup(self) -> ScheduleConfig:

@@ -22,6 +22,7 @@ from pipeline.clip.loading import LoadedClip, load_clip
 from pipeline.common.console import stderr
 from pipeline.common.errors import UserError
 from pipeline.common.files import cache_root
+from pipeline.descriptions.official import OFFICIAL_SUFFIX, import_hint
 from pipeline.descriptions.taxonomy import Taxonomy, load_taxonomy
 from pipeline.embeddings.cache import (
     CacheKey,
@@ -127,11 +128,20 @@ CLASS_TEXT_LOADERS: dict[
 ] = {"cached": _cached_embeddings, "prompts": _prompt_texts}
 
 
+def check_official_sentences(config: TrainConfig) -> None:
+    """The official sentences are imported, never shipped: a config that names the imported
+    file before it exists says, in one line, the command that makes it."""
+    path = config.clip.descriptions
+    if path is not None and path.name.endswith(OFFICIAL_SUFFIX) and not path.exists():
+        raise UserError(f"{path}: not found: {import_hint(path)}")
+
+
 def build_components(
     config: TrainConfig, device: torch.device, with_class_text: bool = True
 ) -> Components:
     """Load the CLIP and the class text made for it, checked against the dataset;
     `with_class_text=False` loads the CLIP alone (feature extraction needs no class text)."""
+    check_official_sentences(config)
     clip = load_clip(config.clip.name, config.clip.pretrained, device)
     taxonomy = load_taxonomy(config.data.taxonomy) if config.data.taxonomy else None
     expected_ids = [c.id for c in taxonomy.classes] if taxonomy else None

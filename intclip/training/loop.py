@@ -23,7 +23,7 @@ from intclip.training.checkpoint import save_model
 from intclip.training.config import OptimConfig, TrainConfig, with_absolute_paths
 from intclip.training.curves import plot_learning_curves
 from intclip.training.epoch_metrics import final_report, validation_row, write_metrics
-from intclip.training.factory import build_components
+from intclip.training.factory import build_components, check_official_sentences
 from intclip.training.init_from import initialise
 from intclip.training.inputs import build_inputs
 from intclip.training.interrupts import stops_resumably
@@ -95,6 +95,7 @@ def _train(
         run_log.attach(run_dir)
     stopped_note = StateNote(run_dir)
 
+    check_official_sentences(config)  # before the data checks, which may take minutes
     # Data: train and val only. The test split is never looked at while training.
     train_index = checked_split(config, "train", skip_bad, log)
     val_index = checked_split(config, "val", skip_bad, log)
@@ -140,11 +141,12 @@ def _train(
         len(seeds), batch_size, config.optim.grad_accumulation, config.loss.reduction
     )
 
-    optimizer = build_optimizer(config.optim, groups, context.device)
+    scaler = precision.grad_scaler(config.precision, context.device)
+    optimizer = build_optimizer(config.optim, groups, context.device, scaler is not None)
     optimisation = Optimisation(
         optimizer,
         build_scheduler(config.optim, optimizer, plan.steps),
-        precision.grad_scaler(config.precision, context.device),
+        scaler,
         [p for g in groups for p in g.parameters],
         config.optim.grad_clip,
     )

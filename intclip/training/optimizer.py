@@ -45,10 +45,14 @@ class Optimisation:
 
 
 def build_optimizer(
-    config: OptimConfig, groups: list[ParameterGroup], device: torch.device
+    config: OptimConfig,
+    groups: list[ParameterGroup],
+    device: torch.device,
+    loss_scaled: bool = False,
 ) -> torch.optim.Optimizer:
     """One parameter group per role at `lr` times its multiplier; under `weight_decay_on:
-    matrices` gains, biases and scalars go to a second group of that role without decay."""
+    matrices` gains, biases and scalars go to a second group of that role without decay.
+    `loss_scaled`: the steps go through fp16's GradScaler."""
     param_groups = []
     for group in groups:
         lr = config.lr * config.lr_multipliers.get(group.role, 1.0)
@@ -64,7 +68,7 @@ def build_optimizer(
             for name, params, decay in split
             if params
         ]
-    fused = fused_optimizer(device)
+    fused = fused_optimizer(device, loss_scaled)
     if config.optimizer == "sgd":
         return torch.optim.SGD(param_groups, lr=config.lr, momentum=config.momentum, **fused)
     return torch.optim.AdamW(param_groups, lr=config.lr, **fused)
@@ -79,7 +83,12 @@ def build_scheduler(
     per_epoch = steps_per_epoch if schedule.unit == "step" else 1
     warmup = round(config.warmup_epochs * per_epoch)
     total = config.epochs * per_epoch
-    period = round(schedule.cosine_epochs * per_epoch) if schedule.cosine_epochs else total - warmup
+    if schedule.cosine_epochs is None:
+        period = total - warmup
+    elif schedule.cosine_epochs == "epochs":
+        period = total
+    else:
+        period = round(schedule.cosine_epochs * per_epoch)
 
     def position(step: int) -> int:
         return step if schedule.unit == "step" else step // steps_per_epoch

@@ -16,12 +16,14 @@ from pydantic import ValidationError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from pipeline.cli.embed import app as embed_app
+from pipeline.cli.official import app as official_app
 from pipeline.cli.review import app as review_app
 from pipeline.cli.review import review_and_revise, review_built
 from pipeline.common.console import VersionOption, run_app, stderr, stdout
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, UserError
 from pipeline.common.files import cache_root
 from pipeline.descriptions.build import (
+    BUILD_DEFAULTS,
     BuildPlan,
     BuildSettings,
     ClassJob,
@@ -44,7 +46,7 @@ from pipeline.descriptions.taxonomy import Taxonomy, load_taxonomy
 from pipeline.descriptions.templates import default_template_dir, load_templates
 from pipeline.llm.cache import LLMCache
 from pipeline.llm.client import LLMClient
-from pipeline.llm.local import CLIENT_SETTINGS, LocalLLMServer, default_gguf
+from pipeline.llm.local import CLIENT_SETTINGS, SERVER_SLOTS, LocalLLMServer, default_gguf
 from pipeline.llm.settings import API_KEY_ENV, LLMSettings, is_loopback
 
 app = typer.Typer(
@@ -55,6 +57,7 @@ app = typer.Typer(
 )
 app.add_typer(embed_app)
 app.add_typer(review_app)
+app.add_typer(official_app)
 
 
 @app.callback()
@@ -99,15 +102,32 @@ def build(
         typer.Option(envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint."),
     ] = None,
     num_descriptions: Annotated[
-        int | None, typer.Option(help="Descriptions per class (K) \\[default: 5].")
+        int | None,
+        typer.Option(help="Descriptions per class (K) \\[default: 5; 3 with --llm local]."),
     ] = None,
     min_words: Annotated[int | None, typer.Option(help="Fewest words (A) \\[default: 5].")] = None,
     max_words: Annotated[int | None, typer.Option(help="Most words (B) \\[default: 25].")] = None,
+    one_at_a_time: Annotated[
+        bool | None,
+        typer.Option(
+            "--one-at-a-time/--all-at-once",
+            help="Ask for one description per request, or for all K at once \\[default: all "
+            "at once; one at a time with --llm local].",
+            show_default=False,
+        ),
+    ] = None,
     temperature: Annotated[
         float | None, typer.Option(help="Sampling temperature \\[default: 0.7].")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Sampling seed \\[default: 0].")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests in flight at once.")] = 4,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Requests in flight at once \\[default: 4; 1 with --llm local, whose server "
+            "answers one at a time].",
+        ),
+    ] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 120.0,
     max_attempts: Annotated[
         int | None,
@@ -202,26 +222,47 @@ def build(
     kind: LLMKind = llm or (generator.llm if generator and generator.llm else "openai")
     if gguf is not None and kind != "local":
         raise UserError("--gguf needs --llm local", EXIT_BAD_INPUT)
+    if generator is not None and generator.imported is not None:
+        raise UserError(
+            f"{out} holds sentences imported by intclip-prompts import-official, not an LLM's "
+            "descriptions: build writes another file (pass --out)",
+            EXIT_BAD_INPUT,
+        )
     if kind == "local":
         model = _local_model(gguf, model, generator)
+    chosen: list[str] = []
 
-    def pick(flag: object, key: str, default: object) -> object:
-        return flag if flag is not None else recorded.get(key, default)
+    def pick(flag: object, key: str) -> object:
+        """The flag, else the file's setting (a file without `one_at_a_time` asked K at a
+        time), else the default for this kind of LLM, noting those chosen for a local one."""
+        if flag is not None:
+            return flag
+        if recorded:
+            return recorded.get(key, BUILD_DEFAULTS["openai"][key])
+        if BUILD_DEFAULTS[kind][key] != BUILD_DEFAULTS["openai"][key]:
+            chosen.append(key)
+        return BUILD_DEFAULTS[kind][key]
 
     try:
         settings = BuildSettings(
             model=model or (generator.model if generator else ""),
             rules=DescriptionRules(
-                num_descriptions=pick(num_descriptions, "num_descriptions", 5),
-                min_words=pick(min_words, "min_words", 5),
-                max_words=pick(max_words, "max_words", 25),
+                num_descriptions=pick(num_descriptions, "num_descriptions"),
+                min_words=pick(min_words, "min_words"),
+                max_words=pick(max_words, "max_words"),
             ),
-            temperature=pick(temperature, "temperature", 0.7),
-            seed=pick(seed, "seed", 0),
+            temperature=pick(temperature, "temperature"),
+            seed=pick(seed, "seed"),
+            one_at_a_time=pick(one_at_a_time, "one_at_a_time"),
             llm=kind,
         )
     except ValidationError as err:
         raise UserError(_first_pydantic_error(err)) from None
+    if concurrency is None:
+        concurrency = SERVER_SLOTS if kind == "local" else DEFAULT_CONCURRENCY
+        if kind == "local":
+            chosen.append("concurrency")
+
     plan = plan_build(
         tree,
         load_templates(templates or default_template_dir(tree.source)),
@@ -260,6 +301,8 @@ def build(
                     "again (pass --llm openai to ask another server)",
                     markup=False,
                 )
+            if chosen:
+                _note_local_defaults(settings, chosen)
             server = LocalLLMServer(
                 gguf or _default_gguf_for(settings.model, out),
                 log_dir=cache_root(cache_dir) / "llm-server",
@@ -267,6 +310,7 @@ def build(
             client = client_for(server.base_url)
         elif waiting:
             _require_server(client.settings, waiting)
+    _note_edited(plan, out)
     with server or nullcontext():
         try:
             document = _run_with_progress(plan, client, concurrency)
@@ -282,6 +326,29 @@ def build(
     _write(out, document, tree)
     if plan.to_send and not skip_review and review_built(document) and strict:
         raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
+
+
+DEFAULT_CONCURRENCY = 4
+LOCAL_CHOICES = {
+    "num_descriptions": ("{value} descriptions per class", "--num-descriptions"),
+    "min_words": ("at least {value} words", "--min-words"),
+    "max_words": ("at most {value} words", "--max-words"),
+    "temperature": ("temperature {value}", "--temperature"),
+    "seed": ("seed {value}", "--seed"),
+    "one_at_a_time": ("one description per request", "--all-at-once"),
+    "concurrency": ("one request at a time", "--concurrency"),
+}
+
+
+def _note_local_defaults(settings: BuildSettings, chosen: list[str]) -> None:
+    """Say which settings `--llm local` chose for a small model, and the flags that change them."""
+    values = settings.params()
+    said = ", ".join(LOCAL_CHOICES[key][0].format(value=values.get(key)) for key in chosen)
+    flags = ", ".join(LOCAL_CHOICES[key][1] for key in chosen)
+    stderr.print(
+        f"note: --llm local: settings for a small local model: {said} (change them with {flags})",
+        markup=False,
+    )
 
 
 def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo | None) -> str:
@@ -377,10 +444,24 @@ def _llm_settings(
         raise UserError(_first_pydantic_error(err)) from None
 
 
+def _note_edited(plan: BuildPlan, out: Path) -> None:
+    """Edited classes whose request changed: kept, as every build keeps them, but said."""
+    for job in plan.edited_with_new_inputs():
+        stderr.print(
+            f"note: {out}: {job.name} was edited in review and is kept, although its inputs "
+            "changed since (its path, siblings, templates, model or parameters): review it, "
+            "or remove its edited mark to ask the LLM again",
+            markup=False,
+        )
+
+
 def _check(plan: BuildPlan, out: Path) -> None:
     reasons = plan.stale_reasons()
+    _note_edited(plan, out)
     if not reasons:
-        stdout.print(f"{out}: up to date ({len(plan.jobs)} classes)")
+        edited = sum(job.edited for job in plan.jobs)
+        note = f", {edited} edited in review" if edited else ""
+        stdout.print(f"{out}: up to date ({len(plan.jobs)} classes{note})")
         return
     for reason in reasons:
         stderr.print(f"{out}: {reason}", markup=False)
@@ -425,16 +506,19 @@ def _run_with_progress(plan: BuildPlan, client: LLMClient, concurrency: int) -> 
         def on_outcome(job: ClassJob, outcome: Outcome) -> None:
             with lock:
                 counts[outcome] += 1
-                summary = " ".join(f"{k} {counts[k]}" for k in ("kept", "cached", "sent", "failed"))
+                summary = " ".join(
+                    f"{k} {counts[k]}" for k in ("kept", "edited", "cached", "sent", "failed")
+                )
                 progress.update(task, advance=1, summary=summary)
 
         try:
             document = run_build(plan, client, concurrency, on_outcome)
         finally:
             progress.stop()
+            edited = f"{counts['edited']} edited in review (kept), " if counts["edited"] else ""
             stderr.print(
                 f"{plan.taxonomy.name}: {selected} classes: {counts['kept']} up to date, "
-                f"{counts['cached']} from the LLM cache, {counts['sent']} asked, "
+                f"{edited}{counts['cached']} from the LLM cache, {counts['sent']} asked, "
                 f"{counts['failed']} failed"
             )
     return document

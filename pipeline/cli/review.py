@@ -8,10 +8,17 @@ from typing import Annotated, Literal
 import typer
 
 from pipeline.common.console import finite, stderr, stdout
-from pipeline.common.errors import EXIT_CHECK_FAILED
+from pipeline.common.errors import EXIT_CHECK_FAILED, UserError
 from pipeline.common.files import atomic_write_text, sha256_file, stable_json
 from pipeline.descriptions.build import BuildPlan, revise_flagged
-from pipeline.descriptions.format import DescriptionsFile, read_descriptions
+from pipeline.descriptions.format import (
+    DescriptionsFile,
+    EditMark,
+    descriptions_sha256,
+    edit_summary,
+    read_descriptions,
+    write_descriptions,
+)
 from pipeline.descriptions.review import (
     Embedder,
     ReviewReport,
@@ -91,13 +98,68 @@ def review(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
+@app.command("mark-edited")
+def mark_edited(
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Ids of the classes whose descriptions a reviewer edited."),
+    ] = None,
+    descriptions: Annotated[
+        Path, typer.Option(help="Descriptions JSON.", show_default=False)
+    ] = ...,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--from",
+            help="What the edit was made from: the text it replaces, what the reviewer read.",
+            show_default=False,
+        ),
+    ] = ...,
+    every: Annotated[bool, typer.Option("--all", help="Mark every class.")] = False,
+) -> None:
+    """Mark classes as edited in review: every build keeps their descriptions, whatever
+    changes, and `build --check` fails once their text changes again without a new mark."""
+    document = read_descriptions(descriptions)
+    by_id = {entry.id: entry for entry in document.classes}
+    if every == bool(ids):
+        raise UserError("name the edited classes by id, or pass --all")
+    chosen = list(by_id) if every else list(dict.fromkeys(ids or []))
+    unknown = [class_id for class_id in chosen if class_id not in by_id]
+    if unknown:
+        raise UserError(f"{descriptions}: no class '{unknown[0]}'")
+    if not source.strip():
+        raise UserError("--from must say what the edit was made from")
+    rules = document.recorded_rules()
+    for class_id in chosen:
+        entry = by_id[class_id]
+        problems = rules.problems(entry.descriptions)
+        if problems:
+            raise UserError(
+                f"{descriptions}: class {entry.label} '{entry.id}': {problems[0]}: an edit "
+                "must follow the file's rules before it is marked"
+            )
+        mark = EditMark(sha256=descriptions_sha256(entry.descriptions), source=source.strip())
+        by_id[class_id] = entry.model_copy(update={"edited": mark})
+    classes = [by_id[entry.id] for entry in document.classes]
+    generator = document.generator.model_copy(update={"edited": edit_summary(classes)})
+    changed = write_descriptions(
+        descriptions, document.model_copy(update={"classes": classes, "generator": generator})
+    )
+    said = f"marked {len(chosen)} class(es) edited in review" if changed else "already marked:"
+    stdout.print(f"{said} {descriptions}", markup=False)
+
+
 def review_and_revise(
     plan: BuildPlan, document: DescriptionsFile, client: LLMClient
 ) -> DescriptionsFile:
     """`build --review`: review with MiniLM, then ask once more for each flagged class."""
     report = review_descriptions(document, minilm_embedder(), MINILM_NAME)
     entries = document.by_label()
-    pending = [r for r in report.flagged if not entries[r.label].revised_for]
+    pending = [
+        r
+        for r in report.flagged
+        if not entries[r.label].revised_for and entries[r.label].edited is None
+    ]
     stderr.print(
         f"review: {len(report.flagged)} of {len(report.classes)} classes flagged, "
         f"{len(pending)} to revise once"

