@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     check = Check(out, torch.cuda.is_available())
     if not check.cuda:
         print("dry run: no CUDA device here, so every CUDA part is skipped", flush=True)
-    torchrun = [BIN / "torchrun", "--nproc_per_node", "1"]
+    torchrun = [BIN / "torchrun", "--standalone", "--nproc_per_node", "1"]
     check.part("environment", False, environment)
     check.part("cuda_tests", True, cuda_tests)
     check.part("nvjpeg_vs_cpu", True, nvjpeg)

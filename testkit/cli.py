@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import pytest
 
 CliResult = tuple[int, str, str]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+"""Two processes on this machine; `--standalone` rendezvouses on a free port, so runs at once
+(pytest-xdist's workers, other checkouts' tests) never join each other's process groups."""
 
 
 def invoke(

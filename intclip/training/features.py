@@ -144,7 +144,11 @@ def _extract(
     root = cache_root()
     parts = key.parts(root)
     plan = shard_rows(key.count, extraction.shard_size)
-    missing = [rows for rows in plan if not _finished(parts, rows, key)]
+    # rank 0's view, on every rank: a rank that looked later would see rank 0's first shards
+    # written already and share out the rest differently, leaving shards nobody computes
+    missing = distributed.broadcast_object(
+        [rows for rows in plan if not _finished(parts, rows, key)], context
+    )
     log = extraction.log if context.is_main else _silent
     cached = len(plan) - len(missing)
     log(

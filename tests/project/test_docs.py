@@ -46,7 +46,7 @@ def test_the_reference_lists_every_key_with_type_default_and_help():
         ("`data.image_root`", "`path`", "`required`"),
         ("`optim.lr`", "`float, > 0`", "`0.002`"),
         ("`model.head`", '`"global" \\| "regional" \\| "both" \\| "official"`', "`both`"),
-        ("`optim.schedule.cosine_epochs`", "`float, > 0 \\| null`", "`null`"),
+        ("`optim.schedule.warmup_lr`", "`float, > 0 \\| null`", "`null`"),
     ]:
         row = next(line for line in text.splitlines() if line.startswith(f"| {key} |"))
         assert f"| {kind} | {default} |" in row, row

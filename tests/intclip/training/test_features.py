@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from intclip.evaluation.results_table import METRIC_COLUMNS
 from intclip.model.frozen_clip import FrozenTower
 from intclip.training.config import PACKAGED_CONFIGS, load_config
 from intclip.training.features import load_split_features
-from testkit.cli import interrupt_when
+from testkit.cli import TORCHRUN, interrupt_when
 from testkit.squares import BIN, cli
 from testkit.tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
@@ -323,9 +322,8 @@ def test_torchrun_ranks_share_the_shards_and_rank_0_merges(workspace, tmp_path):
     single = cli("intclip-train", "features", "--config", config, "--split", "train",
                  "--shard-size", "16", env=single_env)  # fmt: skip
     env = {**workspace["env"], "INTCLIP_CACHE_DIR": str(tmp_path / "ddp"), "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     done = subprocess.run(
-        [*torchrun, str(BIN / "intclip-train"), "features", "--config", str(config), "--split",
+        [*TORCHRUN, str(BIN / "intclip-train"), "features", "--config", str(config), "--split",
          "train", "--shard-size", "16"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip

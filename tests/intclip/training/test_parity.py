@@ -30,8 +30,9 @@ from intclip.data.transforms import eval_transform, train_transform
 from intclip.metrics.report import build_report, report_table
 from intclip.model import prompts as prompts_module
 from intclip.model.head import ClassFeatures
-from intclip.model.intclip import IntCLIP, ModelConfig, ParameterGroup
+from intclip.model.intclip import IntCLIP, ModelConfig
 from intclip.model.prompts import PromptedClassText, read_class_texts
+from intclip.model.trained import ParameterGroup
 from intclip.training.checkpoint import read_checkpoint_header
 from intclip.training.config import PACKAGED_CONFIGS, DataConfig, load_config
 from intclip.training.loss import AsymmetricLoss

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from intclip.training.loop import train as train_run
 from intclip.training.loss import AsymmetricLoss
 from pipeline.common.files import sha256_file
 from pipeline.descriptions.format import write_descriptions
+from testkit.cli import TORCHRUN
 from testkit.descriptions import descriptions_document
 from testkit.squares import BIN, EPOCHS, cli, metrics, train, trained_tensors
 
@@ -76,10 +76,9 @@ def test_eval_reports_every_level(straight_run, workspace):
 
 @pytest.mark.slow
 def test_torchrun_trains_and_evaluates_like_one_process(straight_run, workspace, tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     env = {**workspace["env"], "OMP_NUM_THREADS": "1"}
     trained = subprocess.run(
-        [*torchrun, str(BIN / "intclip-train"), "run", "--config", str(workspace["config"]),
+        [*TORCHRUN, str(BIN / "intclip-train"), "run", "--config", str(workspace["config"]),
          "--set", "run_name=ddp", "--stop-after", "1"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
@@ -89,7 +88,7 @@ def test_torchrun_trains_and_evaluates_like_one_process(straight_run, workspace,
     single = cli("intclip-train", "eval", "--run", straight_run, "--json", env=env).stdout
     single_scores = np.load(straight_run / "test_scores.npy")
     double = subprocess.run(
-        [*torchrun, str(BIN / "intclip-train"), "eval", "--run-dir", str(straight_run), "--json"],
+        [*TORCHRUN, str(BIN / "intclip-train"), "eval", "--run-dir", str(straight_run), "--json"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert double.returncode == 0, double.stderr
