@@ -33,9 +33,8 @@ from intclip.evaluation.results_table import (
     results_path,
 )
 from intclip.metrics.report import EvaluationReport
-from intclip.training.config import TrainConfig, load_config
+from intclip.training.config import TrainConfig, load_config, with_absolute_paths
 from intclip.training.loop import train
-from intclip.training.run_bundle import with_absolute_paths
 from intclip.training.run_dir import LAST_STATE, resumable_config
 from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_text, stable_json
