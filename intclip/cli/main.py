@@ -649,6 +649,17 @@ def evaluate(
         ),
     ] = None,
     pretrained: PretrainedOption = None,
+    rerank_top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--rerank-top-k",
+            min=1,
+            show_default=False,
+            help="Also report the scores with each image's top K classes re-ranked by their"
+            " zero-shot similarity with the class's descriptions, with the gain; default: the"
+            " run's eval.rerank_top_k.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a run's best checkpoint under the Intentonomy protocol.
 
@@ -664,10 +675,10 @@ def evaluate(
     from intclip.training.run_bundle import read_manifest
 
     if read_summary(run_dir) is not None:
-        summary = evaluate_group(run_dir, split, device, threshold, pretrained)
+        summary = evaluate_group(run_dir, split, device, threshold, pretrained, rerank_top_k)
         _show_summary(run_dir, summary, as_json)
         return
-    report = evaluate_run(run_dir, split, device, threshold, pretrained)
+    report = evaluate_run(run_dir, split, device, threshold, pretrained, rerank_top_k)
     manifest = read_manifest(run_dir)
     if report is not None and manifest is not None and manifest.invocations:
         for line in describe(manifest.invocations[0]):  # once it worked: an error stays one line
