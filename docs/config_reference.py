@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import re
 import sys
 import types
 import typing
@@ -107,12 +108,17 @@ def _yaml(value: Any) -> str:
     return str(value)
 
 
-def model_of(annotation: Any) -> type[BaseModel] | None:
-    """The config section a field holds, if it holds one (directly or as `X | None`)."""
-    for candidate in (annotation, *typing.get_args(annotation)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return None
+def models_of(annotation: Any) -> list[type[BaseModel]]:
+    """The config sections a field may hold: one (directly or as `X | None`), or each member
+    of a union of sections (`model`, whose `head` says which)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return models_of(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [model for member in typing.get_args(annotation) for model in models_of(member)]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return []
 
 
 def sections_of(model: type[BaseModel]) -> bool:
@@ -124,17 +130,34 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def render_section(model: type[BaseModel], prefix: str, lines: list[str], doc: str) -> None:
-    """A table of the section's keys, then each of its own sections, depth first."""
+def _first_clause(doc: str) -> str:
+    """A section's docstring up to its first `;` or sentence end: its title among others."""
+    return re.split(r";|\.(?:\s|$)", " ".join(doc.split()), maxsplit=1)[0]
+
+
+def render_section(
+    model: type[BaseModel],
+    prefix: str,
+    lines: list[str],
+    doc: str,
+    title: str = "",
+    rendered: set[tuple[type, str]] | None = None,
+) -> None:
+    """A table of the section's keys, then each of its own sections, depth first; a key that
+    holds one of several sections gets one of them each, `title` telling them apart, and a
+    section they share is shown once."""
+    rendered = set() if rendered is None else rendered
     rows, subsections = [], []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        sub = model_of(field.annotation)
-        if sub is not None and sections_of(sub):
+        subs = [sub for sub in models_of(field.annotation) if sections_of(sub)]
+        for sub in subs:
             intro = sub.__doc__ or field.description or ""
             if not intro.strip():
                 raise MissingHelp(f"{sub.__name__} ({key}) has no docstring")
-            subsections.append((sub, f"{key}.", intro, field))
+            which = _first_clause(intro) if len(subs) > 1 else ""
+            subsections.append((sub, f"{key}.", intro, field, which))
+        if subs:
             continue
         if not field.description:
             raise MissingHelp(f"{model.__name__}.{name} ({key}) has no attribute docstring")
@@ -142,16 +165,21 @@ def render_section(model: type[BaseModel], prefix: str, lines: list[str], doc: s
             f"| `{key}` | `{_cell(field_type(field))}` | `{_cell(default_text(field))}` "
             f"| {_cell(field.description)} |"
         )
-    lines += [f"## `{prefix.rstrip('.')}`" if prefix else "## Top-level keys", ""]
+    heading = f"## `{prefix.rstrip('.')}`" if prefix else "## Top-level keys"
+    lines += [f"{heading}: {title}" if title else heading, ""]
     if doc:
         lines += [" ".join(doc.split()), ""]
     if rows:
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
-    for sub, sub_prefix, intro, field in subsections:
-        optional = model_of(field.annotation) is not field.annotation
+    for sub, sub_prefix, intro, field, sub_title in subsections:
+        if (sub, sub_prefix) in rendered:
+            continue
+        rendered.add((sub, sub_prefix))
+        optional = type(None) in typing.get_args(field.annotation)
         required = field.default is PydanticUndefined and field.default_factory is None
         status = "required" if required else ("optional, default none" if optional else "")
-        render_section(sub, sub_prefix, lines, f"{intro} ({status})" if status else intro)
+        text = f"{intro} ({status})" if status else intro
+        render_section(sub, sub_prefix, lines, text, sub_title, rendered)
 
 
 def render() -> str:

@@ -66,7 +66,8 @@ from pipeline.embeddings.class_embedding import ClassTextPooling
 
 
 class ModelConfig(BaseModel):
-    """The architecture switches of IntCLIP; stored in every checkpoint."""
+    """IntCLIP's architecture switches (`model.head: global | regional | both | official`);
+    stored in every checkpoint."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
