@@ -34,6 +34,7 @@ from intclip.evaluation.description_scores import (
 from pipeline.clip.loading import load_clip
 from pipeline.descriptions.format import read_descriptions
 from pipeline.embeddings.cache import encode_texts
+from testkit.cli import ok
 from testkit.descriptions import descriptions_document
 from testkit.fake_openai import FakeOpenAI, descriptions_json
 from testkit.squares import TAXONOMY, cli
@@ -151,12 +152,6 @@ def descriptions(workspace, tmp_path) -> Path:
     path = tmp_path / "squares.descriptions.json"
     shutil.copy(workspace["descriptions"], path)
     return path
-
-
-def ok(result) -> str:
-    code, out, err = result
-    assert code == 0, err
-    return out
 
 
 def one_line_error(result) -> str:

@@ -9,9 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-import yaml
 
 from intclip.metrics.report import EvaluationReport, build_report
 from intclip.metrics.rerank import rerank_top_k
@@ -22,43 +20,8 @@ from intclip.training.features import load_split_features
 from pipeline.clip.loading import tensor_sha256
 from pipeline.embeddings.cache import load_class_embeddings
 from pipeline.embeddings.pooling import description_similarity
-
-
-def text_head_config(workspace, folder: Path, **model: object) -> Path:
-    """A `text` head on the squares' cached features, two short epochs."""
-    squares = yaml.safe_load(workspace["config"].read_text())
-    config = {
-        "data": squares["data"],
-        "clip": squares["clip"],
-        "model": {"input": "features", "head": "text", **model},
-        "augment": {"enabled": False},
-        "optim": {
-            "optimizer": "adamw",
-            "lr": 0.01,
-            "epochs": 2,
-            "warmup_epochs": 1,
-            "batch_size": 16,
-            "eval_batch_size": 32,
-        },
-        "device": "cpu",
-        "output_dir": str(folder / "runs"),
-    }
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-@pytest.fixture
-def cache(monkeypatch, tmp_path) -> Path:
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(folder))
-    return folder
-
-
-def ok(result) -> str:
-    code, out, err = result
-    assert code == 0, err
-    return out
+from testkit.cli import ok
+from testkit.squares import recipe_config
 
 
 def reranked_by_hand(config: Path, scores_dir: Path, split: str, top_k: int):
@@ -76,7 +39,7 @@ def reranked_by_hand(config: Path, scores_dir: Path, split: str, top_k: int):
 def test_a_text_head_on_each_description_trains_and_evaluates_from_its_checkpoint(
     train_cli, workspace, tmp_path, cache
 ):
-    config = text_head_config(workspace, tmp_path, class_text_pooling="max")
+    config = recipe_config(workspace, tmp_path, head="text", hidden=1024, class_text_pooling="max")
     run_dir = Path(ok(train_cli("run", "--config", config)).strip().splitlines()[-1])
     ok(train_cli("eval", "--run", run_dir))
     header = read_checkpoint_header(run_dir / "best.safetensors")
@@ -86,7 +49,7 @@ def test_a_text_head_on_each_description_trains_and_evaluates_from_its_checkpoin
 
 
 def test_evaluation_reranks_beside_the_plain_rows(train_cli, workspace, tmp_path, cache):
-    config = text_head_config(workspace, tmp_path, head="mlp")
+    config = recipe_config(workspace, tmp_path)
     run_dir = Path(ok(train_cli("run", "--config", config)).strip().splitlines()[-1])
     out = ok(train_cli("eval", "--run", run_dir, "--rerank-top-k", 2))
     assert "fine, top 2 re-ranked" in out and "gain" in out
@@ -112,7 +75,7 @@ def test_evaluation_reranks_beside_the_plain_rows(train_cli, workspace, tmp_path
 def test_zero_shot_pools_descriptions_and_reranks_from_the_config(
     train_cli, workspace, tmp_path, cache
 ):
-    config = text_head_config(workspace, tmp_path)
+    config = recipe_config(workspace, tmp_path, head="text", hidden=1024)
     out = tmp_path / "zeroshot"
     ok(train_cli("zeroshot", "--config", config, "--output-dir", out / "embedding"))
     table = ok(train_cli(

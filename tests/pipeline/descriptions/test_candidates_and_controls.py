@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from pipeline.descriptions.format import (
     Candidate,
     DescriptionsFile,
@@ -15,21 +13,8 @@ from pipeline.descriptions.format import (
     read_descriptions,
     write_descriptions,
 )
-from testkit.paths import TOY_TAXONOMY
 
 KEY = "a" * 64
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, fake_openai):
-    taxonomy = tmp_path / "prompts" / "toy.yaml"
-    taxonomy.parent.mkdir()
-    taxonomy.write_text(TOY_TAXONOMY)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("INTCLIP_LLM_MODEL", raising=False)
-    return taxonomy
 
 
 def built(prompts_cli, taxonomy: Path, *args: object) -> Path:
