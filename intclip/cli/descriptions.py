@@ -8,6 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from intclip.cli.predict import terminate_as_interrupt
 from intclip.evaluation.description_scores import (
     DESCRIPTIONS_ROW,
     DescriptionScoresReport,
@@ -67,7 +68,8 @@ def measure(
     ids = [fine.id for fine in components.taxonomy.classes] if components.taxonomy else None
     for path, found in documents.values():
         check_classes(found, path, config, ids)
-    images = val_images(config, components, str(context.device), skip_bad)
+    with terminate_as_interrupt():  # SIGTERM stops an extraction as Ctrl-C does
+        images = val_images(config, components, str(context.device), skip_bad)
     return document, score_descriptions(documents, components.clip, images)
 
 

@@ -268,14 +268,13 @@ def score_descriptions(
             )
         )
     rows = []
-    for name, aps_ in class_aps.items():
-        present = [_listed(v) for v in aps_]
+    for name, aps_ in class_aps.items():  # val has a positive (`val_images`): no mean is empty
         file = documents.get(name)
         rows.append(
             TextRow(
                 name=name,
                 source=str(file[0]) if file else None,
-                mAP=_mean(present) or 0.0,
+                mAP=round(float(np.nanmean(aps_)), AP_DECIMALS),
                 mean_description_ap=(
                     _mean([_mean(aps) for aps in singles.values()])
                     if name == DESCRIPTIONS_ROW
