@@ -29,8 +29,9 @@ or the class texts of prompts."""
 
 
 class CachedClassText(nn.Module):
-    """The frozen class embeddings [N, D] (or description embeddings [N, K, D], scored each and
-    pooled by `pooling`), normalised, as positive features; no negative ones."""
+    """The frozen class embeddings [N, D] (or, for a `pooling` over descriptions, description
+    embeddings [N, K, D], which the head scores each and pools), normalised, as positive
+    features; no negative ones."""
 
     def __init__(
         self,
@@ -42,7 +43,6 @@ class CachedClassText(nn.Module):
         _check_class_embeddings(class_embeddings, embed_dim, pooling)
         normalized = F.normalize(class_embeddings.detach().float(), dim=-1)
         self.register_buffer("class_embeddings", normalized, persistent=False)
-        self.pooling = pooling
         self.source_sha256 = tensor_sha256(class_embeddings.float())
 
     @property
@@ -55,7 +55,7 @@ class CachedClassText(nn.Module):
         return None
 
     def forward(self) -> ClassFeatures:
-        return ClassFeatures(self.class_embeddings, None, self.pooling)
+        return ClassFeatures(self.class_embeddings, None)
 
 
 def check_class_text_pooling(mode: TextMode, pooling: ClassTextPooling) -> None:

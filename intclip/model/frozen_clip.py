@@ -185,6 +185,7 @@ class TextHead(nn.Module):
             config.logit_scale,
             config.class_bias,
             config.head_precision,
+            config.class_text_pooling,
         )
 
     def forward(self, features: FeatureBatch, text: nn.Module) -> torch.Tensor:

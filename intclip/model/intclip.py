@@ -170,6 +170,7 @@ class IntCLIP(TrainedModel):
             config.logit_scale,
             config.class_bias,
             config.head_precision,
+            config.class_text_pooling,
         )
         self.to(next(clip.module.parameters()).device)
 

@@ -27,7 +27,7 @@ def descriptions(seed: int = 0) -> torch.Tensor:
     return F.normalize(texts, dim=-1)
 
 
-def head(mode: str) -> ClassHead:
+def head(mode: str, pooling: str = "embedding") -> ClassHead:
     fixed = {"learn": False}
     return ClassHead(
         CLASSES,
@@ -35,6 +35,7 @@ def head(mode: str) -> ClassHead:
         PositiveScalarSetting(initial=20.0, **fixed),
         PositiveScalarSetting(initial=10.0, **fixed),
         ScalarSetting(initial=0.0, **fixed),
+        description_pooling=pooling,
     )
 
 
@@ -61,7 +62,7 @@ def test_identical_descriptions_score_as_their_class_embedding(mode, pooling):
     classes = descriptions()[:, 0]
     copies = classes[:, None].expand(CLASSES, DESCRIPTIONS, TINY_EMBED_DIM)
     plain = head(mode)(dense, token, ClassFeatures(classes))
-    pooled = head(mode)(dense, token, ClassFeatures(copies, None, pooling))
+    pooled = head(mode, pooling)(dense, token, ClassFeatures(copies))
     torch.testing.assert_close(pooled, plain)
 
 
@@ -73,13 +74,15 @@ def test_max_pooling_scores_the_best_description_of_the_token_and_of_each_positi
     each = torch.stack(
         [head("global")(dense, token, ClassFeatures(texts[:, k])) for k in range(DESCRIPTIONS)]
     )
-    pooled = head("global")(dense, token, ClassFeatures(texts, None, "max"))
+    pooled = head("global", "max")(dense, token, ClassFeatures(texts))
     torch.testing.assert_close(pooled, each.amax(dim=0))
 
     positions = F.normalize(dense.flatten(2), dim=1)
     best = torch.einsum("nkd,bdp->bnkp", texts, positions).amax(dim=2)  # per position
     spatial = (torch.softmax(20.0 * best, dim=-1) * best).sum(dim=-1)
-    regional = head("regional")(dense, token, ClassFeatures(texts, None, "max"))
+    regional = head("regional", "max")(dense, token, ClassFeatures(texts))
+    with pytest.raises(ValueError, match="description pooling embedding"):
+        head("global")(dense, token, ClassFeatures(texts))
     torch.testing.assert_close(regional, 10.0 * spatial)
 
 
