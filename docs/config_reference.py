@@ -108,19 +108,16 @@ def _yaml(value: Any) -> str:
 
 
 def models_of(annotation: Any) -> list[type[BaseModel]]:
-    """The config sections a field can hold: one, `X | None`, or a tagged union of several."""
+    """The config sections a field may hold: one (directly or as `X | None`), or each member
+    of a union of sections (`model`, whose `head` says which)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return models_of(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [model for member in typing.get_args(annotation) for model in models_of(member)]
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
-    found: list[type[BaseModel]] = []
-    for argument in typing.get_args(annotation):
-        found += [model for model in models_of(argument) if model not in found]
-    return found
-
-
-def model_of(annotation: Any) -> type[BaseModel] | None:
-    """The config section a field holds, if it holds exactly one."""
-    models = models_of(annotation)
-    return models[0] if len(models) == 1 else None
+    return []
 
 
 def sections_of(model: type[BaseModel]) -> bool:
@@ -133,8 +130,8 @@ def _cell(text: str) -> str:
 
 
 def alternative_label(model: type[BaseModel], alternatives: list[type[BaseModel]], key: str) -> str:
-    """What tells one section of a tagged union from the others: the first key whose choices
-    do not overlap between them, e.g. `model.head: "linear" | "mlp" | "text"`."""
+    """What tells one section of a union from the others: the first key whose choices do not
+    overlap between them, e.g. `model.head: "linear" | "mlp" | "text"`."""
     if len(alternatives) == 1:
         return ""
     for name, field in model.model_fields.items():
@@ -150,21 +147,28 @@ def alternative_label(model: type[BaseModel], alternatives: list[type[BaseModel]
 
 
 def render_section(
-    model: type[BaseModel], prefix: str, lines: list[str], doc: str, title: str = ""
+    model: type[BaseModel],
+    prefix: str,
+    lines: list[str],
+    doc: str,
+    title: str = "",
+    rendered: set[tuple[type, str]] | None = None,
 ) -> None:
-    """A table of the section's keys, then each of its own sections, depth first. A key that
-    holds one of several sections (a tagged union) gets one section per alternative."""
+    """A table of the section's keys, then each of its own sections, depth first; a key that
+    holds one of several sections gets one of them each, `title` telling them apart, and a
+    section they share is shown once."""
+    rendered = set() if rendered is None else rendered
     rows, subsections = [], []
     for name, field in model.model_fields.items():
         key = f"{prefix}{name}"
-        alternatives = [sub for sub in models_of(field.annotation) if sections_of(sub)]
-        if alternatives:
-            for sub in alternatives:
-                intro = sub.__doc__ or field.description or ""
-                if not intro.strip():
-                    raise MissingHelp(f"{sub.__name__} ({key}) has no docstring")
-                label = alternative_label(sub, alternatives, key)
-                subsections.append((sub, f"{key}.", intro, field, label))
+        subs = [sub for sub in models_of(field.annotation) if sections_of(sub)]
+        for sub in subs:
+            intro = sub.__doc__ or field.description or ""
+            if not intro.strip():
+                raise MissingHelp(f"{sub.__name__} ({key}) has no docstring")
+            which = alternative_label(sub, subs, key)
+            subsections.append((sub, f"{key}.", intro, field, which))
+        if subs:
             continue
         if not field.description:
             raise MissingHelp(f"{model.__name__}.{name} ({key}) has no attribute docstring")
@@ -178,11 +182,15 @@ def render_section(
         lines += [" ".join(doc.split()), ""]
     if rows:
         lines += ["| key | type | default | meaning |", "| --- | --- | --- | --- |", *rows, ""]
-    for sub, sub_prefix, intro, field, label in subsections:
+    for sub, sub_prefix, intro, field, sub_title in subsections:
+        if (sub, sub_prefix) in rendered:
+            continue
+        rendered.add((sub, sub_prefix))
         optional = type(None) in typing.get_args(field.annotation)
         required = field.default is PydanticUndefined and field.default_factory is None
         status = "required" if required else ("optional, default none" if optional else "")
-        render_section(sub, sub_prefix, lines, f"{intro} ({status})" if status else intro, label)
+        text = f"{intro} ({status})" if status else intro
+        render_section(sub, sub_prefix, lines, text, sub_title, rendered)
 
 
 def render() -> str:

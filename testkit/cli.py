@@ -25,6 +25,13 @@ def invoke(
     return stopped.value.code, captured.out, captured.err
 
 
+def ok(result: CliResult) -> str:
+    """The standard output of a command that must have succeeded."""
+    code, out, err = result
+    assert code == 0, err
+    return out
+
+
 def interrupt_when(
     command: list[str], ready: Callable[[], bool], stop: int, env: dict[str, str], limit: float
 ) -> tuple[int, str]:

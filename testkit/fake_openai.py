@@ -34,6 +34,7 @@ CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
 DEFAULT_DESCRIPTION_COUNT = 5
 SHUTDOWN_POLL_S = 0.02  # how soon close() stops the serving thread
+TEST_API_KEY = "sk-test-a1b2c3d4e5f6-never-stored"  # what tests check never reaches a file or log
 VOCABULARY = (
     *("people", "smiling", "together", "outdoors", "while", "holding", "bright", "flowers"),
     *("near", "a", "quiet", "lake", "at", "sunset", "under", "tall", "green", "trees"),

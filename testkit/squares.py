@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from intclip.data.synthetic import make_synthetic_intentonomy
+from intclip.training.config import PACKAGED_CONFIGS
 from testkit.fake_openai import FakeOpenAI
 from testkit.tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
@@ -36,6 +37,7 @@ nodes:
 """
 EPOCHS = 4
 BIN = Path(sys.executable).parent
+CPU_RECIPE = PACKAGED_CONFIGS / "intentonomy_vitb32_features_cpu.yaml"
 
 
 def cli(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -101,3 +103,18 @@ def metrics(run_dir: Path) -> list[dict[str, str]]:
 
 def trained_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+def recipe_config(workspace, folder: Path, **model: object) -> Path:
+    """The shipped CPU features recipe on the workspace's data and tiny CLIP, small enough for
+    a test; `model` overrides its model keys (the `mlp` head is 32 wide unless they say)."""
+    recipe = yaml.safe_load(CPU_RECIPE.read_text())
+    squares = yaml.safe_load(workspace["config"].read_text())
+    recipe["data"] = squares["data"]
+    recipe["clip"] = squares["clip"]
+    recipe["model"] |= {"hidden": 32, **model}
+    recipe["optim"] |= {"epochs": 3, "batch_size": 16, "eval_batch_size": 32, "warmup_epochs": 1}
+    recipe["output_dir"] = str(folder / "runs")
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path

@@ -1,9 +1,11 @@
 """`make demo`: all three stages end to end in a few minutes, on CPU, offline. A SMOKE RUN.
 
 It generates a dataset of coloured squares in the Intentonomy format, asks a stand-in LLM (a
-loopback server that fills a sentence template, no model at all) for descriptions through the
-real `intclip-prompts build`, embeds them with a small randomly initialised CLIP saved to a file,
-then checks the data, trains, evaluates, predicts and runs the zero-shot baseline with
+loopback server that fills a sentence template, no model at all) for candidate descriptions
+through the real `intclip-prompts build --candidates`, keeps the best on val
+(`intclip-train select-descriptions`), scores them against the class names and a random-words
+control (`score-descriptions`), embeds them with a small randomly initialised CLIP saved to a
+file, then checks the data, trains, evaluates, predicts and runs the zero-shot baseline with
 `intclip-train`. Its numbers say the pipeline works, nothing about Intentonomy.
 """
 
@@ -38,7 +40,9 @@ TEMPLATES = (
     "A photo showing a {colour} square on a dark background.",
     "An image where a small {colour} square stands out clearly.",
     "A dark picture with one bright {colour} square in it.",
+    "A single {colour} patch sits somewhere in a dim frame.",
 )
+CANDIDATES, KEEP = 4, 3
 
 
 def asked_colour(messages: list[dict[str, str]]) -> str:
@@ -51,13 +55,23 @@ def asked_colour(messages: list[dict[str, str]]) -> str:
     return found.group(1)
 
 
+def asked_count(request: dict) -> int:
+    """How many descriptions the request's JSON schema asks for."""
+    schema = request["response_format"]["json_schema"]["schema"]
+    count = schema["properties"]["descriptions"]["minItems"]
+    if count > len(TEMPLATES):
+        raise ValueError(f"the demo LLM knows {len(TEMPLATES)} sentences, not {count}")
+    return count
+
+
 class _TemplateLLM(BaseHTTPRequestHandler):
-    """Answers chat completions by filling TEMPLATES with the colour of the class asked about."""
+    """Answers chat completions by filling TEMPLATES with the colour of the class asked about,
+    as many as asked for."""
 
     def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         colour = asked_colour(request["messages"])
-        texts = [template.format(colour=colour) for template in TEMPLATES]
+        texts = [template.format(colour=colour) for template in TEMPLATES[: asked_count(request)]]
         content = json.dumps({"descriptions": [{"text": text} for text in texts]})
         body = json.dumps(
             {
@@ -115,6 +129,12 @@ def _step(title: str, *command: object, env: dict[str, str] | None = None) -> st
     return result.stdout
 
 
+def write_config(path: Path, settings: dict, **clip: str) -> None:
+    """The demo's training config, its class text named by `clip`."""
+    document = {**settings, "clip": {**settings["clip"], **clip}}
+    path.write_text(yaml.safe_dump(document))
+
+
 def main(workdir: str = "demo-run") -> None:
     """The demo in `workdir`; a folder it cannot write (read-only, a file in its place, a full
     disk) is one error line and exit 2, as in every command."""
@@ -143,9 +163,9 @@ def _demo(root: Path) -> None:
     server = start_template_llm()
     try:
         _step(
-            "stage 1: descriptions (template LLM on loopback)",
+            "stage 1: candidate descriptions (template LLM on loopback)",
             bin_dir / "intclip-prompts", "build", "--taxonomy", taxonomy, "--model",
-            "demo-template-llm", "--num-descriptions", 3,
+            "demo-template-llm", "--candidates", CANDIDATES,
             "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1", env=env,
         )  # fmt: skip
     finally:
@@ -155,37 +175,48 @@ def _demo(root: Path) -> None:
     config_file.write_text(json.dumps(DEMO_CLIP, indent=2))
     torch.manual_seed(0)
     torch.save(load_clip(str(config_file), None).module.state_dict(), weights)
+    descriptions = taxonomy.with_name("squares.descriptions.json")
+    settings = {
+        "data": dataset.data_config(taxonomy=str(taxonomy), num_workers=0),
+        "clip": {"name": str(config_file), "pretrained": str(weights)},
+        # the label is the colour and place of a square: no colour jitter, light crops
+        "augment": {"randaugment_ops": 0, "crop_scale": [0.8, 1.0]},
+        "optim": {"optimizer": "adamw", "lr": 0.01, "epochs": 6, "batch_size": 16},
+        "device": "cpu",
+        "output_dir": str(root / "runs"),  # a fresh run directory each time
+    }
+    config = root / "demo.yaml"
+    write_config(config, settings, descriptions=str(descriptions))
+    train = bin_dir / "intclip-train"
+    _step(
+        f"stage 1: keep the {KEEP} best of each class's candidates on val",
+        train, "select-descriptions", "--config", config, "--keep", KEEP, env=env,
+    )  # fmt: skip
+    _step(
+        "stage 1: a random-words control of the same shape",
+        bin_dir / "intclip-prompts", "build", "--taxonomy", taxonomy,
+        "--control", "random-words", env=env,
+    )  # fmt: skip
+    _step(
+        "stage 1: descriptions vs class names vs random words, on val",
+        train, "score-descriptions", "--config", config, "--control",
+        taxonomy.with_name("squares.random-words.descriptions.json"), env=env,
+    )  # fmt: skip
     embedded = _step(
         "stage 2: class embeddings (random tiny CLIP)",
-        bin_dir / "intclip-prompts", "embed", "--descriptions",
-        taxonomy.with_name("squares.descriptions.json"), "--clip", config_file,
-        "--pretrained", weights, "--device", "cpu", env=env,
+        bin_dir / "intclip-prompts", "embed", "--descriptions", descriptions,
+        "--clip", config_file, "--pretrained", weights, "--device", "cpu", env=env,
     )  # fmt: skip
-
-    config = root / "demo.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "data": dataset.data_config(taxonomy=str(taxonomy), num_workers=0),
-                "clip": {
-                    "name": str(config_file),
-                    "pretrained": str(weights),
-                    "embeddings": embedded.strip().splitlines()[-1],
-                },
-                # the label is the colour and place of a square: no colour jitter, light crops
-                "augment": {"randaugment_ops": 0, "crop_scale": [0.8, 1.0]},
-                "optim": {"optimizer": "adamw", "lr": 0.01, "epochs": 6, "batch_size": 16},
-                "device": "cpu",
-                "output_dir": str(root / "runs"),  # a fresh run directory each time
-            }
-        )
-    )
-    train = bin_dir / "intclip-train"
+    # from here on the config names the embeddings file itself, so that it works from any cache
+    write_config(config, settings, embeddings=embedded.strip().splitlines()[-1])
     _step("stage 3: data preflight", train, "check-data", "--config", config, env=env)
     _step("baseline: plain CLIP, nothing trained", train, "zeroshot", "--config", config, env=env)
     run_dir = _step("stage 3: training", train, "run", "--config", config, env=env)
     run_dir = run_dir.strip().splitlines()[-1]
-    _step("evaluation on test", train, "eval", "--run", run_dir, env=env)
+    _step(
+        "evaluation on test, and re-ranking each image's top 2 classes by its descriptions",
+        train, "eval", "--run", run_dir, "--rerank-top-k", 2, env=env,
+    )  # fmt: skip
     _step(
         "prediction", train, "predict", "--run", run_dir, "--top", 2,
         dataset.image_root / "low" / "test00000.png", env=env,

@@ -518,6 +518,122 @@ def features(
         print(path)  # one line each, never wrapped: scripts read them
 
 
+DescriptionsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--descriptions",
+        help="A descriptions file of intclip-prompts build; default: the config's"
+        " clip.descriptions.",
+        show_default=False,
+    ),
+]
+ConfigDeviceOption = Annotated[
+    str | None,
+    typer.Option(help="auto, cpu, cuda, ...; default: the config's.", show_default=False),
+]
+SkipBadOption = Annotated[
+    bool, typer.Option("--skip-bad", help="Leave out bad entries instead of stopping.")
+]
+
+
+def _descriptions_arguments(
+    config: Path | None = None,
+    descriptions: Path | None = None,
+    controls: list[Path] | None = None,
+    **_: object,
+) -> None:
+    _config_exists(config)
+    for path in [descriptions, *(controls or [])]:
+        _existing(path, "descriptions file")
+
+
+@app.command("score-descriptions")
+@tensor_command_checked(_descriptions_arguments)
+def score_descriptions(
+    config: ConfigOption,
+    overrides: SetOption = None,
+    descriptions: DescriptionsOption = None,
+    controls: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--control",
+            help="A control descriptions file to compare with, e.g. the random words of"
+            " intclip-prompts build --control random-words (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="The JSON report; default: <name>.description-scores.json beside the"
+            " descriptions.",
+            show_default=False,
+        ),
+    ] = None,
+    device: ConfigDeviceOption = None,
+    skip_bad: SkipBadOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Score every description alone on val, zero-shot: its AP for its class, its rank among
+    the class's descriptions and its margin over the best other class's text; beside them the
+    class embeddings, the class names and any control. Never reads test.
+
+    Uses the config's CLIP and val images (their cached features, computed when missing).
+    Writes the JSON report, prints the tables (or the JSON with --json).
+    """
+    from intclip.cli.descriptions import print_report, run_score
+    from intclip.training.config import load_config
+
+    settings = load_config(config, overrides)
+    target, report = run_score(
+        settings, descriptions, controls or [], out, device or settings.device, skip_bad
+    )
+    if as_json:
+        typer.echo(stable_json(report.model_dump(mode="json")), nl=False)
+    else:
+        print_report(report)
+    stderr.print(f"wrote {target}", markup=False)
+
+
+@app.command("select-descriptions")
+@tensor_command_checked(_descriptions_arguments)
+def select_descriptions(
+    config: ConfigOption,
+    keep: Annotated[
+        int,
+        typer.Option(
+            "--keep", min=1, help="Descriptions kept per class: those with the best val AP."
+        ),
+    ],
+    overrides: SetOption = None,
+    descriptions: DescriptionsOption = None,
+    device: ConfigDeviceOption = None,
+    skip_bad: SkipBadOption = False,
+) -> None:
+    """Keep each class's K candidate descriptions with the best zero-shot AP on val (ties to
+    the earlier), rewriting the descriptions file: every candidate stays in it with its val AP
+    and whether it was kept, with the features' cache key. Never reads test.
+
+    Review the choice with git diff (or intclip-prompts diff), then embed and train. Choosing
+    again reads the recorded candidates, so a different --keep needs no LLM.
+    """
+    from intclip.cli.descriptions import rows_table, run_select
+    from intclip.training.config import load_config
+
+    settings = load_config(config, overrides)
+    source, report, chosen = run_select(
+        settings, descriptions, keep, device or settings.device, skip_bad
+    )
+    Console().print(rows_table(report))
+    before = sum(len(entry.answer) for entry in chosen.classes)
+    stderr.print(
+        f"{source}: kept {keep} of the candidates of each of {len(chosen.classes)} classes "
+        f"({before} in all), chosen on {report.images} val images; review it with git diff",
+        markup=False,
+    )
+
+
 @app.command("eval")
 @tensor_command_checked(_run_dir_exists)
 def evaluate(
@@ -536,6 +652,17 @@ def evaluate(
         ),
     ] = None,
     pretrained: PretrainedOption = None,
+    rerank_top_k: Annotated[
+        int | None,
+        typer.Option(
+            "--rerank-top-k",
+            min=1,
+            show_default=False,
+            help="Also report the scores with each image's top K classes re-ranked by their"
+            " zero-shot similarity with the class's descriptions, with the gain; default: the"
+            " run's eval.rerank_top_k.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a run's best checkpoint under the Intentonomy protocol.
 
@@ -551,10 +678,10 @@ def evaluate(
     from intclip.training.run_bundle import read_manifest
 
     if read_summary(run_dir) is not None:
-        summary = evaluate_group(run_dir, split, device, threshold, pretrained)
+        summary = evaluate_group(run_dir, split, device, threshold, pretrained, rerank_top_k)
         _show_summary(run_dir, summary, as_json)
         return
-    report = evaluate_run(run_dir, split, device, threshold, pretrained)
+    report = evaluate_run(run_dir, split, device, threshold, pretrained, rerank_top_k)
     manifest = read_manifest(run_dir)
     if report is not None and manifest is not None and manifest.invocations:
         for line in describe(manifest.invocations[0]):  # once it worked: an error stays one line

@@ -19,12 +19,14 @@ from torch import nn
 from intclip.data.dataset import load_split
 from intclip.evaluation.per_class_chart import per_class_chart
 from intclip.evaluation.results_table import append_result, read_results, results_path
-from intclip.metrics.report import EvaluationReport, build_report
+from intclip.metrics.report import EvaluationReport, RerankedReport, build_report
+from intclip.metrics.rerank import rerank_top_k
 from intclip.metrics.score_inputs import save_score_split
 from intclip.runtime import distributed
 from intclip.training.checkpoint import load_model
 from intclip.training.config import TrainConfig
-from intclip.training.factory import Components, build_components
+from intclip.training.factory import Components, build_components, class_embeddings_file
+from intclip.training.features import load_split_features
 from intclip.training.inputs import Inputs, build_inputs
 from intclip.training.run_bundle import load_run_inputs
 from intclip.training.run_card import write_run_card
@@ -32,6 +34,8 @@ from intclip.training.run_dir import BEST_MODEL
 from intclip.training.scoring import predict_scores
 from pipeline.common.errors import UserError
 from pipeline.common.files import atomic_write_text, stable_json
+from pipeline.embeddings.cache import load_class_embeddings
+from pipeline.embeddings.pooling import description_similarity
 from pipeline.embeddings.zeroshot import ZeroShotCLIP
 
 Scored = tuple[np.ndarray, np.ndarray]  # (0/1 labels, scores), images x classes
@@ -43,9 +47,11 @@ def evaluate_run(
     device: str,
     fixed_threshold: float | None = None,
     pretrained: Path | None = None,
+    rerank_top_k: int | None = None,
 ) -> EvaluationReport | None:
     """The run's best checkpoint, its outputs written in the run (see the module docstring).
-    `fixed_threshold` reports the split at that threshold as well as at val's."""
+    `fixed_threshold` reports the split at that threshold as well as at val's; `rerank_top_k`
+    (default: the run's `eval.rerank_top_k`) the re-ranked scores beside the plain ones."""
     run_dir = Path(run_dir)
     if not (run_dir / BEST_MODEL).is_file():
         raise UserError(f"{run_dir}: no {BEST_MODEL}; is it a run directory of intclip-train run?")
@@ -63,6 +69,7 @@ def evaluate_run(
     if not context.is_main:
         return None
     report = _report(split, scored, components, fixed_threshold)
+    report = _with_reranking(report, config, components, scored, rerank_top_k)
     _write_outputs(run_dir, report, scored, run_inputs.recorded)
     write_run_card(run_dir)
     return report
@@ -80,7 +87,8 @@ def evaluate_zero_shot(
         components = build_components(config, context.device)
         inputs = build_inputs(config, components, context)
         embeddings = components.zero_shot_embeddings()
-        model = ZeroShotCLIP(components.clip, embeddings, on_features=inputs.features)
+        pooling = config.model.class_text_pooling
+        model = ZeroShotCLIP(components.clip, embeddings, inputs.features, pooling)
         scored = _score_splits(
             config, components, model, split, context, ZeroShotCLIP.scores, inputs
         )
@@ -88,7 +96,7 @@ def evaluate_zero_shot(
         distributed.teardown()
     if not context.is_main:
         return None
-    report = _report(split, scored, components)
+    report = _with_reranking(_report(split, scored, components), config, components, scored)
     _write_outputs(Path(output_dir), report, scored, config)
     return report
 
@@ -144,3 +152,43 @@ def _report(
     return build_report(
         split, scored["val"], scored[split], components.ids, components.taxonomy, fixed_threshold
     )
+
+
+def _with_reranking(
+    report: EvaluationReport,
+    config: TrainConfig,
+    components: Components,
+    scored: dict[str, Scored],
+    top_k: int | None = None,
+) -> EvaluationReport:
+    """`report` with the re-ranked report beside it when `top_k` (default the config's
+    `eval.rerank_top_k`) asks for one: every split's scores re-ranked the same way, val's
+    thresholds chosen again on re-ranked val."""
+    top_k = top_k or config.eval.rerank_top_k
+    if top_k is None:
+        return report
+    pooling = config.eval.rerank_pooling
+    descriptions = _description_embeddings(config, components)
+    reranked = {}
+    for name, (labels, scores) in scored.items():
+        images = load_split_features(config, name, components, device=_device_of(components))
+        images = images.features.pooled
+        by = description_similarity(images, descriptions, pooling).numpy()
+        reranked[name] = (labels, rerank_top_k(scores, by, top_k))
+    again = _report(report.split, reranked, components, report.fixed_threshold)
+    return report.model_copy(
+        update={"reranked": RerankedReport(top_k=top_k, pooling=pooling, report=again)}
+    )
+
+
+def _description_embeddings(config: TrainConfig, components: Components) -> torch.Tensor:
+    """Each class's description embeddings [N, K, D] from the config's embedding cache."""
+    if isinstance(components.class_text, torch.Tensor) and components.class_text.ndim == 3:
+        return components.class_text
+    path, key = class_embeddings_file(config)  # with prompts: their descriptions' cache
+    cached = load_class_embeddings(path, key=key, clip=components.clip.identity)
+    return cached.description_embeddings
+
+
+def _device_of(components: Components) -> str:
+    return str(next(components.clip.module.parameters()).device)

@@ -223,12 +223,15 @@ def evaluate_group(
     device: str,
     fixed_threshold: float | None = None,
     pretrained: Path | None = None,
+    rerank_top_k: int | None = None,
 ) -> SeedSummary | None:
     """`eval` of every seed run of the group, then their summary, recorded (rank 0; None on
     the other torchrun ranks)."""
     summary = _require_group(group)
     reports = [
-        evaluate_run(seed_run(group, seed), split, device, fixed_threshold, pretrained)
+        evaluate_run(
+            seed_run(group, seed), split, device, fixed_threshold, pretrained, rerank_top_k
+        )
         for seed in summary.seeds
     ]
     if any(report is None for report in reports):

@@ -66,6 +66,9 @@ class EvaluationReport(BaseModel):
     """A threshold asked for besides val's (`--threshold`)."""
     at_fixed_threshold: SplitMetrics | None = None
     """The split's fine-level metrics at `fixed_threshold`."""
+    reranked: RerankedReport | None = None
+    """The same protocol on the scores with each image's top classes re-ranked
+    (`eval.rerank_top_k`), its thresholds chosen on re-ranked val."""
 
     def as_json(self) -> dict:
         """The JSON document `--json` prints and `eval-<split>.json` holds."""
@@ -90,6 +93,18 @@ class EvaluationReport(BaseModel):
             per_class=self.per_class.f1s(),
             at_half=self.at_half.f1s(),
         )
+
+
+class RerankedReport(BaseModel):
+    """The report of the re-ranked scores, beside the plain one it is compared with."""
+
+    model_config = ConfigDict(frozen=True, serialize_by_alias=True, validate_by_name=True)
+
+    top_k: int
+    """Each image's top `top_k` classes were re-ranked."""
+    pooling: str
+    """How each class's per-description similarities were pooled into its re-ranking score."""
+    report: EvaluationReport
 
 
 def build_report(
@@ -130,6 +145,9 @@ def build_report(
             else None
         ),
     )
+
+
+EvaluationReport.model_rebuild()
 
 
 @functools.cache
@@ -209,6 +227,29 @@ def score_files(
     return build_report("test", val, test, class_ids, classes)
 
 
+def _gain(value: float, plain: float) -> str:
+    return f"{value - plain:+.2f}"
+
+
+def reranked_rows(report: EvaluationReport) -> list[tuple[str, list[str]]]:
+    """The re-ranked rows, each followed by its gain over the plain row it re-ranks."""
+    if report.reranked is None:
+        return []
+    again, k = report.reranked.report, report.reranked.top_k
+    rows = []
+    for name, plain, reranked in (
+        ("fine", report.fine, again.fine),
+        ("fine @ per class", report.per_class, again.per_class),
+    ):
+        pairs = [
+            (getattr(reranked, key), getattr(plain, key))
+            for key in ("macro_f1", "micro_f1", "samples_f1", "mAP", "mAP_voc")
+        ]
+        rows.append((f"{name}, top {k} re-ranked", [_percent(new) for new, _ in pairs]))
+        rows.append(("  gain", [_gain(new, old) for new, old in pairs]))
+    return rows
+
+
 def report_table(report: EvaluationReport) -> Table:
     table = Table(
         title=f"{report.split}: threshold {report.threshold:g}, chosen on val",
@@ -217,9 +258,14 @@ def report_table(report: EvaluationReport) -> Table:
     )
     for column in ("level", *_METRIC_COLUMNS):
         table.add_column(column, justify="left" if column == "level" else "right")
-    for name, metrics in report_rows(report):
+    rows = report_rows(report)
+    last_fine = max(i for i, (name, _) in enumerate(rows) if name.startswith("fine"))
+    for number, (name, metrics) in enumerate(rows):
         values = (metrics.macro_f1, metrics.micro_f1, metrics.samples_f1)
         table.add_row(name, *map(_percent, (*values, metrics.mAP, metrics.mAP_voc)))
+        if number == last_fine:  # the re-ranked rows beside the plain ones
+            for reranked_name, reranked in reranked_rows(report):
+                table.add_row(reranked_name, *reranked)
     for subset, value in report.fine.subset_f1.items():
         table.add_row(f"  {subset} classes", _percent(value), "", "", "", "")
     return table

@@ -32,11 +32,17 @@ from torch import nn
 
 from intclip.data.feature_dataset import FeatureBatch, Features
 from intclip.model.backbone import build_dense_tower
-from intclip.model.class_text import ClassTextSource, TextMode, build_class_text
+from intclip.model.class_text import (
+    ClassTextSource,
+    TextMode,
+    build_class_text,
+    check_class_text_pooling,
+)
 from intclip.model.head import ClassHead, HeadPrecision, PositiveScalarSetting, ScalarSetting
 from intclip.model.prompts import PromptConfig
 from intclip.model.trained import Role, TrainedModel
 from pipeline.clip.loading import LoadedClip
+from pipeline.embeddings.class_embedding import ClassTextPooling
 
 FrozenHead = Literal["linear", "mlp", "text"]
 FROZEN_HEADS: tuple[str, ...] = ("linear", "mlp", "text")
@@ -76,6 +82,10 @@ class FrozenModelConfig(BaseModel):
     """The `text` head's class features: the cached embeddings, or learned prompt contexts."""
     prompts: PromptConfig = PromptConfig()
     """The learned contexts of `text: prompts`."""
+    class_text_pooling: ClassTextPooling = "embedding"
+    """The `text` head with `text: cached`: score against each class's embedding
+    (`embedding`), or against each of its descriptions and pool: `mean`, `max` or `softmax`
+    (as IntCLIP's `model.class_text_pooling`)."""
 
     @model_validator(mode="after")
     def _settings_of_the_head_in_use(self) -> FrozenModelConfig:
@@ -93,6 +103,7 @@ class FrozenModelConfig(BaseModel):
                     "head_precision",
                     "text",
                     "prompts",
+                    "class_text_pooling",
                 ),
                 "text",
             ),
@@ -100,6 +111,7 @@ class FrozenModelConfig(BaseModel):
         for name, owner in owners.items():
             if self.head != owner and getattr(self, name) != type(self).model_fields[name].default:
                 raise ValueError(f"{name} is a setting of head: {owner}, not of head: {self.head}")
+        check_class_text_pooling(self.text, self.class_text_pooling)
         return self
 
 
@@ -173,6 +185,7 @@ class TextHead(nn.Module):
             config.logit_scale,
             config.class_bias,
             config.head_precision,
+            config.class_text_pooling,
         )
 
     def forward(self, features: FeatureBatch, text: nn.Module) -> torch.Tensor:
@@ -204,7 +217,9 @@ class FrozenCLIP(TrainedModel):
         self.takes = takes or config.input
         dense = config.features == "dense"
         self.tower = FrozenTower(clip, dense) if self.takes == "images" else None
-        self.text = build_class_text(clip, class_text, config.text, config.prompts)
+        self.text = build_class_text(
+            clip, class_text, config.text, config.prompts, config.class_text_pooling
+        )
         self.head = HEAD_BUILDERS[config.head](clip.embed_dim, self.text.num_classes, config)
         self.to(next(clip.module.parameters()).device)
 

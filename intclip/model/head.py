@@ -17,6 +17,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, PositiveFloat
 from torch import nn
 
+from pipeline.embeddings.class_embedding import ClassTextPooling
+from pipeline.embeddings.pooling import pool_descriptions
+
 HeadMode = Literal["global", "regional", "both", "official"]
 HeadPrecision = Literal["fp32", "autocast"]
 
@@ -38,18 +41,43 @@ class PositiveScalarSetting(ScalarSetting):
 
 class ClassFeatures(NamedTuple):
     """Class text features [N, D]: what each class looks like, and optionally what it does not
-    (the negative prompts of DualCoOp), whose pooled similarity is subtracted."""
+    (the negative prompts of DualCoOp), whose pooled similarity is subtracted. Or each class's
+    descriptions [N, K, D] (`model.class_text_pooling`): every one is scored and the K
+    similarities pooled as the head's `description_pooling` says, wherever a similarity is
+    taken."""
 
     positive: torch.Tensor
     negative: torch.Tensor | None = None
 
+    def mapped(self, change: Callable[[torch.Tensor], torch.Tensor]) -> ClassFeatures:
+        """The same features with `change` applied to each tensor."""
+        negative = None if self.negative is None else change(self.negative)
+        return self._replace(positive=change(self.positive), negative=negative)
 
-Similarity = Callable[[ClassFeatures, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+Similarity = Callable[
+    [ClassFeatures, torch.Tensor, torch.Tensor, torch.Tensor, ClassTextPooling], torch.Tensor
+]
 
 
-def _cosine(classes: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Cosine similarity [B, N, P] of unit class features [N, D] with positions [B, D, P]."""
-    return torch.einsum("nd,bdp->bnp", classes, F.normalize(positions, dim=1))
+def _cosine(
+    classes: torch.Tensor, positions: torch.Tensor, pooling: ClassTextPooling = "embedding"
+) -> torch.Tensor:
+    """Cosine similarity [B, N, P] of unit class features [N, D] with positions [B, D, P]; of
+    unit descriptions [N, K, D], each one's similarity pooled over K."""
+    positions = F.normalize(positions, dim=1)
+    if classes.ndim == 2:
+        return torch.einsum("nd,bdp->bnp", classes, positions)
+    return pool_descriptions(torch.einsum("nkd,bdp->bnkp", classes, positions), pooling, dim=2)
+
+
+def _global_cosine(
+    classes: ClassFeatures, token: torch.Tensor, pooling: ClassTextPooling
+) -> torch.Tensor:
+    """Cosine similarity [B, N] of a unit global token [B, D] with the positive features."""
+    if classes.positive.ndim == 2:
+        return token @ classes.positive.T
+    return _cosine(classes.positive, token[:, :, None], pooling)[:, :, 0]
 
 
 def global_similarity(
@@ -57,17 +85,23 @@ def global_similarity(
     dense: torch.Tensor,
     global_token: torch.Tensor,
     temperature: torch.Tensor,
+    pooling: ClassTextPooling = "embedding",
 ) -> torch.Tensor:
     """Cosine similarity [B, N] of the global token with each class."""
     token = F.normalize(global_token, dim=-1)
-    similarity = token @ classes.positive.T
+    similarity = _global_cosine(classes, token, pooling)
     return similarity if classes.negative is None else similarity - token @ classes.negative.T
 
 
-def _pooled(classes: ClassFeatures, positions: torch.Tensor, temperature: torch.Tensor):
+def _pooled(
+    classes: ClassFeatures,
+    positions: torch.Tensor,
+    temperature: torch.Tensor,
+    pooling: ClassTextPooling,
+) -> torch.Tensor:
     """Spatial softmax pooling [B, N] over positions [B, D, P], the weights from the positive
     features; negative features are pooled with the same weights and subtracted (DualCoOp)."""
-    positive = _cosine(classes.positive, positions)
+    positive = _cosine(classes.positive, positions, pooling)
     weights = torch.softmax(temperature * positive, dim=-1)
     pooled = (weights * positive).sum(dim=-1)
     if classes.negative is None:
@@ -80,13 +114,14 @@ def regional_similarity(
     dense: torch.Tensor,
     global_token: torch.Tensor,
     temperature: torch.Tensor,
+    pooling: ClassTextPooling = "embedding",
 ) -> torch.Tensor:
     """Class-specific spatial softmax pooling [B, N] of the per-position cosine similarities.
 
     Each class looks at the positions that resemble it most, so a small object or region that
     carries an intent is not averaged away.
     """
-    return _pooled(classes, dense.flatten(2), temperature)
+    return _pooled(classes, dense.flatten(2), temperature, pooling)
 
 
 def combined_similarity(
@@ -94,10 +129,12 @@ def combined_similarity(
     dense: torch.Tensor,
     global_token: torch.Tensor,
     temperature: torch.Tensor,
+    pooling: ClassTextPooling = "embedding",
 ) -> torch.Tensor:
     """The mean of the global and the regional similarity."""
-    global_part = global_similarity(classes, dense, global_token, temperature)
-    return (global_part + regional_similarity(classes, dense, global_token, temperature)) / 2
+    global_part = global_similarity(classes, dense, global_token, temperature, pooling)
+    regional = regional_similarity(classes, dense, global_token, temperature, pooling)
+    return (global_part + regional) / 2
 
 
 def official_similarity(
@@ -105,6 +142,7 @@ def official_similarity(
     dense: torch.Tensor,
     global_token: torch.Tensor,
     temperature: torch.Tensor,
+    pooling: ClassTextPooling = "embedding",
 ) -> torch.Tensor:
     """The official form: the global token is one more position in the spatial softmax pooling.
 
@@ -113,7 +151,7 @@ def official_similarity(
     logits is a sigmoid of their difference).
     """
     positions = torch.cat([global_token[:, :, None], dense.flatten(2)], dim=2)
-    return _pooled(classes, positions, temperature)
+    return _pooled(classes, positions, temperature, pooling)
 
 
 SIMILARITY_BY_HEAD: dict[str, Similarity] = {
@@ -135,9 +173,13 @@ class ClassHead(nn.Module):
         logit_scale: PositiveScalarSetting,
         class_bias: ScalarSetting,
         precision: HeadPrecision = "fp32",
+        description_pooling: ClassTextPooling = "embedding",
     ) -> None:
+        """`description_pooling` other than `embedding`: the class features are descriptions
+        [N, K, D], each scored and pooled (`model.class_text_pooling`)."""
         super().__init__()
         self.in_fp32 = precision == "fp32"
+        self.description_pooling = description_pooling
         self._scalar(
             "log_pooling_temperature",
             math.log(pooling_temperature.initial),
@@ -172,14 +214,21 @@ class ClassHead(nn.Module):
         if not self.in_fp32:
             return self._logits(dense, global_token, classes)
         with torch.autocast(global_token.device.type, enabled=False):
-            features = ClassFeatures(*(f if f is None else f.float() for f in classes))
+            features = classes.mapped(torch.Tensor.float)
             dense = None if dense is None else dense.float()
             return self._logits(dense, global_token.float(), features)
 
     def _logits(
         self, dense: torch.Tensor | None, global_token: torch.Tensor, classes: ClassFeatures
     ) -> torch.Tensor:
-        classes = ClassFeatures(*(f if f is None else F.normalize(f, dim=-1) for f in classes))
+        per_description = self.description_pooling != "embedding"
+        if (classes.positive.ndim == 3) != per_description:
+            raise ValueError(
+                f"class features of shape {tuple(classes.positive.shape)} for description "
+                f"pooling {self.description_pooling}"
+            )
+        classes = classes.mapped(lambda features: F.normalize(features, dim=-1))
         temperature = self.log_pooling_temperature.exp()
-        similarity = self.similarity(classes, dense, global_token, temperature)
+        pooling = self.description_pooling
+        similarity = self.similarity(classes, dense, global_token, temperature, pooling)
         return self.log_logit_scale.exp() * similarity + self.class_bias

@@ -46,7 +46,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from intclip.model.aggregation import SightAssistedAggregation
 from intclip.model.backbone import build_sight_semantic_encoder
-from intclip.model.class_text import ClassTextSource, TextMode, build_class_text
+from intclip.model.class_text import (
+    ClassTextSource,
+    TextMode,
+    build_class_text,
+    check_class_text_pooling,
+)
 from intclip.model.head import (
     ClassHead,
     HeadMode,
@@ -57,10 +62,12 @@ from intclip.model.head import (
 from intclip.model.prompts import PromptConfig
 from intclip.model.trained import Role, TrainedModel
 from pipeline.clip.loading import LoadedClip
+from pipeline.embeddings.class_embedding import ClassTextPooling
 
 
 class ModelConfig(BaseModel):
-    """The architecture switches of IntCLIP; stored in every checkpoint."""
+    """IntCLIP's architecture switches (`model.head: global | regional | both | official`);
+    stored in every checkpoint."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
@@ -95,6 +102,11 @@ class ModelConfig(BaseModel):
     through CLIP's frozen text tower at every step (DualCoOp, as the official code)."""
     prompts: PromptConfig = PromptConfig()
     """The learned contexts of `text: prompts`."""
+    class_text_pooling: ClassTextPooling = "embedding"
+    """With `text: cached`: score against each class's embedding (`embedding`, the mean of its
+    descriptions' embeddings), or against each of its descriptions and pool the similarities:
+    `mean`, `max` or `softmax` (weighted by a softmax over them at CLIP's temperature, 100).
+    Reads the per-description embeddings of the same cache file."""
 
     @field_validator("input", mode="before")
     @classmethod
@@ -106,6 +118,11 @@ class ModelConfig(BaseModel):
                 "mlp or text)"
             )
         return value
+
+    @model_validator(mode="after")
+    def _pooling_of_cached_texts(self) -> ModelConfig:
+        check_class_text_pooling(self.text, self.class_text_pooling)
+        return self
 
     @model_validator(mode="after")
     def _aggregation_feeds_a_regional_head(self) -> ModelConfig:
@@ -143,7 +160,9 @@ class IntCLIP(TrainedModel):
             if config.aggregation
             else None
         )
-        self.text = build_class_text(clip, class_text, config.text, config.prompts)
+        self.text = build_class_text(
+            clip, class_text, config.text, config.prompts, config.class_text_pooling
+        )
         self.head = ClassHead(
             self.text.num_classes,
             config.head,
@@ -151,6 +170,7 @@ class IntCLIP(TrainedModel):
             config.logit_scale,
             config.class_bias,
             config.head_precision,
+            config.class_text_pooling,
         )
         self.to(next(clip.module.parameters()).device)
 

@@ -192,6 +192,18 @@ class LogConfig(ConfigSection):
         return self
 
 
+class EvalConfig(ConfigSection):
+    """Evaluation options beyond the protocol, each reported beside its rows."""
+
+    rerank_top_k: PositiveInt | None = None
+    """Also report the scores with each image's top k classes re-ranked by their zero-shot
+    similarity with the class's descriptions (CLIP's image embedding against each description's
+    cached embedding, pooled by `rerank_pooling`), beside the plain rows with the gain; None:
+    off. `eval --rerank-top-k K` sets it for one evaluation."""
+    rerank_pooling: Literal["mean", "max", "softmax"] = "mean"
+    """How a class's per-description similarities become its re-ranking score."""
+
+
 class TrainConfig(ConfigSection):
     """A training run: one YAML file of these sections and keys."""
 
@@ -219,6 +231,8 @@ class TrainConfig(ConfigSection):
     `fp16` with a scaled loss (torch.amp.GradScaler)."""
     init_from: InitFrom | None = None
     """Start from another run's trained weights, with a fresh optimiser and schedule."""
+    eval: EvalConfig = EvalConfig()
+    """Evaluation options."""
 
     @model_validator(mode="before")
     @classmethod

@@ -45,8 +45,9 @@ class Components:
     data: DataConfig
 
     def zero_shot_embeddings(self) -> torch.Tensor:
-        """Plain CLIP's class embeddings: the cached ones, or those of the prompts' class texts
-        without any learned context."""
+        """Plain CLIP's class embeddings: the cached ones ([N, K, D] per description with
+        `model.class_text_pooling`), or those of the prompts' class texts without any learned
+        context."""
         if isinstance(self.class_text, ClassTexts):
             return plain_class_embeddings(self.clip, self.class_text)
         return self.class_text
@@ -105,6 +106,8 @@ def _cached_embeddings(
         expected_ids=expected_ids,
         clip=clip.identity,
     )
+    if config.model.class_text_pooling != "embedding":  # each description, scored and pooled
+        return embeddings.description_embeddings, embeddings.ids
     return embeddings.class_embeddings, embeddings.ids
 
 

@@ -156,7 +156,10 @@ def _extract(
         f"already computed; computing {sum(stop - start for start, stop in missing):,} images"
         + (f" on {context.world_size} processes" if context.distributed else "")
     )
-    mine = missing[context.rank :: context.world_size]
+    # Shared out by their place in the plan, not in the list of missing ones: a rank that lists
+    # them after another has written its first shard sees a shorter list, and striding that
+    # would leave some shard to nobody.
+    mine = [rows for rows in plan[context.rank :: context.world_size] if rows in missing]
     if mine:
         _compute(key, config, components, index, context, mine, extraction, log)
     distributed.barrier(context)

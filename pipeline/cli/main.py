@@ -21,7 +21,7 @@ from pipeline.cli.review import app as review_app
 from pipeline.cli.review import review_and_revise, review_built
 from pipeline.common.console import VersionOption, run_app, stderr, stdout
 from pipeline.common.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, UserError
-from pipeline.common.files import cache_root
+from pipeline.common.files import cache_root, sha256_file
 from pipeline.descriptions.build import (
     BUILD_DEFAULTS,
     BuildPlan,
@@ -32,8 +32,10 @@ from pipeline.descriptions.build import (
     plan_build,
     run_build,
 )
+from pipeline.descriptions.control import CONTROLS, control_path
 from pipeline.descriptions.diff import diff_descriptions
 from pipeline.descriptions.format import (
+    ControlKind,
     DescriptionRules,
     DescriptionsFile,
     GeneratorInfo,
@@ -104,6 +106,25 @@ def build(
     num_descriptions: Annotated[
         int | None,
         typer.Option(help="Descriptions per class (K) \\[default: 5; 3 with --llm local]."),
+    ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Ask for N candidate descriptions per class, to keep the best K of them on val "
+            "with intclip-train select-descriptions (the same request as --num-descriptions N).",
+            show_default=False,
+        ),
+    ] = None,
+    control: Annotated[
+        ControlKind | None,
+        typer.Option(
+            help="Write a control file instead of asking an LLM: random-words gives every "
+            "description of the output file the class name followed by random words, as many "
+            "words long, seeded by --seed; written beside it as "
+            "<name>.random-words.descriptions.json.",
+            show_default=False,
+        ),
     ] = None,
     min_words: Annotated[int | None, typer.Option(help="Fewest words (A) \\[default: 5].")] = None,
     max_words: Annotated[int | None, typer.Option(help="Most words (B) \\[default: 25].")] = None,
@@ -208,6 +229,13 @@ def build(
 
     No LLM client, key or server is needed until some class must actually be asked.
     """
+    if control is not None:
+        _write_control(control, taxonomy, out, seed)
+        return
+    if candidates is not None:
+        if num_descriptions is not None and num_descriptions != candidates:
+            raise UserError("--candidates N asks for N descriptions: give it or --num-descriptions")
+        num_descriptions = candidates
     if strict and skip_review:
         raise UserError("--strict needs the review that --skip-review turns off")
     if strict and not minilm_installed():
@@ -215,6 +243,11 @@ def build(
     tree = load_taxonomy(taxonomy)
     out = out or tree.source.parent / f"{tree.name}.descriptions.json"
     previous = read_descriptions(out) if out.exists() else None
+    if previous is not None and previous.control is not None:
+        raise UserError(
+            f"{out} is a {previous.control.kind} control, not an LLM's descriptions: make it "
+            f"again with --control {previous.control.kind}"
+        )
     if check and previous is None:
         raise UserError(f"{out} is missing: run intclip-prompts build", EXIT_CHECK_FAILED)
     generator = previous.generator if previous else None
@@ -324,6 +357,12 @@ def build(
                 ) from err
             raise
     _write(out, document, tree)
+    if candidates is not None:
+        stderr.print(
+            f"next: keep the best K of the {candidates} candidates on val with intclip-train "
+            f"select-descriptions --config CONFIG --descriptions {out} --keep K",
+            markup=False,
+        )
     if plan.to_send and not skip_review and review_built(document) and strict:
         raise UserError(f"{out}: the review flagged classes (--strict)", EXIT_CHECK_FAILED)
 
@@ -349,6 +388,23 @@ def _note_local_defaults(settings: BuildSettings, chosen: list[str]) -> None:
         f"note: --llm local: settings for a small local model: {said} (change them with {flags})",
         markup=False,
     )
+
+
+def _write_control(kind: ControlKind, taxonomy: Path, out: Path | None, seed: int | None) -> None:
+    """`build --control KIND`: the control of the output file, beside it; no LLM."""
+    tree = load_taxonomy(taxonomy)
+    source = out or tree.source.parent / f"{tree.name}.descriptions.json"
+    if not source.is_file():
+        raise UserError(f"{source}: no descriptions file to make a control of: build it first")
+    try:
+        document = CONTROLS[kind](read_descriptions(source), seed or 0, sha256_file(source))
+    except UserError as err:
+        raise UserError(f"{source}: {err}", err.exit_code) from None
+    target = control_path(source, kind)
+    if write_descriptions(target, document):
+        stdout.print(f"wrote {target}")
+    else:
+        stdout.print(f"{target} unchanged")
 
 
 def _local_model(gguf: Path | None, model: str | None, generator: GeneratorInfo | None) -> str:

@@ -122,3 +122,17 @@ def clip_tokenizer() -> ClipTokenizer:
 def clip_token_count(text: str) -> int:
     """Tokens CLIP's text tower sees for `text`, start and end tokens included."""
     return len(clip_tokenizer().encode(text)) + 2
+
+
+@cache
+def vocabulary_words(shortest: int = 3, longest: int = 10) -> tuple[str, ...]:
+    """The whole English-looking words of CLIP's vocabulary, in its order: tokens that end a
+    word, of `shortest` to `longest` lower-case ASCII letters. Each is one token to CLIP, so a
+    sentence of them is as long in tokens as in words (near enough)."""
+    tokenizer = clip_tokenizer()
+    stems = (token.removesuffix("</w>") for token in tokenizer.encoder if token.endswith("</w>"))
+    return tuple(
+        stem
+        for stem in stems
+        if shortest <= len(stem) <= longest and stem.isascii() and stem.isalpha() and stem.islower()
+    )

@@ -224,13 +224,15 @@ class BuildPlan:
         return [j.previous for j in self.jobs if j.previous and j.fine.label not in sending]
 
     def document(self, answers: dict[int, list[str]]) -> DescriptionsFile:
-        """The output: new answers, else the previous entry; classes never built are left out."""
+        """The output: new answers, else the previous entry; classes never built are left out.
+        A previous choice on val stays recorded while some class still holds its candidates."""
         entries = []
         for job in self.jobs:
             if job.fine.label in answers:
                 entries.append(_entry(job, answers[job.fine.label]))
             elif job.previous is not None:
                 entries.append(job.previous)
+        chosen = any(entry.candidates is not None for entry in entries)
         return DescriptionsFile(
             schema_version=SCHEMA_VERSION,
             taxonomy=TaxonomyRef(name=self.taxonomy.name, sha256=self.taxonomy.sha256),
@@ -242,6 +244,7 @@ class BuildPlan:
                 edited=edit_summary(entries),
             ),
             classes=entries,
+            selection=self.previous.selection if chosen and self.previous else None,
         )
 
     def stale_reasons(self) -> list[str]:
@@ -258,10 +261,16 @@ class BuildPlan:
                     "changed)"
                 )
             else:
-                problems = self.settings.rules.problems(job.previous.descriptions)
+                problems = self.settings.rules.problems(job.previous.answer)
                 problems += self.repeated_across_classes.get(job.fine.label, [])
                 edit = job.previous.edit_problem()
-                reasons += [f"{job.name}: {p}" for p in [*problems, *([edit] if edit else [])]]
+                problems += [edit] if edit else []
+                if self.previous.selection is not None and job.previous.candidates is None:
+                    problems.append(
+                        "answered after the choice on val: run intclip-train "
+                        "select-descriptions again"
+                    )
+                reasons += [f"{job.name}: {p}" for p in problems]
         known = {job.fine.label for job in self.jobs}
         reasons += [
             f"class {entry.label} '{entry.id}': not in the taxonomy"
@@ -547,7 +556,7 @@ def revise_flagged(
         entry, other = entries[review.label], by_id[review.nearest_other]
         if entry.revised_for is not None or entry.edited is not None or review.label not in jobs:
             continue
-        previous = {"descriptions": [{"text": text} for text in entry.descriptions]}
+        previous = {"descriptions": [{"text": text} for text in entry.answer]}
         feedback = REVISION_TEMPLATE.format(
             other=other.path[-1],
             other_path=" > ".join(other.path),
@@ -572,6 +581,7 @@ def revise_flagged(
                 "descriptions": texts,
                 "answer_sha256": descriptions_sha256(texts),
                 "revised_for": other.id,
+                "candidates": None,
             }
         )
     return document.model_copy(update={"classes": [entries[k] for k in sorted(entries)]})

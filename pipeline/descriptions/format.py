@@ -2,6 +2,14 @@
 
 The file is reviewed in git diffs and doubles as a lock: each class carries the hash of
 everything its request depended on, so an unchanged class is never asked for again.
+
+Two later steps extend it, both optional (a file without them reads as before):
+- a choice on val (`intclip-train select-descriptions`): each class keeps every description the
+  LLM answered as `candidates`, with its val AP and whether it was kept, and `descriptions`
+  holds the kept ones; the file's `selection` says how they were chosen (val only, the image
+  features' cache key, how many kept);
+- a control (`intclip-prompts build --control random-words`): a file of the same shape whose
+  descriptions are each class's name followed by random words; `control` says so.
 """
 
 from __future__ import annotations
@@ -151,6 +159,18 @@ class EditMark(BaseModel):
     """What the texts were written from (the answer they replace, the references read)."""
 
 
+class Candidate(BaseModel):
+    """One description the LLM answered, as the choice on val saw it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    val_ap: float | None = None
+    """Zero-shot AP on val, in percent, of this description alone for its class; absent when
+    val has no positive of the class."""
+    kept: bool
+
+
 class ClassDescriptions(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -167,13 +187,35 @@ class ClassDescriptions(BaseModel):
     revised_for: str | None = None
     """Set by `build --review`: the class these descriptions were once confused with, and
     rewritten to avoid; a class is revised once."""
+    candidates: list[Candidate] | None = None
+    """Set by the choice on val: every description the LLM answered, in its order; then
+    `descriptions` holds the kept ones, in the same order."""
+
+    @property
+    def answer(self) -> list[str]:
+        """What the LLM answered for the class: its candidates once chosen from, else its
+        descriptions. The rules of the request apply to these."""
+        return [c.text for c in self.candidates] if self.candidates else self.descriptions
+
+    @model_validator(mode="after")
+    def _kept_candidates_are_the_descriptions(self) -> ClassDescriptions:
+        if self.candidates is not None:
+            kept = [c.text for c in self.candidates if c.kept]
+            if kept != self.descriptions:
+                raise ValueError(
+                    "descriptions must be the kept candidates, in their order (edit the "
+                    "candidates' kept flags, or choose again with intclip-train "
+                    "select-descriptions)"
+                )
+        return self
 
     def edit_problem(self) -> str | None:
         """Why these texts are not the ones their author left, if they are not."""
         current = descriptions_sha256(self.descriptions)
         if self.edited is not None and self.edited.sha256 != current:
             return "its descriptions changed after they were marked edited: mark them again"
-        if self.edited is None and self.answer_sha256 not in (None, current):
+        answered = descriptions_sha256(self.answer)  # the candidates, once chosen from on val
+        if self.edited is None and self.answer_sha256 not in (None, answered):
             return (
                 "its descriptions differ from the LLM's answer and carry no edit mark: mark the "
                 "edit (intclip-prompts mark-edited), or rebuild the class"
@@ -222,8 +264,41 @@ class GeneratorInfo(BaseModel):
     LLM's answers, and `build` leaves it alone."""
 
 
+class Selection(BaseModel):
+    """How the kept descriptions were chosen: on val alone, by each one's zero-shot AP."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    split: Literal["val"] = "val"
+    """The split the choice read: always val, never test."""
+    keep: int = Field(ge=1)
+    """Descriptions kept per class: those with the best val AP, ties to the earlier."""
+    features_key: Sha256
+    """The cache key of the val image features it scored (`intclip-train features`)."""
+    images: int = Field(ge=1)
+    """How many val images were scored."""
+    clip: str
+    """The CLIP that embedded the texts and the images: its model and weights."""
+
+
+ControlKind = Literal["random-words"]
+
+
+class Control(BaseModel):
+    """What a control file stands for: random words in place of the LLM's (WaffleCLIP)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: ControlKind
+    seed: int
+    """Seeds the random words: the same seed and source give the same file."""
+    source_sha256: Sha256
+    """sha256 of the descriptions file whose shape (classes, word counts) it copies."""
+
+
 class DescriptionsFile(BaseModel):
-    """`{schema_version, taxonomy, generator, classes}`; classes sorted by label."""
+    """`{schema_version, taxonomy, generator, classes}`; classes sorted by label; `selection`
+    once chosen on val, `control` for a control file."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -231,6 +306,8 @@ class DescriptionsFile(BaseModel):
     taxonomy: TaxonomyRef
     generator: GeneratorInfo
     classes: list[ClassDescriptions]
+    selection: Selection | None = None
+    control: Control | None = None
 
     @field_validator("classes")
     @classmethod
@@ -248,6 +325,20 @@ class DescriptionsFile(BaseModel):
                 )
         return classes
 
+    @model_validator(mode="after")
+    def _candidates_need_their_selection(self) -> DescriptionsFile:
+        chosen = [entry for entry in self.classes if entry.candidates is not None]
+        if chosen and self.selection is None:
+            raise ValueError("classes carry candidates but the file has no selection block")
+        for entry in chosen:
+            kept = len(entry.descriptions)
+            if self.selection is not None and kept != min(self.selection.keep, len(entry.answer)):
+                raise ValueError(
+                    f"class {entry.label} '{entry.id}' keeps {kept} descriptions, the "
+                    f"selection says {self.selection.keep}"
+                )
+        return self
+
     def by_label(self) -> dict[int, ClassDescriptions]:
         return {entry.label: entry for entry in self.classes}
 
@@ -260,7 +351,8 @@ class DescriptionsFile(BaseModel):
             raise UserError(f"generator.params: {describe_first_error(err)}") from None
 
     def rule_problems(self) -> list[str]:
-        """Every rule a class breaks, as `build --check` finds them (hand edits included).
+        """Every rule a class breaks, as `build --check` finds them (hand edits included); in
+        a file chosen on val, also every class answered again since and not chosen from.
         Imported sentences were never asked under these rules: they must only fit CLIP."""
         if self.generator.imported is not None:
             return [
@@ -269,11 +361,20 @@ class DescriptionsFile(BaseModel):
                 for problem in context_problems(entry.descriptions)
             ]
         rules = self.recorded_rules()
-        return [
+        found = [
             f"class {entry.label} '{entry.id}': {problem}"
             for entry in self.classes
-            for problem in rules.problems(entry.descriptions)
+            for problem in rules.problems(entry.answer)
         ]
+        if self.selection is not None:
+            found += [
+                f"class {entry.label} '{entry.id}': answered again after the choice on val, "
+                f"so it keeps all {len(entry.descriptions)} descriptions: run intclip-train "
+                "select-descriptions again"
+                for entry in self.classes
+                if entry.candidates is None
+            ]
+        return found
 
     def edit_problems(self) -> list[str]:
         """Classes whose texts changed since the LLM or a reviewer left them."""

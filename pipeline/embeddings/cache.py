@@ -206,8 +206,8 @@ def compute_embeddings(
     per_class = _descriptions_per_class(document)
     names = [entry.path[-1] for entry in document.classes]
     texts = [text for entry in document.classes for text in entry.descriptions]
-    _check_context(document, clip.tokenizer)
-    encoded = _encode(clip, texts + names, batch_size)
+    check_context(document, clip.tokenizer)
+    encoded = encode_texts(clip, texts + names, batch_size)
     descriptions = encoded[: len(texts)].reshape(len(names), per_class, -1)
     pooled = descriptions.sum(dim=1)
     if aggregate == "mean+name":
@@ -230,11 +230,12 @@ def _descriptions_per_class(document: DescriptionsFile) -> int:
     return len(first.descriptions)
 
 
-def _check_context(document: DescriptionsFile, tokenizer: Any) -> None:
-    """Refuse any text longer than CLIP's context: its tokenizer would cut it off silently."""
+def check_context(document: DescriptionsFile, tokenizer: Any) -> None:
+    """Refuse any text longer than CLIP's context: its tokenizer would cut it off silently.
+    Every text of a class is checked: its candidates, descriptions and name."""
     context = getattr(tokenizer, "context_length", DEFAULT_CONTEXT_LENGTH)
     for entry in document.classes:
-        for text in [*entry.descriptions, entry.path[-1]]:
+        for text in dict.fromkeys([*entry.answer, *entry.descriptions, entry.path[-1]]):
             tokens = token_count(tokenizer, text)
             if tokens > context:
                 raise UserError(
@@ -243,9 +244,13 @@ def _check_context(document: DescriptionsFile, tokenizer: Any) -> None:
                 )
 
 
-def _encode(clip: LoadedClip, texts: list[str], batch_size: int) -> torch.Tensor:
-    """Features of `texts` in their order, batched shortest first so that each batch stops at
-    its own longest text (`encode_token_ids`) instead of the 77-token context."""
+def encode_texts(
+    clip: LoadedClip, texts: list[str], batch_size: int = TEXT_BATCH_SIZE
+) -> torch.Tensor:
+    """Unit-length features [len(texts), D] of `texts` in their order, float32 on the CPU;
+    batched shortest first so that each batch stops at its own longest text
+    (`encode_token_ids`) instead of the 77-token context. Check the texts' length first
+    (`check_context`): the tokenizer cuts a longer text off silently."""
     device = next(clip.module.parameters()).device
     tokens = clip.tokenizer(texts)
     order = torch.argsort((tokens != 0).sum(dim=-1), stable=True)

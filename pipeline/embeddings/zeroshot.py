@@ -6,6 +6,8 @@ import torch
 from torch import nn
 
 from pipeline.clip.loading import LoadedClip
+from pipeline.embeddings.class_embedding import ClassTextPooling
+from pipeline.embeddings.pooling import description_similarity
 
 
 class ZeroShotCLIP(nn.Module):
@@ -14,14 +16,25 @@ class ZeroShotCLIP(nn.Module):
     Scores are CLIP's zero-shot probabilities: a softmax over classes of the scaled cosine
     similarities, as CLIP was trained to compare one image with many texts. `on_features`: the
     inputs are CLIP's image embeddings already computed (cached features), not images.
+    `class_embeddings` [N, D] are scored as they are; description embeddings [N, K, D] each,
+    their similarities pooled by `pooling` (`pipeline.embeddings.pooling`).
     """
 
     def __init__(
-        self, clip: LoadedClip, class_embeddings: torch.Tensor, on_features: bool = False
+        self,
+        clip: LoadedClip,
+        class_embeddings: torch.Tensor,
+        on_features: bool = False,
+        pooling: ClassTextPooling = "embedding",
     ) -> None:
         super().__init__()
+        if (class_embeddings.ndim == 3) != (pooling != "embedding"):
+            raise ValueError(
+                f"pooling {pooling!r} got texts of shape {tuple(class_embeddings.shape)}"
+            )
         self.clip = clip.module
         self.on_features = on_features
+        self.pooling = pooling
         self.register_buffer("class_embeddings", class_embeddings.float())
 
     @property
@@ -33,7 +46,10 @@ class ZeroShotCLIP(nn.Module):
             inputs = inputs[0]
         features = inputs if self.on_features else self.clip.encode_image(inputs)
         features = torch.nn.functional.normalize(features.float(), dim=-1)
-        return self.clip.logit_scale.exp() * features @ self.class_embeddings.T
+        if self.pooling == "embedding":
+            return self.clip.logit_scale.exp() * features @ self.class_embeddings.T
+        similarity = description_similarity(features, self.class_embeddings, self.pooling)
+        return self.clip.logit_scale.exp() * similarity
 
     @staticmethod
     def scores(logits: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ an offline stand-in where the command looks, and the command still runs exactly 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -133,6 +134,10 @@ def test_every_first_screen_command_runs_as_written(fresh_clone: Path, tmp_path:
     demo_run = fresh_clone / "demo-run"
     assert len(list((demo_run / "runs").glob("demo-*/best.safetensors"))) == 1
     assert (demo_run / "prompts" / "squares.descriptions.json").is_file()
+    scores = json.loads((demo_run / "prompts" / "squares.description-scores.json").read_text())
+    rows = ["descriptions", "class names", "random words"]
+    assert [row["name"] for row in scores["rows"]] == rows  # the three rows, in one report
+    assert all(row in demo for row in rows) and "top 2 re-ranked" in demo
     embeddings, run_dir = (Path(out.strip().splitlines()[-1]) for _, out in ran[2:])
     assert embeddings.parent == fresh_clone / "cache" / "embeddings" and embeddings.is_file()
     assert (run_dir / "best.safetensors").is_file()

@@ -10,9 +10,10 @@ import sys
 import pytest
 
 
-def test_the_stand_in_llm_describes_the_class_asked_about(tmp_path, prompts_cli, monkeypatch):
-    """The prompt names the siblings too: each class must get its own colour, no sibling's."""
-    from intclip.cli.demo import COLOURS, demo_taxonomy, start_template_llm
+def built_by_the_stand_in(tmp_path, prompts_cli, monkeypatch, *args: object) -> list[dict]:
+    """`intclip-prompts build ARGS` of the demo's taxonomy against its stand-in LLM: the
+    classes written."""
+    from intclip.cli.demo import demo_taxonomy, start_template_llm
 
     monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
     taxonomy = tmp_path / "squares.yaml"
@@ -21,14 +22,20 @@ def test_the_stand_in_llm_describes_the_class_asked_about(tmp_path, prompts_cli,
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/v1"
         code, _, err = prompts_cli(
-            "build", "--taxonomy", taxonomy, "--model", "demo", "--num-descriptions", 3,
-            "--base-url", url,
-        )  # fmt: skip
+            "build", "--taxonomy", taxonomy, "--model", "demo", "--base-url", url, *args
+        )
     finally:
         server.shutdown()
     assert code == 0, err
-    document = json.loads(taxonomy.with_name("squares.descriptions.json").read_text())
-    for entry, colour in zip(document["classes"], COLOURS, strict=True):
+    return json.loads(taxonomy.with_name("squares.descriptions.json").read_text())["classes"]
+
+
+def test_the_stand_in_llm_describes_the_class_asked_about(tmp_path, prompts_cli, monkeypatch):
+    """The prompt names the siblings too: each class must get its own colour, no sibling's."""
+    from intclip.cli.demo import COLOURS
+
+    classes = built_by_the_stand_in(tmp_path, prompts_cli, monkeypatch, "--num-descriptions", 3)
+    for entry, colour in zip(classes, COLOURS, strict=True):
         others = [c for c in COLOURS if c != colour]
         for text in entry["descriptions"]:
             words = text.rstrip(".").split()
@@ -59,3 +66,10 @@ def test_a_demo_folder_it_cannot_write_is_one_line(tmp_path, where):
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"error: {target}: cannot write the demo there ({cause})\n"
     assert snapshot(tmp_path) == before
+
+
+def test_the_stand_in_llm_answers_as_many_candidates_as_asked(tmp_path, prompts_cli, monkeypatch):
+    from intclip.cli.demo import CANDIDATES
+
+    classes = built_by_the_stand_in(tmp_path, prompts_cli, monkeypatch, "--candidates", CANDIDATES)
+    assert all(len(entry["descriptions"]) == CANDIDATES for entry in classes)

@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 import intclip.training.features
 from intclip.data.dataset import load_split
@@ -28,41 +27,12 @@ from intclip.evaluation.results_table import METRIC_COLUMNS
 from intclip.model.frozen_clip import FrozenTower
 from intclip.training.config import PACKAGED_CONFIGS, load_config
 from intclip.training.features import load_split_features
-from testkit.cli import TORCHRUN, interrupt_when
-from testkit.squares import BIN, cli
+from testkit.cli import TORCHRUN, interrupt_when, ok
+from testkit.squares import BIN, CPU_RECIPE, cli, recipe_config
 from testkit.tiny_clip import TINY_CLIP_CONFIGS, save_random_clip
 
-CPU_RECIPE = PACKAGED_CONFIGS / "intentonomy_vitb32_features_cpu.yaml"
 FRONTIER = PACKAGED_CONFIGS / "intentonomy_vitl14_features.yaml"
 TRAIN_IMAGES, VAL_IMAGES = 128, 33
-
-
-def recipe_config(workspace, folder: Path, **model: object) -> Path:
-    """The shipped CPU recipe on the workspace's data and tiny CLIP, small enough for a test."""
-    recipe = yaml.safe_load(CPU_RECIPE.read_text())
-    squares = yaml.safe_load(workspace["config"].read_text())
-    recipe["data"] = squares["data"]
-    recipe["clip"] = squares["clip"]
-    recipe["model"] |= {"hidden": 32, **model}
-    recipe["optim"] |= {"epochs": 3, "batch_size": 16, "eval_batch_size": 32, "warmup_epochs": 1}
-    recipe["output_dir"] = str(folder / "runs")
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
-
-
-@pytest.fixture
-def cache(monkeypatch, tmp_path) -> Path:
-    """A fresh cache for the test, for in-process commands."""
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(folder))
-    return folder
-
-
-def ok(result) -> str:
-    code, out, err = result
-    assert code == 0, err
-    return out
 
 
 def one_line_error(result, alone: bool = True) -> str:

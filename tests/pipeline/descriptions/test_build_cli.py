@@ -17,6 +17,7 @@ import pytest
 from pipeline.clip import tokens as clip_tokens
 from pipeline.descriptions import templates
 from testkit.fake_openai import (
+    TEST_API_KEY,
     Content,
     FakeOpenAI,
     Hang,
@@ -27,20 +28,7 @@ from testkit.fake_openai import (
 from testkit.paths import TOY_TAXONOMY
 
 TOY = TOY_TAXONOMY
-API_KEY = "sk-test-a1b2c3d4e5f6-never-stored"
-
-
-@pytest.fixture
-def project(tmp_path, monkeypatch, fake_openai):
-    """A toy taxonomy, a cache root and a server, all wired through the environment."""
-    taxonomy = tmp_path / "prompts" / "toy.yaml"
-    taxonomy.parent.mkdir()
-    taxonomy.write_text(TOY)
-    monkeypatch.setenv("OPENAI_BASE_URL", fake_openai.base_url)
-    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
-    monkeypatch.setenv("INTCLIP_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("INTCLIP_LLM_MODEL", raising=False)
-    return taxonomy
+API_KEY = TEST_API_KEY
 
 
 @pytest.fixture
