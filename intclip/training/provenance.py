@@ -8,7 +8,6 @@ from __future__ import annotations
 import platform
 import shlex
 import socket
-import subprocess
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -26,9 +25,9 @@ from intclip.training.config import (
 )
 from pipeline.common.console import package_version
 from pipeline.common.errors import UserError
+from pipeline.common.git import git_output
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-GIT_TIMEOUT_S = 5.0
 
 
 class Software(BaseModel):
@@ -88,26 +87,14 @@ def now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(CHECKOUT), *args],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
 def software() -> Software:
     import open_clip
     import torchvision
 
-    commit = _git("rev-parse", "HEAD") if (CHECKOUT / ".git").exists() else None
-    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    commit = git_output(CHECKOUT, "rev-parse", "HEAD") if (CHECKOUT / ".git").exists() else None
+    status = (
+        git_output(CHECKOUT, "status", "--porcelain", "--untracked-files=no") if commit else None
+    )
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     return Software(
         intclip=package_version(),

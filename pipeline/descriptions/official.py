@@ -10,13 +10,12 @@ with `ast`, never imported or run, and the file records its sha256 and the check
 from __future__ import annotations
 
 import ast
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.common.errors import EXIT_BAD_INPUT, UserError
 from pipeline.common.files import sha256_file, sha256_json
+from pipeline.common.git import git_output
 from pipeline.common.safe_load import read_text_file
 from pipeline.descriptions.format import (
     SCHEMA_VERSION,
@@ -32,7 +31,6 @@ OFFICIAL_REPOSITORY = "github.com/yan9qu/IntCLIP"
 OFFICIAL_SOURCE = Path("dataloaders") / "intenton.py"
 OFFICIAL_SUFFIX = ".official.descriptions.json"
 """The name of an imported file: `<taxonomy name>.official.descriptions.json`."""
-GIT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -125,21 +123,13 @@ def _checkout_commit(source: Path) -> str | None:
     """The commit of the git checkout whose `dataloaders/intenton.py` this is; None for a file
     outside one (or without git). Nothing is written, fetched or run from the checkout."""
     root = source.resolve().parent.parent
-    git = shutil.which("git")
-    if git is None or source.resolve() != (root / OFFICIAL_SOURCE).resolve():
+    if source.resolve() != (root / OFFICIAL_SOURCE).resolve():
         return None
-    try:
-        done = subprocess.run(
-            [git, "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
+    output = git_output(root, "rev-parse", "--show-toplevel", "HEAD")
+    if output is None:
         return None
-    lines = done.stdout.split()
-    if done.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != root:
+    lines = output.split()
+    if len(lines) != 2 or Path(lines[0]).resolve() != root:
         return None  # not a checkout, or the file sits in another repository
     return lines[1]
 
