@@ -132,13 +132,13 @@ def mark_edited(
     rules = document.recorded_rules()
     for class_id in chosen:
         entry = by_id[class_id]
-        problems = rules.problems(entry.descriptions)
+        problems = rules.problems(entry.answer)
         if problems:
             raise UserError(
                 f"{descriptions}: class {entry.label} '{entry.id}': {problems[0]}: an edit "
                 "must follow the file's rules before it is marked"
             )
-        mark = EditMark(sha256=descriptions_sha256(entry.descriptions), source=source.strip())
+        mark = EditMark(sha256=descriptions_sha256(entry.answer), source=source.strip())
         by_id[class_id] = entry.model_copy(update={"edited": mark})
     classes = [by_id[entry.id] for entry in document.classes]
     generator = document.generator.model_copy(update={"edited": edit_summary(classes)})

@@ -153,8 +153,9 @@ class EditMark(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     sha256: Sha256
-    """`descriptions_sha256` of the texts as the reviewer left them: a later change without a
-    new mark fails `build --check`."""
+    """`descriptions_sha256` of the texts as the reviewer left them (every candidate, in a
+    class chosen on val, so that choosing among them keeps the mark): a later change without
+    a new mark fails `build --check`."""
     source: str = Field(alias="from", min_length=1)
     """What the texts were written from (the answer they replace, the references read)."""
 
@@ -211,10 +212,9 @@ class ClassDescriptions(BaseModel):
 
     def edit_problem(self) -> str | None:
         """Why these texts are not the ones their author left, if they are not."""
-        current = descriptions_sha256(self.descriptions)
-        if self.edited is not None and self.edited.sha256 != current:
-            return "its descriptions changed after they were marked edited: mark them again"
         answered = descriptions_sha256(self.answer)  # the candidates, once chosen from on val
+        if self.edited is not None and self.edited.sha256 != answered:
+            return "its descriptions changed after they were marked edited: mark them again"
         if self.edited is None and self.answer_sha256 not in (None, answered):
             return (
                 "its descriptions differ from the LLM's answer and carry no edit mark: mark the "

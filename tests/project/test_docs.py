@@ -111,3 +111,12 @@ def test_the_model_pages_example_runs_as_written(tmp_path: Path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "model.safetensors").is_file()
+
+
+def test_no_command_shown_reads_a_pipe():
+    """intclip reads regular files only (a FIFO could block it forever), so a shell example fed
+    by process substitution would fail as written."""
+    pages = [ROOT / "README.md", *DOCS.glob("*.md")]
+    for page in pages:
+        for block in re.findall(r"```(?:sh|bash|console)\n(.*?)```", page.read_text(), re.S):
+            assert "<(" not in block, f"{page.name}: {block.strip()}"

@@ -189,6 +189,39 @@ def test_descriptions_naming_the_attribute_beat_the_decoys_and_are_kept(
     assert read_descriptions(descriptions) == document  # choosing again: the same choice
 
 
+def test_a_reviewers_edit_survives_the_choice_and_a_chosen_file_can_be_marked(
+    train_cli, prompts_cli, workspace, cache, descriptions
+):
+    """The edit mark vouches for every candidate a reviewer left: choosing among them on val
+    keeps it valid, and a reviewer can mark an edit of a file already chosen from."""
+    edited = candidates_of("red")
+    edited[0] = "A worn spoon rests on a wooden kitchen table."
+    data = json.loads(descriptions.read_text())
+    data["classes"][0]["descriptions"] = edited
+    descriptions.write_text(json.dumps(data))
+    source = "the LLM's first decoy, reworded by a reviewer"
+    ok(prompts_cli("mark-edited", data["classes"][0]["id"], "--descriptions", descriptions,
+                   "--from", source))  # fmt: skip
+    ok(train_cli("select-descriptions", "--config", workspace["config"], "--descriptions",
+                 descriptions, "--keep", 2))  # fmt: skip
+    document = read_descriptions(descriptions)
+    first = document.classes[0]
+    assert [c.text for c in first.candidates] == edited and first.edited.source == source
+    assert first.descriptions == [edited[1], edited[3]]
+    assert document.edit_problems() == [] and document.rule_problems() == []
+
+    data = json.loads(descriptions.read_text())
+    second = data["classes"][1]
+    reworded = "A photo showing a yellow-green square on a black background."
+    second["candidates"][1]["text"] = second["descriptions"][0] = reworded
+    descriptions.write_text(json.dumps(data))
+    assert read_descriptions(descriptions).edit_problems()  # unmarked: refused by --check
+    ok(prompts_cli("mark-edited", second["id"], "--descriptions", descriptions,
+                   "--from", "a kept candidate reworded"))  # fmt: skip
+    document = read_descriptions(descriptions)
+    assert document.edit_problems() == [] and document.classes[1].descriptions[0] == reworded
+
+
 def test_the_report_ranks_every_description_and_compares_names_and_random_words(
     train_cli, prompts_cli, workspace, cache, descriptions
 ):
