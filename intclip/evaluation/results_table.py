@@ -1,12 +1,12 @@
 """`results.csv`: one row per evaluation, next to the runs, to compare them at a glance.
 
 Each `eval`, `zeroshot` and `score --name` appends its headline numbers under all three
-threshold rules; `run --seeds` appends the mean and the standard deviation over its seeds. The
-table is rewritten through a temporary file, so a reader never sees half a row; a damaged table
-is refused rather than silently replaced, and a table written before the newer columns existed
-gains them, empty, on its next row. Reading and rewriting happen under a lock
-(`results.csv.lock` beside it, through `filelock`), so evaluations that finish at once each keep
-their row.
+threshold rules (`eval` and `zeroshot` with re-ranking a second row, of the re-ranked scores);
+`run --seeds` appends the mean and the standard deviation over its seeds. The table is rewritten
+through a temporary file, so a reader never sees half a row; a damaged table is refused rather
+than silently replaced, and a table written before the newer columns existed gains them, empty,
+on its next row. Reading and rewriting happen under a lock (`results.csv.lock` beside it,
+through `filelock`), so evaluations that finish at once each keep their row.
 """
 
 from __future__ import annotations
@@ -94,10 +94,24 @@ def report_row(name: str, report: EvaluationReport, config_digest: str = "") -> 
     }
 
 
+def reranked_name(run: str, top_k: int, pooling: str) -> str:
+    """The run column of a re-ranked row: the run's name and how its scores were re-ranked."""
+    return f"{run} (top {top_k} re-ranked, {pooling})"
+
+
 def append_result(report_dir: Path, report: EvaluationReport, config: TrainConfig) -> Path:
-    """Add the report's row to the table of `report_dir`'s parent; return the table's path."""
+    """Add the report's row to the table of `report_dir`'s parent, and its re-ranked row after
+    it when the report has one, so the two compare in the table as in the report; return the
+    table's path."""
     path = results_path(report_dir)
-    append_rows(path, [report_row(Path(report_dir).name, report, config_hash(config))])
+    name, digest = Path(report_dir).name, config_hash(config)
+    rows = [report_row(name, report, digest)]
+    if report.reranked is not None:
+        again = report.reranked
+        rows.append(
+            report_row(reranked_name(name, again.top_k, again.pooling), again.report, digest)
+        )
+    append_rows(path, rows)
     return path
 
 

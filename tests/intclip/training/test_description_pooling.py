@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from intclip.evaluation.results_table import read_results, results_path
 from intclip.metrics.report import EvaluationReport, build_report
 from intclip.metrics.rerank import rerank_top_k
 from intclip.training.checkpoint import read_checkpoint_header
@@ -64,8 +65,14 @@ def test_evaluation_reranks_beside_the_plain_rows(train_cli, workspace, tmp_path
     gain = report.reranked.report.fine.macro_f1 - report.fine.macro_f1
     assert f"{gain:+.2f}" in out
 
+    rows = read_results(results_path(run_dir)).tail(2)
+    assert list(rows["run"]) == [run_dir.name, f"{run_dir.name} (top 2 re-ranked, mean)"]
+    assert list(rows["macro_f1"]) == [report.fine.macro_f1, again.fine.macro_f1]
+    assert rows["config_hash"].nunique() == 1
+
     plain = ok(train_cli("eval", "--run", run_dir))  # without the switch: no re-ranked rows
     assert "re-ranked" not in plain
+    assert "re-ranked" not in read_results(results_path(run_dir))["run"].iloc[-1]
     assert (
         EvaluationReport.model_validate_json((run_dir / "eval-test.json").read_text()).reranked
         is None
