@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -118,27 +118,34 @@ def _epoch_rate(config: TrainConfig, name: str) -> float:
         return float(next(csv.DictReader(handle))["images_per_s"])
 
 
-def _throughputs(config: TrainConfig) -> tuple[float, float]:
-    """(features computed, images scored by one eval pass through the tower) per second, over
-    the train images."""
+def _throughputs(config: TrainConfig, repeats: int, scratch: Path) -> tuple[float, float]:
+    """(features computed, images scored by one eval pass through the tower) per second over
+    the train images, each the best of `repeats`, the two taken in turn so that neither gets
+    the warm caches or a quieter machine alone. Every extraction but the last writes to its own
+    scratch cache root, so each computes every shard; the last fills the cache the run reads."""
     context = distributed.Context(0, 1, torch.device("cpu"))
     components = build_components(config, context.device)
     index = load_split(config.data, "train")
-    started = time.perf_counter()
-    ensure_features(config, components, index, "pooled", context, Extraction(log=print))
-    extraction = len(index) / (time.perf_counter() - started)
     images = config.model_copy(
         update={"model": config.model.model_copy(update={"input": "images"})}
     )
     inputs = build_inputs(images, components, context)
     model = build_model(components.clip, components.class_text, images.model)
     dataset = ImageDataset(index, components.image_pipeline(images).eval)
-    started = time.perf_counter()
-    predict_scores(
-        model, dataset, config.optim.eval_batch_size, context, inputs.model_input,
-        options=inputs.options,
-    )  # fmt: skip
-    return extraction, len(index) / (time.perf_counter() - started)
+    extraction, evaluation = [], []
+    for attempt in range(repeats):
+        last = attempt == repeats - 1
+        with nullcontext() if last else _cache_in(scratch / f"extraction-{attempt}"):
+            started = time.perf_counter()
+            ensure_features(config, components, index, "pooled", context, Extraction(log=print))
+            extraction.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        predict_scores(
+            model, dataset, config.optim.eval_batch_size, context, inputs.model_input,
+            options=inputs.options,
+        )  # fmt: skip
+        evaluation.append(time.perf_counter() - started)
+    return len(index) / min(extraction), len(index) / min(evaluation)
 
 
 @measure(
@@ -152,8 +159,16 @@ def _throughputs(config: TrainConfig) -> tuple[float, float]:
         "batch_size": 16,
         "workers": None,
         "size": None,
+        "repeats": 3,
     },
-    quick={"model": str(TINY_RN), "images": 24, "val_images": 8, "batch_size": 8, "size": 64},
+    quick={
+        "model": str(TINY_RN),
+        "images": 24,
+        "val_images": 8,
+        "batch_size": 8,
+        "size": 64,
+        "repeats": 1,
+    },
     missed="Extraction runs the same loader and tower as an eval pass and writes each shard "
     "once: a gap beyond noise means the shard writing or the merge costs more than the tower.",
     order=9,
@@ -162,7 +177,7 @@ def run(settings: Settings) -> list[Comparison]:
     name = Path(settings["model"]).stem
     with tempfile.TemporaryDirectory() as temporary, _cache_in(Path(temporary) / "cache"):
         config = _config(Path(temporary), settings)
-        extraction, eval_pass = _throughputs(config)
+        extraction, eval_pass = _throughputs(config, settings["repeats"], Path(temporary))
         features = _epoch_rate(config, "features")
         images_input = config.model.model_copy(update={"input": "images"})
         images = _epoch_rate(config.model_copy(update={"model": images_input}), "images")
@@ -182,6 +197,7 @@ def run(settings: Settings) -> list[Comparison]:
             Side("one eval pass through the tower", eval_pass, "images/s"),
             Target(">=", 0.9),
             "the same images, loader and tower; extraction also writes its shards and merges "
-            "them (target: not slower than an eval pass, within 10% for noise)",
+            f"them (target: not slower than an eval pass, within 10% for noise); best of "
+            f"{settings['repeats']} each, taken in turn",
         ),
     ]
