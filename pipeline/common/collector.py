@@ -5,6 +5,9 @@ objects only, yet the collector keeps walking them: on 2 cores `import torch, to
 open_clip` took 4.0 s with it and 2.5 s without (BENCHMARKS.md, cli_start). Such work runs
 with the collector paused, and what it built is frozen afterwards so that later collections (a
 training run's included) skip it too. Torch-free, so the light commands can import it.
+
+The same imports also leave out what a library imports only for features intclip never uses
+(`SKIPPED_OPTIONAL_IMPORTS`).
 """
 
 from __future__ import annotations
@@ -12,13 +15,34 @@ from __future__ import annotations
 import functools
 import gc
 import importlib
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
 TENSOR_MODULES = ("torch", "torchvision", "open_clip")
+SKIPPED_OPTIONAL_IMPORTS = ("wandb",)
+"""Optional imports the tensor modules make that intclip never uses: open_clip imports timm,
+and timm imports wandb where it is installed, for timm's own training summaries (0.3-0.5 s of
+every command's start here). They see it as not installed; intclip's W&B tracker imports it
+itself when a run asks for it."""
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+@contextmanager
+def optional_imports_skipped(names: tuple[str, ...]) -> Iterator[None]:
+    """`import name` fails inside the block for each of `names` not yet imported, as if it were
+    not installed; after the block it imports as usual."""
+    skipped = [name for name in names if name not in sys.modules]
+    for name in skipped:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not here"
+    try:
+        yield
+    finally:
+        for name in skipped:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 @contextmanager
@@ -35,6 +59,14 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+def import_heavy(modules: tuple[str, ...]) -> None:
+    """Import `modules` as every command that needs them does: with the collector paused, and
+    `SKIPPED_OPTIONAL_IMPORTS` left out."""
+    with collector_paused(), optional_imports_skipped(SKIPPED_OPTIONAL_IMPORTS):
+        for name in modules:
+            importlib.import_module(name)
+
+
 def imports_first(
     *modules: str, check: Callable[..., None] | None = None
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -48,9 +80,7 @@ def imports_first(
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
             if check is not None:
                 check(*args, **kwargs)
-            with collector_paused():
-                for name in modules:
-                    importlib.import_module(name)
+            import_heavy(modules)
             return command(*args, **kwargs)
 
         return run

@@ -65,3 +65,45 @@ def test_torch_is_imported_by_the_wrapper_only_when_the_command_runs():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["False", "True"]
+
+
+def test_a_skipped_optional_import_fails_inside_the_block_only():
+    code = (
+        "import sys\n"
+        "from pipeline.common.collector import optional_imports_skipped\n"
+        "import json\n"
+        "with optional_imports_skipped(('colorsys', 'json')):\n"
+        "    try:\n"
+        "        import colorsys\n"
+        "        print('imported')\n"
+        "    except ImportError:\n"
+        "        print('skipped')\n"
+        "    import json  # imported before the block: untouched\n"
+        "print('colorsys' in sys.modules)\n"
+        "import colorsys\n"
+        "print(colorsys.__name__)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["skipped", "False", "colorsys"]
+
+
+def test_a_tensor_command_starts_without_wandb_and_can_still_import_it():
+    """timm imports wandb when it is installed; a command that needs torch leaves it out of its
+    start, and the W&B tracker imports it when a run asks for it."""
+    pytest.importorskip("wandb")
+    code = (
+        "import sys\n"
+        "from pipeline.common.collector import tensor_command\n"
+        "command = tensor_command(lambda: 'wandb' in sys.modules)\n"
+        "print(command())\n"
+        "import wandb\n"
+        "print(hasattr(wandb, 'init'))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
