@@ -14,6 +14,15 @@ from pipeline.common.collector import collector_paused, tensor_command
 from testkit.paths import ROOT
 
 
+def printed_by(code: str) -> list[str]:
+    """The words a fresh interpreter prints running `code` in the checkout."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
 @pytest.fixture(autouse=True)
 def collector_restored():
     enabled = gc.isenabled()
@@ -60,11 +69,7 @@ def test_torch_is_imported_by_the_wrapper_only_when_the_command_runs():
         "command = tensor_command(lambda: 'torch' in sys.modules)\n"
         "print('torch' in sys.modules, command())\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]
+    assert printed_by(code) == ["False", "True"]
 
 
 def test_a_skipped_optional_import_fails_inside_the_block_only():
@@ -83,11 +88,7 @@ def test_a_skipped_optional_import_fails_inside_the_block_only():
         "import colorsys\n"
         "print(colorsys.__name__)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["skipped", "False", "colorsys"]
+    assert printed_by(code) == ["skipped", "False", "colorsys"]
 
 
 def test_a_tensor_command_starts_without_wandb_and_can_still_import_it():
@@ -102,8 +103,4 @@ def test_a_tensor_command_starts_without_wandb_and_can_still_import_it():
         "import wandb\n"
         "print(hasattr(wandb, 'init'))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "True"]
+    assert printed_by(code) == ["False", "True"]
