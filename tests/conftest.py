@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,15 @@ from testkit.cli import CliResult, invoke
 from testkit.descriptions import word_embedder
 from testkit.fake_openai import FakeOpenAI
 from testkit.paths import TOY_TAXONOMY
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Commands the tests start get Ctrl-C as from a terminal, however the suite was started.
+    A shell starts a background job with SIGINT ignored, Python keeps an ignored SIGINT
+    ignored, and so would every command started from here: the Ctrl-C tests would then wait
+    for an interrupt that never comes. A handled signal is reset to its default on exec."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
