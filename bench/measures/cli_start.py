@@ -11,7 +11,7 @@ import time
 
 from bench.registry import Comparison, Settings, Side, Target, measure
 from bench.workload import ROOT, prompts_cli
-from pipeline.common.collector import TENSOR_MODULES
+from pipeline.common.collector import SKIPPED_OPTIONAL_IMPORTS, TENSOR_MODULES
 
 
 def _seconds(command: list[str], repeats: int) -> float:
@@ -66,7 +66,7 @@ def run(settings: Settings) -> list[Comparison]:
         Comparison(
             "start of a tensor command",
             Side(
-                "collector paused, wandb skipped",
+                f"collector paused, {', '.join(SKIPPED_OPTIONAL_IMPORTS)} skipped",
                 _seconds([sys.executable, "-c", paused], repeats),
                 "s",
             ),

@@ -62,9 +62,8 @@ def max_image_pixels() -> int:
     return value
 
 
-def size_problem(width: int, height: int) -> str | None:
-    """Why an image of this size is refused, or None."""
-    limit = max_image_pixels()
+def size_problem(width: int, height: int, limit: int) -> str | None:
+    """Why an image of this size is refused with at most `limit` pixels, or None."""
     if width * height > limit:
         return (
             f"{width}x{height} is {width * height:,} pixels, more than the {limit:,} an image may "
@@ -83,7 +82,7 @@ def opened_image(path: Path) -> Iterator[Image.Image]:
     if (Image.MAX_IMAGE_PIXELS or limit) < limit:  # PIL's own check must not refuse first
         Image.MAX_IMAGE_PIXELS = limit
     with open_regular(path) as handle, Image.open(handle) as image:
-        problem = size_problem(*image.size)
+        problem = size_problem(*image.size, limit)
         if problem is not None:
             raise ImageTooLarge(problem)
         image.filename = os.fspath(path)  # as when PIL opens a path: readers may use it
