@@ -10,11 +10,12 @@ with `ast`, never imported or run, and the file records its sha256 and the check
 from __future__ import annotations
 
 import ast
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.common.errors import EXIT_BAD_INPUT, UserError
-from pipeline.common.files import sha256_file, sha256_json
+from pipeline.common.files import sha256_json
 from pipeline.common.git import git_output
 from pipeline.common.safe_load import read_text_file
 from pipeline.descriptions.format import (
@@ -99,7 +100,7 @@ def read_official_sentences(path: Path) -> OfficialSentences:
         sentences,
         source,
         last.lineno,
-        sha256_file(source),
+        hashlib.sha256(text.encode("utf-8")).hexdigest(),  # the bytes parsed, read once
         _checkout_commit(source),
     )
 
