@@ -34,6 +34,7 @@ from intclip.data.image_files import decode_problem, outside_root
 from intclip.data.shrink import RESIZE_JPEG_QUALITY, shrink
 from pipeline.common.bounded_http import (
     ACCEPT_ENCODING,
+    ALLOWED_SCHEMES,
     BodyDecoder,
     DeadlinePassed,
     ResponseTooLarge,
@@ -42,7 +43,6 @@ from pipeline.common.bounded_http import (
 from pipeline.common.files import NotARegularFile
 from pipeline.common.retry import backoff_policy, is_transient_status, retry_after_from_headers
 
-ALLOWED_SCHEMES = frozenset({"http", "https"})
 MAX_REDIRECTS = 5
 CHUNK_BYTES = 1 << 16
 PART_SUFFIX = ".part"
